@@ -1,0 +1,1 @@
+"""The HTTP API the site backend and the CMS call."""

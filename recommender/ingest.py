@@ -1,0 +1,81 @@
+"""Reading JSONL article files: every bad line is rejected with its number and
+reason, and never stops the good lines around it."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Iterator
+
+from recommender.articles import Article, parse_article
+from recommender.errors import InvalidArticle
+
+
+@dataclass(frozen=True)
+class Rejection:
+    source: str
+    line: int
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.source}:{self.line}: {self.reason}"
+
+
+@dataclass(frozen=True)
+class Duplicate:
+    id: str
+    first: str  # "file:line" of the first occurrence
+    last: str  # the occurrence that wins
+
+
+@dataclass
+class IngestReport:
+    added: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    rejected: list[Rejection] = field(default_factory=list)
+    duplicates: list[Duplicate] = field(default_factory=list)
+    empty_bodies: int = 0
+    truncated: int = 0  # longer than the embedding window: embedded from the beginning
+    embedded: int = 0  # texts sent to the model in this run
+    reused: int = 0  # changed articles whose text already had a vector
+
+    @property
+    def ok(self) -> bool:
+        return not self.rejected
+
+    def summary(self) -> str:
+        return (f"added {self.added}, updated {self.updated}, unchanged {self.unchanged}, "
+                f"rejected {len(self.rejected)}")
+
+
+def read_jsonl(stream: IO[bytes], source: str) -> Iterator[tuple[int, Article | Rejection]]:
+    """Yield (line number, article or rejection); blank lines are skipped."""
+    for number, raw in enumerate(stream, start=1):
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            yield number, Rejection(source, number, f"not valid UTF-8 (byte {raw[exc.start]:#04x} at column {exc.start + 1})")
+            continue
+        text = text.strip().lstrip("\ufeff")
+        if not text:
+            continue
+        try:
+            obj = json.loads(text)
+        except json.JSONDecodeError as exc:
+            yield number, Rejection(source, number, f"malformed JSON: {exc.msg} at column {exc.colno}")
+            continue
+        try:
+            yield number, parse_article(obj)
+        except InvalidArticle as exc:
+            yield number, Rejection(source, number, str(exc))
+
+
+def open_source(path: str) -> tuple[IO[bytes], str]:
+    """A file path, or '-' for standard input."""
+    if path == "-":
+        import sys
+
+        return sys.stdin.buffer, "<stdin>"
+    return Path(path).open("rb"), path

@@ -1,0 +1,56 @@
+"""Typed settings, read from flags or RECOMMENDER_* environment variables."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from embeddings.registry import DEFAULT_MODEL
+
+
+class RankingSettings(BaseSettings):
+    """Defaults of the ranking rules; each request may override some of them.
+
+    Why these values: see README "How suggestions are ranked" and
+    `eval/results/` for how much each one moves the metrics.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="RECOMMENDER_", extra="ignore")
+
+    k: int = Field(5, ge=1, le=50)
+    # Relevance is the cosine rescaled so that the average random pair of the
+    # archive scores 0 and an identical article 1 (see ranking.calibrate).
+    min_score: float = Field(0.15, ge=0.0, le=1.0)
+    # MMR: 0 ranks by relevance alone, 1 by novelty alone (lambda = 1 - diversity).
+    diversity: float = Field(0.2, ge=0.0, le=1.0)
+    time_prior: bool = True
+    half_life_days: float = Field(30.0, gt=0)
+    # The prior never pushes a candidate below this share of its relevance, so a
+    # strongly related older piece can still win over a weakly related fresh one.
+    time_floor: float = Field(0.5, ge=0.0, le=1.0)
+    # Rescaled relevance at or above which two articles are the same story.
+    duplicate_threshold: float = Field(0.9, gt=0.0, le=1.0)
+    # Share of the BM25 score in the hybrid relevance; 0 is dense only.
+    lexical_weight: float = Field(0.0, ge=0.0, le=1.0)
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="RECOMMENDER_", extra="ignore")
+
+    data_dir: Path = Path("data")
+    model: str = DEFAULT_MODEL
+    device: str | None = None
+    batch_size: int = Field(32, ge=1, le=4096)
+    # e5 reads 512 tokens at most; about 2,000 characters of Romanian fill them.
+    embed_chars: int = Field(2000, ge=100, le=100_000)
+    ranking: RankingSettings = Field(default_factory=RankingSettings)
+
+    @property
+    def store_path(self) -> Path:
+        return self.data_dir / "store.sqlite"
+
+    @property
+    def index_dir(self) -> Path:
+        return self.data_dir / "indexes"

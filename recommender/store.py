@@ -1,0 +1,286 @@
+"""SQLite store: articles, their content hashes, and vectors per (model, content hash).
+
+Vectors are keyed by content hash, not by article, so unchanged text is never
+re-embedded: not on a re-ingest, not when an article is renamed, and not when
+a re-embedding job meets text it has already seen.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import numpy as np
+
+from recommender.articles import Article, EmbedText, content_hash
+from recommender.text import terms
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS articles (
+    num INTEGER PRIMARY KEY AUTOINCREMENT,  -- the stable int64 id FAISS sees; never reused
+    id TEXT NOT NULL UNIQUE,
+    title TEXT NOT NULL,
+    body TEXT NOT NULL,
+    url TEXT,
+    published_at TEXT,                      -- ISO 8601, UTC
+    published_ts REAL,                      -- the same, as a Unix time, for filtering
+    section TEXT,
+    tags TEXT NOT NULL,                     -- JSON list
+    language TEXT NOT NULL,
+    meta TEXT NOT NULL,                     -- JSON object: every non-core input field
+    text TEXT NOT NULL,                     -- what the model embeds
+    terms TEXT NOT NULL,                    -- stemmed folded words of `text`, for BM25
+    content_hash TEXT NOT NULL,
+    record_hash TEXT NOT NULL,
+    updated_at TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS articles_content_hash ON articles(content_hash);
+CREATE TABLE IF NOT EXISTS vectors (
+    model TEXT NOT NULL,
+    content_hash TEXT NOT NULL,
+    vector BLOB NOT NULL,                   -- float32, L2-normalized
+    PRIMARY KEY (model, content_hash)
+) WITHOUT ROWID;
+-- Every change that can alter an index: an article written or deleted, or a
+-- vector stored for its text. An index records the last seq it applied and
+-- catches up from there, so no writer ever has to rebuild it.
+CREATE TABLE IF NOT EXISTS changes (seq INTEGER PRIMARY KEY AUTOINCREMENT, num INTEGER NOT NULL);
+"""
+
+ROW_COLUMNS = "num, id, title, body, url, published_at, section, tags, language, meta, content_hash"
+INFO_COLUMNS = "a.num, a.id, a.title, a.url, a.published_at, a.section, a.language, a.content_hash"
+
+
+@dataclass(frozen=True)
+class StoredArticle:
+    num: int
+    article: Article
+    content_hash: str
+
+    @property
+    def id(self) -> str:
+        return self.article.id
+
+
+@dataclass(frozen=True)
+class ArticleInfo:
+    """What ranking needs of a candidate, kept in memory for every article."""
+
+    num: int
+    id: str
+    title: str
+    url: str | None
+    published_at: datetime | None
+    section: str | None
+    language: str
+    content_hash: str
+
+
+@dataclass(frozen=True)
+class UpsertResult:
+    num: int
+    status: str  # "added" | "updated" | "unchanged"
+    text: EmbedText
+
+
+class Store:
+    """One SQLite file in WAL mode: readers never wait for the writer.
+
+    Each thread gets its own connection; sqlite3 connections are not meant to
+    be shared across threads.
+    """
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._local = threading.local()
+        self._write_lock = threading.Lock()
+        self.conn.executescript(SCHEMA)
+
+    @property
+    def conn(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute("PRAGMA busy_timeout=30000")
+            self._local.conn = conn
+        return conn
+
+    def close(self) -> None:
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+            self._local.conn = None
+
+    def transaction(self):
+        return _Transaction(self)
+
+    # --- writes -------------------------------------------------------------
+
+    def upsert(self, conn: sqlite3.Connection, article: Article, embed_chars: int) -> UpsertResult:
+        """Insert or replace one article inside the caller's transaction."""
+        record_hash = article.record_hash()
+        prepared = article.embed_text(embed_chars)
+        text = prepared.text
+        chash = content_hash(text)
+        old = conn.execute("SELECT num, record_hash, content_hash FROM articles WHERE id = ?", (article.id,)).fetchone()
+        if old is not None and old[1] == record_hash and old[2] == chash:
+            return UpsertResult(old[0], "unchanged", prepared)
+        published = article.published_at
+        row = (
+            article.id, article.title, article.body, article.url or None,
+            published.isoformat() if published else None,
+            published.timestamp() if published else None,
+            article.section or None, json.dumps(article.tags, ensure_ascii=False), article.language,
+            json.dumps(article.meta, ensure_ascii=False, default=str), text, " ".join(terms(text)),
+            chash, record_hash, datetime.now(timezone.utc).isoformat(),
+        )
+        num = conn.execute(
+            """INSERT INTO articles (id, title, body, url, published_at, published_ts, section, tags,
+                   language, meta, text, terms, content_hash, record_hash, updated_at)
+               VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+               ON CONFLICT(id) DO UPDATE SET
+                   title=excluded.title, body=excluded.body, url=excluded.url,
+                   published_at=excluded.published_at, published_ts=excluded.published_ts,
+                   section=excluded.section, tags=excluded.tags, language=excluded.language,
+                   meta=excluded.meta, text=excluded.text, terms=excluded.terms,
+                   content_hash=excluded.content_hash, record_hash=excluded.record_hash,
+                   updated_at=excluded.updated_at
+               RETURNING num""",
+            row,
+        ).fetchone()[0]
+        conn.execute("INSERT INTO changes (num) VALUES (?)", (num,))
+        return UpsertResult(num, "added" if old is None else "updated", prepared)
+
+    def delete(self, conn: sqlite3.Connection, article_id: str) -> int | None:
+        row = conn.execute("DELETE FROM articles WHERE id = ? RETURNING num", (article_id,)).fetchone()
+        if row is None:
+            return None
+        conn.execute("INSERT INTO changes (num) VALUES (?)", (row[0],))
+        return row[0]
+
+    def put_vectors(self, conn: sqlite3.Connection, model: str, hashes: list[str], vectors: np.ndarray) -> None:
+        conn.executemany(
+            "INSERT OR REPLACE INTO vectors (model, content_hash, vector) VALUES (?, ?, ?)",
+            ((model, h, np.asarray(v, dtype=np.float32).tobytes()) for h, v in zip(hashes, vectors)),
+        )
+        conn.executemany(
+            "INSERT INTO changes (num) SELECT num FROM articles WHERE content_hash = ?", ((h,) for h in hashes)
+        )
+
+    # --- reads --------------------------------------------------------------
+
+    def last_change(self) -> int:
+        return self.conn.execute("SELECT COALESCE(MAX(seq), 0) FROM changes").fetchone()[0]
+
+    def changes_since(self, seq: int) -> tuple[int, list[int]]:
+        """(last seq, nums of the articles changed after `seq`), from one snapshot."""
+        conn = self.conn
+        conn.execute("BEGIN")
+        try:
+            last = self.last_change()
+            nums = [r[0] for r in conn.execute(
+                "SELECT DISTINCT num FROM changes WHERE seq > ? AND seq <= ?", (seq, last))]
+        finally:
+            conn.execute("COMMIT")
+        return last, nums
+
+    def index_rows(self, model: str, nums: list[int] | None = None,
+                   with_vectors: bool = True) -> Iterator[tuple[ArticleInfo, str, bytes | None]]:
+        """(info, terms, vector under `model` or None) of every article, or of
+        those of `nums` that still exist."""
+        vector = "v.vector" if with_vectors else "NULL"
+        join = "LEFT JOIN vectors v ON v.model = ? AND v.content_hash = a.content_hash" if with_vectors else ""
+        sql = f"SELECT {INFO_COLUMNS}, a.terms, {vector} FROM articles a {join}"
+        params: tuple = (model,) if with_vectors else ()
+        if nums is None:
+            batches: list[tuple] = [()]
+        else:
+            batches = [tuple(nums[i:i + 500]) for i in range(0, len(nums), 500)]
+        for batch in batches:
+            where = f" WHERE a.num IN ({','.join('?' * len(batch))})" if nums is not None else ""
+            for row in self.conn.execute(sql + where + " ORDER BY a.num", params + batch):
+                yield _info(row[:8]), row[8], row[9]
+
+    def count(self) -> int:
+        return self.conn.execute("SELECT COUNT(*) FROM articles").fetchone()[0]
+
+    def get(self, article_id: str) -> StoredArticle | None:
+        row = self.conn.execute(f"SELECT {ROW_COLUMNS} FROM articles WHERE id = ?", (article_id,)).fetchone()
+        return _stored(row) if row else None
+
+    def get_text(self, article_id: str) -> str | None:
+        row = self.conn.execute("SELECT text FROM articles WHERE id = ?", (article_id,)).fetchone()
+        return row[0] if row else None
+
+    def info(self, article_id: str) -> ArticleInfo | None:
+        row = self.conn.execute(f"SELECT {INFO_COLUMNS} FROM articles a WHERE a.id = ?", (article_id,)).fetchone()
+        return _info(row) if row else None
+
+    def texts_missing_vectors(self, model: str) -> list[tuple[str, str]]:
+        """(content_hash, text) of every distinct text that `model` has not embedded."""
+        return self.conn.execute(
+            """SELECT a.content_hash, MIN(a.text) FROM articles a
+               LEFT JOIN vectors v ON v.model = ? AND v.content_hash = a.content_hash
+               WHERE v.content_hash IS NULL GROUP BY a.content_hash ORDER BY MIN(a.num)""",
+            (model,),
+        ).fetchall()
+
+    def vector(self, model: str, chash: str) -> np.ndarray | None:
+        row = self.conn.execute(
+            "SELECT vector FROM vectors WHERE model = ? AND content_hash = ?", (model, chash)
+        ).fetchone()
+        return np.frombuffer(row[0], dtype=np.float32).copy() if row else None
+
+    def stats(self) -> dict[str, object]:
+        conn = self.conn
+        by_model = dict(conn.execute("SELECT model, COUNT(*) FROM vectors GROUP BY model").fetchall())
+        sections = dict(conn.execute(
+            "SELECT COALESCE(section, ''), COUNT(*) FROM articles GROUP BY section ORDER BY COUNT(*) DESC"
+        ).fetchall())
+        first, last = conn.execute("SELECT MIN(published_at), MAX(published_at) FROM articles").fetchone()
+        return {"articles": self.count(), "vectors_by_model": by_model, "sections": sections,
+                "first_published": first, "last_published": last}
+
+
+class _Transaction:
+    """BEGIN IMMEDIATE ... COMMIT, serialised per process, rolled back on error."""
+
+    def __init__(self, store: Store):
+        self.store = store
+
+    def __enter__(self) -> sqlite3.Connection:
+        self.store._write_lock.acquire()
+        conn = self.store.conn
+        conn.execute("BEGIN IMMEDIATE")
+        return conn
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        try:
+            self.store.conn.execute("ROLLBACK" if exc_type else "COMMIT")
+        finally:
+            self.store._write_lock.release()
+
+
+def _parse_time(value: str | None) -> datetime | None:
+    return datetime.fromisoformat(value) if value else None
+
+
+def _info(row: tuple) -> ArticleInfo:
+    num, aid, title, url, published, section, language, chash = row
+    return ArticleInfo(num, aid, title, url, _parse_time(published), section, language, chash)
+
+
+def _stored(row: tuple) -> StoredArticle:
+    num, aid, title, body, url, published, section, tags, language, meta, chash = row
+    fields = dict(json.loads(meta))
+    fields.update(id=aid, title=title, body=body, url=url, published_at=published, section=section,
+                  tags=json.loads(tags), language=language)
+    return StoredArticle(num, Article.model_validate(fields), chash)

@@ -1,0 +1,84 @@
+"""Index versions on disk: `indexes/<version>/{index.faiss,meta.json}` and an
+`indexes/ACTIVE` file naming the one that serves. Switching is one atomic
+rename of that file, so a reader sees either the old version or the new one."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import re
+import shutil
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+from recommender.errors import JobLocked, RecommenderError
+from recommender.index import META_FILE, IndexMeta, _atomic_write, read_meta
+
+ACTIVE_FILE = "ACTIVE"
+_VERSION = re.compile(r"^v(\d+)$")
+
+
+class Versions:
+    def __init__(self, root: Path):
+        self.root = Path(root)
+
+    def path(self, version: str) -> Path:
+        return self.root / version
+
+    def active(self) -> str | None:
+        try:
+            name = (self.root / ACTIVE_FILE).read_text().strip()
+        except FileNotFoundError:
+            return None
+        return name or None
+
+    def activate(self, version: str) -> None:
+        if not (self.path(version) / META_FILE).exists():
+            raise RecommenderError(f"no index version {version!r}; see: recommender index list")
+        _atomic_write(self.root / ACTIVE_FILE, (version + "\n").encode())
+
+    def names(self) -> list[str]:
+        if not self.root.exists():
+            return []
+        found = [p.name for p in self.root.iterdir() if _VERSION.match(p.name) and (p / META_FILE).exists()]
+        return sorted(found, key=lambda n: int(n[1:]))
+
+    def metas(self) -> list[IndexMeta]:
+        return [read_meta(self.path(n)) for n in self.names()]
+
+    def new_name(self) -> str:
+        """The next unused name; directories of unfinished builds count as used."""
+        used = [int(m.group(1)) for p in (self.root.iterdir() if self.root.exists() else [])
+                if (m := _VERSION.match(p.name))]
+        return f"v{max(used, default=0) + 1}"
+
+    def remove(self, version: str) -> None:
+        if version == self.active():
+            raise RecommenderError(f"{version} is the active version; activate another one first")
+        shutil.rmtree(self.path(version))
+
+    @contextmanager
+    def lock(self, name: str, what: str) -> Iterator[None]:
+        """An exclusive, non-blocking lock file; released by the OS if the process dies."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.root / f".{name}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise JobLocked(f"another {what} is running on {self.root.parent} (lock {name}); wait for it to finish") from None
+            yield
+        finally:
+            os.close(fd)
+
+    @contextmanager
+    def save_lock(self, version: str) -> Iterator[None]:
+        """Serialises writers of one version's files across processes (blocking)."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.root / f".{version}.save.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)

@@ -1,0 +1,124 @@
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+# No test may reach the network: a hub id must fail fast and locally.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from embeddings.hashing import HashingEmbedder  # noqa: E402
+from recommender.engine import Engine  # noqa: E402
+from recommender.settings import Settings  # noqa: E402
+
+HASHING = "hashing:256"
+
+
+def write_jsonl(path: Path, records: list, raw_lines: list[bytes] | None = None) -> Path:
+    """Write articles (dicts, or raw strings/bytes for malformed lines) as JSONL."""
+    with path.open("wb") as fh:
+        for record in records:
+            if isinstance(record, bytes):
+                fh.write(record + b"\n")
+            elif isinstance(record, str):
+                fh.write(record.encode() + b"\n")
+            else:
+                fh.write(json.dumps(record, ensure_ascii=False).encode() + b"\n")
+    return path
+
+
+def article(aid: str, title: str, body: str = "", date: str | None = "2025-03-01T10:00:00+00:00",
+            section: str | None = "externe", **extra) -> dict:
+    record = {"id": aid, "title": title, "body": body, "section": section, **extra}
+    if date is not None:
+        record["published_at"] = date
+    return record
+
+
+class CountingEmbedder(HashingEmbedder):
+    """A real hashing embedder that also counts the texts it is given."""
+
+    def __init__(self, dimension: int = 256):
+        super().__init__(dimension)
+        self.calls: list[int] = []
+
+    def embed(self, texts):
+        self.calls.append(len(texts))
+        return super().embed(texts)
+
+    @property
+    def embedded(self) -> int:
+        return sum(self.calls)
+
+
+@pytest.fixture
+def settings(tmp_path) -> Settings:
+    return Settings(data_dir=tmp_path / "data", model=HASHING)
+
+
+@pytest.fixture
+def embedder() -> CountingEmbedder:
+    return CountingEmbedder(256)
+
+
+@pytest.fixture
+def engine(settings, embedder) -> Engine:
+    return Engine(settings, embedder=embedder)
+
+
+# A small archive with two stories and unrelated noise, in the shape publishers send.
+STORY_ARTICLES = [
+    article("ukr-1", "Kievul propune un armistițiu în Marea Neagră",
+            "Ucraina propune Rusiei un armistițiu pe mare, ca porturile ucrainene să poată exporta cereale.",
+            "2025-03-01T10:00:00+00:00"),
+    article("ukr-2", "Negocieri la Istanbul pentru armistițiul din Marea Neagră",
+            "Delegațiile Ucrainei și Rusiei negociază armistițiul pe mare; porturile ucrainene cer protecție.",
+            "2025-03-08T10:00:00+00:00"),
+    article("ukr-3", "Acord pentru armistițiul din Marea Neagră",
+            "Ucraina și Rusia au acceptat armistițiul pe mare; porturile pot exporta cereale.",
+            "2025-04-02T10:00:00+00:00"),
+    article("ukr-old", "Armistițiu în Marea Neagră discutat de diplomați",
+            "Diplomații discută armistițiul pe mare și porturile Ucrainei.",
+            "2023-03-01T10:00:00+00:00", section="arhiva"),
+    article("fot-1", "FCSB câștigă derby-ul cu Dinamo", "FCSB a învins Dinamo în derby-ul etapei din Superliga.",
+            "2025-03-02T18:00:00+00:00", section="sport"),
+    article("fot-2", "Dinamo pierde din nou în Superliga", "Dinamo a pierdut meciul din etapa de Superliga, după derby.",
+            "2025-03-09T18:00:00+00:00", section="sport"),
+    article("vac-1", "Cât costă o vacanță în Grecia", "Prețurile vacanțelor all inclusive în Grecia cresc în această vară.",
+            "2025-03-05T08:00:00+00:00", section="lifestyle"),
+]
+
+
+@pytest.fixture
+def stories(tmp_path) -> Path:
+    return write_jsonl(tmp_path / "stories.jsonl", STORY_ARTICLES)
+
+
+@pytest.fixture(scope="session")
+def tiny_st_model(tmp_path_factory) -> Path:
+    """A real sentence-transformers model, built offline: StaticEmbedding over a
+    word-level tokenizer made with `tokenizers`, saved to a folder."""
+    import numpy as np
+    import torch
+    from sentence_transformers import SentenceTransformer
+    try:
+        from sentence_transformers.sentence_transformer.modules import StaticEmbedding
+    except ImportError:  # sentence-transformers < 6
+        from sentence_transformers.models import StaticEmbedding
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
+
+    words = ("guvern buget deficit ministru fotbal meci echipa gol derby dinamo fcsb "
+             "ucraina rusia armistitiu marea neagra porturi negocieri vacanta grecia").split()
+    vocab = {"[UNK]": 0, "[PAD]": 1, **{w: i + 2 for i, w in enumerate(words)}}
+    tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tokenizer.normalizer = normalizers.Sequence([normalizers.NFD(), normalizers.StripAccents(), normalizers.Lowercase()])
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    weights = np.random.default_rng(0).normal(size=(len(vocab), 16)).astype(np.float32)
+    weights[0] = 0  # unknown words carry no meaning
+    model = SentenceTransformer(modules=[StaticEmbedding(tokenizer, embedding_weights=torch.from_numpy(weights))],
+                                device="cpu")
+    path = tmp_path_factory.mktemp("models") / "tiny-st"
+    model.save(str(path))
+    return path

@@ -1,0 +1,138 @@
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from click.testing import CliRunner
+
+from recommender.cli import main
+from tests.conftest import HASHING, article, write_jsonl
+
+COMMANDS = ["ingest", "related", "stats", "demo"]
+
+
+@pytest.fixture
+def run(tmp_path):
+    runner = CliRunner()
+    env = {"RECOMMENDER_DATA_DIR": str(tmp_path / "data"), "RECOMMENDER_MODEL": HASHING}
+
+    def invoke(*args, **kwargs):
+        return runner.invoke(main, list(args), env=env, catch_exceptions=False, **kwargs)
+
+    return invoke
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_command_has_help_with_an_example(run, command):
+    result = run(command, "--help")
+    assert result.exit_code == 0
+    assert "Example" in result.output and "recommender " + command in result.output
+
+
+def test_top_level_help_says_what_to_run_first(run):
+    result = run("--help")
+    assert result.exit_code == 0 and "recommender demo" in result.output
+
+
+def test_ingest_prints_counts_and_names_rejected_lines(run, tmp_path):
+    path = write_jsonl(tmp_path / "a.jsonl", [article("1", "Bun"), "{oops", {"id": "2"}, article("3", "Tot bun")])
+    result = run("ingest", str(path))
+    assert result.exit_code == 3
+    assert "added 2, updated 0, unchanged 0, rejected 2" in result.stdout
+    assert f"rejected {path}:2: malformed JSON" in result.stderr
+    assert f"rejected {path}:3: title is required" in result.stderr
+    again = run("ingest", str(path))
+    assert "added 0, updated 0, unchanged 2, rejected 2" in again.stdout
+
+
+def test_clean_ingest_exits_zero_and_reports_duplicates(run, tmp_path):
+    path = write_jsonl(tmp_path / "a.jsonl", [article("1", "Unu"), article("1", "Unu bis")])
+    result = run("ingest", str(path))
+    assert result.exit_code == 0, result.output
+    assert "duplicate id '1'" in result.stderr and "the last one wins" in result.stderr
+
+
+def test_ingest_reads_standard_input(run, stories):
+    result = run("ingest", "-", input=stories.read_bytes())
+    assert result.exit_code == 0 and "added 7" in result.stdout
+
+
+def test_related_json_and_text(run, stories):
+    run("ingest", str(stories))
+    result = run("related", "ukr-2", "--json", "--k", "2")
+    assert result.exit_code == 0
+    items = json.loads(result.stdout)
+    assert isinstance(items, list) and 1 <= len(items) <= 2
+    assert {"id", "score", "title", "url", "published_at", "section", "reason"} <= set(items[0])
+    assert items[0]["id"] == "ukr-3"
+    text = run("related", "ukr-2")
+    assert text.exit_code == 0 and "1. [" in text.stdout and "shared terms" in text.stdout
+
+
+def test_related_filters_from_flags(run, stories):
+    run("ingest", str(stories))
+    result = run("related", "ukr-2", "--json", "--exclude-section", "externe", "--past-only")
+    assert [i["id"] for i in json.loads(result.stdout)] == ["ukr-old"]
+
+
+def test_related_for_a_draft(run, stories):
+    run("ingest", str(stories))
+    result = run("related", "--title", "Derby FCSB Dinamo", "--body", "Meci în Superliga", "--json")
+    assert result.exit_code == 0 and json.loads(result.stdout)[0]["id"] in {"fot-1", "fot-2"}
+
+
+def test_related_needs_an_id_or_a_title(run):
+    result = run("related")
+    assert result.exit_code == 2 and "ARTICLE_ID or --title" in result.output
+
+
+def test_errors_are_one_line_without_traceback(run, stories):
+    assert run("related", "x").output.strip().startswith("error: no index yet")
+    run("ingest", str(stories))
+    result = run("related", "nope")
+    assert result.exit_code == 1
+    assert result.output.strip() == "error: no article with id 'nope'"
+    mismatch = run("related", "ukr-1", "--model", "hashing:64")
+    assert mismatch.exit_code == 1 and "reembed" in mismatch.output and "Traceback" not in mismatch.output
+    unknown = run("related", "ukr-1", "--model", "bert-huge")
+    assert unknown.exit_code == 1 and "unknown model 'bert-huge'" in unknown.output
+
+
+def test_bad_setting_from_environment_is_one_line(tmp_path, stories):
+    result = CliRunner().invoke(main, ["ingest", str(stories)],
+                                env={"RECOMMENDER_DATA_DIR": str(tmp_path), "RECOMMENDER_BATCH_SIZE": "lots"})
+    assert result.exit_code == 1 and result.output.startswith("error: invalid setting: batch_size")
+
+
+def test_stats(run, stories):
+    assert run("stats").output.startswith("error: no store")
+    run("ingest", str(stories))
+    data = json.loads(run("stats", "--json").stdout)
+    assert data["articles"] == 7 and data["vectors_by_model"] == {HASHING: 7} and data["active_version"] == "v1"
+    assert "articles: 7" in run("stats").stdout
+
+
+def test_demo_shows_noisy_block_beside_new_suggestions(run, tmp_path):
+    result = run("demo", "--model", "hashing:512", "--data-dir", str(tmp_path / "demo"))
+    assert result.exit_code == 0, result.output
+    before, after = result.stdout.split("After")
+    assert "Cât costă o vacanță all inclusive în Grecia" in before
+    suggestions = [line for line in after.splitlines() if line.startswith("  - ")]
+    assert len(suggestions) == 5
+    assert not any("vacanță" in line or "vedetă" in line for line in suggestions)
+
+
+def test_help_imports_nothing_heavy():
+    code = "import sys; from recommender.cli import main; print(sorted(m for m in ('numpy', 'faiss', 'torch', 'bs4', 'fastapi') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_real_process_fails_fast_on_an_unreachable_hub(tmp_path, stories):
+    env = dict(os.environ, HF_HUB_OFFLINE="0", HF_ENDPOINT="http://127.0.0.1:9", RECOMMENDER_DATA_DIR=str(tmp_path))
+    proc = subprocess.run([sys.executable, "-m", "recommender.cli", "ingest", str(stories),
+                           "--model", "st:someone/some-model"], capture_output=True, text=True, env=env, timeout=60)
+    assert proc.returncode == 1
+    assert "cannot reach the Hugging Face hub" in proc.stderr and "Traceback" not in proc.stderr
+    assert proc.stdout == ""  # nothing was ingested

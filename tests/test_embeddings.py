@@ -1,0 +1,91 @@
+import numpy as np
+import pytest
+
+from embeddings import Embedder, ModelLoadError, UnknownModelError, load_embedder, validate_model_string
+from recommender.engine import Engine
+from recommender.settings import Settings
+
+TEXTS = [
+    "Ucraina și Rusia negociază un armistițiu în Marea Neagră.",
+    "Ucraina si Rusia negociaza un armistitiu in Marea Neagra.",  # typed without diacritics
+    "Kievul și Moscova discută încetarea focului pe mare.",
+    "FCSB a învins Dinamo în derby-ul din Superliga.",
+    "Rețeta de cozonac pufos pentru Paște.",
+]
+
+
+def check_contract(embedder: Embedder, dimension: int, texts=TEXTS) -> np.ndarray:
+    vectors = embedder.embed(texts)
+    assert isinstance(embedder, Embedder)
+    assert vectors.dtype == np.float32 and vectors.shape == (len(texts), dimension)
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, rtol=1e-4)
+    assert embedder.embed([]).shape == (0, dimension)
+    np.testing.assert_allclose(embedder.embed(texts[:1]), vectors[:1], rtol=1e-4, atol=1e-5)
+    return vectors
+
+
+@pytest.mark.parametrize("model, kind, name", [
+    ("e5-small-q4", "e5", "e5-small-q4"),
+    (" hashing:64 ", "hashing", "hashing:64"),
+    ("st:sentence-transformers/all-MiniLM-L6-v2", "st", "st:sentence-transformers/all-MiniLM-L6-v2"),
+])
+def test_model_strings(model, kind, name):
+    spec = validate_model_string(model)
+    assert (spec.kind, spec.name) == (kind, name)
+
+
+@pytest.mark.parametrize("model", ["", "gpt-4", "hashing", "hashing:0", "hashing:abc", "hashing:999999", "st:", "e5"])
+def test_bad_model_strings_say_what_is_accepted(model):
+    with pytest.raises(UnknownModelError, match="hashing"):
+        load_embedder(model)
+
+
+def test_hashing_is_deterministic_and_normalized():
+    vectors = check_contract(load_embedder("hashing:128"), 128)
+    np.testing.assert_array_equal(vectors, load_embedder("hashing:128").embed(TEXTS))
+    assert vectors[0] @ vectors[1] == pytest.approx(1.0), "diacritics must not matter"
+    assert vectors[0] @ vectors[3] < 0.5
+
+
+def test_default_e5_model_offline_on_a_handful_of_texts():
+    embedder = load_embedder("e5-small-q4")
+    assert embedder.name == "e5-small-q4"
+    v = check_contract(embedder, 384)
+    sims = v @ v.T
+    assert sims[0, 1] > 0.9, "text without diacritics stays close"
+    assert sims[0, 2] > sims[0, 3] and sims[0, 2] > sims[0, 4]
+
+
+def test_tiny_sentence_transformers_model_loads_from_a_folder(tiny_st_model):
+    embedder = load_embedder(f"st:{tiny_st_model}", device="cpu", batch_size=2)
+    assert embedder.name == f"st:{tiny_st_model}" and embedder.device == "cpu"
+    v = check_contract(embedder, 16, ["Ucraina, Rusia: armistițiu", "ucraina rusia armistitiu", "meci fotbal derby"])
+    assert v[0] @ v[1] == pytest.approx(1.0, abs=1e-5), "its tokenizer strips accents"
+
+
+def test_sentence_transformers_end_to_end(tiny_st_model, tmp_path, stories):
+    engine = Engine(Settings(data_dir=tmp_path / "d", model=f"st:{tiny_st_model}"))
+    report = engine.ingest([str(stories)])
+    assert report.added == 7 and report.embedded == 7
+    got = [i.id for i in engine.related("fot-1", min_score=0, k=3)]
+    assert got[0] == "fot-2"
+
+
+def test_unreachable_hub_id_fails_fast_with_advice(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ModelLoadError, match="st:/path/to/model"):
+        load_embedder("st:sentence-transformers/paraphrase-multilingual-MiniLM-L12-v2")
+
+
+def test_missing_local_folder(tmp_path):
+    with pytest.raises(ModelLoadError, match="no model folder"):
+        load_embedder(f"st:{tmp_path}/missing-model")
+
+
+def test_e5_engine_end_to_end(tmp_path, stories):
+    engine = Engine(Settings(data_dir=tmp_path / "d"))
+    assert engine.model == "e5-small-q4"
+    engine.ingest([str(stories)])
+    got = [i.id for i in engine.related("ukr-1", k=3)]
+    assert set(got) <= {"ukr-2", "ukr-3", "ukr-old"} and got
+    assert "vac-1" not in [i.id for i in engine.related("ukr-1", k=5)]

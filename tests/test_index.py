@@ -1,0 +1,103 @@
+import numpy as np
+import pytest
+
+from embeddings.base import l2_normalize
+from recommender.engine import Engine
+from recommender.errors import IndexMismatch
+from recommender.index import IndexMeta, VectorIndex, read_meta
+from tests.conftest import CountingEmbedder
+
+
+def brute_force(matrix: dict[int, np.ndarray], query: np.ndarray, k: int) -> list[int]:
+    nums = np.array(sorted(matrix))
+    scores = np.vstack([matrix[n] for n in nums]) @ query
+    order = np.lexsort((nums, -scores))  # ties by id, like the check below tolerates
+    return nums[order][:k].tolist(), scores[order][:k]
+
+
+@pytest.fixture
+def random_vectors():
+    rng = np.random.default_rng(7)
+    return l2_normalize(rng.normal(size=(500, 32)))
+
+
+def test_search_matches_numpy_after_adds_and_removes(random_vectors):
+    index = VectorIndex(32)
+    nums = np.arange(1000, 1500, dtype=np.int64)  # ids unrelated to positions
+    index.upsert(nums, random_vectors)
+    oracle = {int(n): v for n, v in zip(nums, random_vectors)}
+
+    removed = nums[::7]
+    assert index.remove(removed) == len(removed)
+    for n in removed:
+        del oracle[int(n)]
+    replaced = nums[1:50:3]
+    new_vectors = l2_normalize(np.random.default_rng(8).normal(size=(len(replaced), 32)))
+    index.upsert(replaced, new_vectors)
+    oracle.update({int(n): v for n, v in zip(replaced, new_vectors)})
+    assert index.count == len(oracle)
+
+    queries = l2_normalize(np.random.default_rng(9).normal(size=(20, 32)))
+    scores, found = index.search(queries, 10)
+    for q, query in enumerate(queries):
+        expected_nums, expected_scores = brute_force(oracle, query, 10)
+        np.testing.assert_allclose(scores[q], expected_scores, rtol=1e-5, atol=1e-5)
+        assert set(found[q]) == set(expected_nums)
+
+
+def test_reconstruct_returns_stored_vectors(random_vectors):
+    index = VectorIndex(32)
+    index.upsert(np.array([5, 9]), random_vectors[:2])
+    np.testing.assert_allclose(index.reconstruct(np.array([9, 5])), random_vectors[[1, 0]])
+
+
+def test_dimension_mismatch_is_refused(random_vectors):
+    with pytest.raises(IndexMismatch):
+        VectorIndex(16).upsert(np.array([1]), random_vectors[:1])
+
+
+def test_save_and_load_round_trip_with_sidecar(tmp_path, random_vectors):
+    index = VectorIndex(32)
+    index.upsert(np.arange(10), random_vectors[:10])
+    meta = IndexMeta("v1", "hashing:32", 32, 0, "2025-01-01T00:00:00+00:00", applied_seq=3)
+    index.save(tmp_path / "v1", meta)
+    loaded, loaded_meta = VectorIndex.load(tmp_path / "v1")
+    assert loaded_meta.count == 10 and loaded_meta.model == "hashing:32" and loaded_meta.applied_seq == 3
+    np.testing.assert_allclose(loaded.search(random_vectors[3], 1)[0][0][0], 1.0, rtol=1e-5)
+
+
+def test_sidecar_that_does_not_match_the_file_is_refused(tmp_path, random_vectors):
+    index = VectorIndex(32)
+    index.upsert(np.arange(10), random_vectors[:10])
+    index.save(tmp_path / "v1", IndexMeta("v1", "m", 32, 0, "t"))
+    meta_path = tmp_path / "v1" / "meta.json"
+    meta_path.write_text(meta_path.read_text().replace('"count": 10', '"count": 11'))
+    with pytest.raises(IndexMismatch, match="does not match its sidecar"):
+        VectorIndex.load(tmp_path / "v1")
+
+
+def test_serving_with_another_model_is_refused_with_a_clear_message(engine, stories, settings):
+    engine.ingest([str(stories)])
+    other = Engine(settings.model_copy(update={"model": "hashing:128"}), embedder=CountingEmbedder(128))
+    with pytest.raises(IndexMismatch, match=r"built with model 'hashing:256', not 'hashing:128'.*reembed"):
+        other.related("ukr-1")
+    with pytest.raises(IndexMismatch):
+        other.ingest([str(stories)])
+
+
+def test_sidecar_records_model_dimension_count_and_creation(engine, stories, settings):
+    engine.ingest([str(stories)])
+    meta = read_meta(settings.index_dir / "v1")
+    assert (meta.model, meta.dimension, meta.count) == ("hashing:256", 256, 7)
+    assert meta.created_at.startswith("20")
+
+
+def test_engine_index_agrees_with_numpy_over_stored_vectors(engine, stories, settings):
+    engine.ingest([str(stories)])
+    state = engine.state()
+    rows = [(info.num, np.frombuffer(vec, dtype=np.float32)) for info, _, vec in engine.store.index_rows(engine.model)]
+    oracle = dict(rows)
+    query = oracle[state.by_id["ukr-1"]]
+    expected, _ = brute_force(oracle, query, 4)
+    _, found = state.vectors.search(query, 4)
+    assert set(found[0]) == set(expected)

@@ -1,0 +1,145 @@
+from datetime import datetime, timezone
+
+import numpy as np
+import pytest
+
+from recommender.errors import ArticleNotFound, InvalidQuery
+from recommender.ranking import Filters, mmr_select, rescale, time_factor
+from tests.conftest import STORY_ARTICLES, article, write_jsonl
+
+
+def ids(items):
+    return [i.id for i in items]
+
+
+@pytest.fixture
+def loaded(engine, stories):
+    engine.ingest([str(stories)])
+    return engine
+
+
+def test_time_factor_halves_the_distance_to_the_floor_every_half_life():
+    np.testing.assert_allclose(time_factor(np.array([0, 30, -30, 60]), 30, 0.5), [1.0, 0.75, 0.75, 0.625])
+    np.testing.assert_allclose(time_factor(np.array([10_000]), 30, 0.5), [0.5], atol=1e-9)
+
+
+def test_rescale_maps_random_level_to_zero_and_identity_to_one():
+    np.testing.assert_allclose(rescale(np.array([0.8, 1.0, 0.9]), 0.8), [0.0, 1.0, 0.5])
+
+
+def test_mmr_without_diversity_is_relevance_order():
+    score = np.array([0.9, 0.8, 0.7])
+    sims = np.array([[1, 0.85, 0], [0.85, 1, 0], [0, 0, 1]])
+    assert mmr_select(score, sims, 3, diversity=0.0, duplicate_threshold=0.95) == [0, 1, 2]
+
+
+def test_mmr_with_diversity_prefers_the_different_candidate():
+    score = np.array([0.9, 0.8, 0.7])
+    sims = np.array([[1, 0.85, 0], [0.85, 1, 0], [0, 0, 1]])
+    # second pick: 0.5*0.8 - 0.5*0.85 = -0.025 for #1, 0.5*0.7 - 0 = 0.35 for #2
+    assert mmr_select(score, sims, 2, diversity=0.5, duplicate_threshold=0.95) == [0, 2]
+
+
+def test_mmr_drops_duplicates_among_results_whatever_the_diversity():
+    score = np.array([0.9, 0.89, 0.5])
+    sims = np.array([[1, 0.97, 0.1], [0.97, 1, 0.1], [0.1, 0.1, 1]])
+    assert mmr_select(score, sims, 3, diversity=0.0, duplicate_threshold=0.95) == [0, 2]
+
+
+def test_related_never_returns_the_article_itself(loaded):
+    for aid in ("ukr-1", "fot-1", "vac-1"):
+        assert aid not in ids(loaded.related(aid, min_score=0, k=10))
+
+
+def test_related_finds_the_same_story_and_leaves_out_unrelated(loaded):
+    got = ids(loaded.related("ukr-1"))
+    assert set(got) == {"ukr-2", "ukr-3", "ukr-old"}
+    assert ids(loaded.related("fot-1")) == ["fot-2"]
+
+
+def test_items_carry_fields_score_and_reason(loaded):
+    item = loaded.related("ukr-1")[0]
+    assert item.title and item.url is None and item.section == "externe"
+    assert item.published_at.tzinfo is not None
+    assert 0 < item.score <= 1
+    assert item.reason.startswith("shared terms: ") and "cereale" in item.reason
+    assert item.reason.endswith("days later")
+
+
+def test_minimum_score_returns_fewer_rather_than_noise(loaded):
+    assert len(loaded.related("ukr-1", min_score=0, k=6)) >= 3
+    assert ids(loaded.related("ukr-1", min_score=0.2, k=6)) == ["ukr-3"]
+    assert loaded.related("ukr-1", min_score=1.0) == []
+
+
+def test_near_duplicates_of_the_seed_are_dropped(engine, tmp_path):
+    seed = STORY_ARTICLES[0]
+    republished = dict(seed, id="ukr-1-republished")  # same text, another id
+    retitled = dict(seed, id="ukr-1-retitled", body=seed["body"] + " Actualizare.")
+    engine.ingest([str(write_jsonl(tmp_path / "d.jsonl", [*STORY_ARTICLES, republished, retitled]))])
+    got = ids(engine.related("ukr-1", k=10, min_score=0))
+    assert "ukr-1-republished" not in got and "ukr-1-retitled" not in got
+    assert "ukr-2" in got
+
+
+def test_near_duplicates_among_results_appear_once(engine, tmp_path):
+    twin = dict(STORY_ARTICLES[1], id="ukr-2-twin", title="Negocieri la Istanbul: armistițiul din Marea Neagră")
+    engine.ingest([str(write_jsonl(tmp_path / "t.jsonl", [*STORY_ARTICLES, twin]))])
+    got = ids(engine.related("ukr-1", k=10, min_score=0, diversity=0))
+    assert len({"ukr-2", "ukr-2-twin"} & set(got)) == 1
+
+
+def test_section_filters(loaded):
+    assert set(ids(loaded.related("ukr-2", k=10, filters=Filters(sections=("Externe",))))) == {"ukr-1", "ukr-3"}
+    assert ids(loaded.related("ukr-2", k=10, filters=Filters(exclude_sections=("externe",)))) == ["ukr-old"]
+    assert loaded.related("ukr-2", k=10, filters=Filters(sections=("sport",))) == []
+
+
+def test_language_and_excluded_ids(engine, tmp_path):
+    english = article("en-1", "Black Sea ceasefire talks in Istanbul", "Ukraine armistițiu Marea Neagră porturi", language="en")
+    engine.ingest([str(write_jsonl(tmp_path / "l.jsonl", [*STORY_ARTICLES, english]))])
+    assert "en-1" not in ids(engine.related("ukr-1", min_score=0, k=10, filters=Filters(language="ro")))
+    assert "ukr-2" not in ids(engine.related("ukr-1", filters=Filters(exclude_ids=("ukr-2",))))
+
+
+def test_max_age_is_measured_from_the_seed_date_not_today(loaded):
+    # The archive is from 2025 and "today" is later: a window from today would be empty.
+    assert ids(loaded.related("ukr-2", k=10, min_score=0.1, filters=Filters(max_age_days=10))) == ["ukr-1"]
+    wide = loaded.related("ukr-2", k=10, min_score=0.1, filters=Filters(max_age_days=400))
+    assert set(ids(wide)) == {"ukr-1", "ukr-3"}
+
+
+def test_past_only(loaded):
+    assert set(ids(loaded.related("ukr-2", k=10, min_score=0.1, filters=Filters(past_only=True)))) == {"ukr-1", "ukr-old"}
+    recent_past = Filters(past_only=True, max_age_days=60)
+    assert set(ids(loaded.related("ukr-3", k=10, min_score=0.1, filters=recent_past))) == {"ukr-2", "ukr-1"}
+
+
+def test_absolute_date_range(loaded):
+    f = Filters(date_from=datetime(2025, 3, 2, tzinfo=timezone.utc), date_to=datetime(2025, 3, 31, tzinfo=timezone.utc))
+    assert ids(loaded.related("ukr-3", k=10, min_score=0.1, filters=f)) == ["ukr-2"]
+
+
+def test_time_prior_moves_old_articles_down_and_can_be_switched_off(loaded):
+    with_prior = {i.id: i.score for i in loaded.related("ukr-2", k=10, diversity=0)}
+    without = {i.id: i.score for i in loaded.related("ukr-2", k=10, diversity=0, time_prior=False)}
+    # Two years away, ukr-old keeps only the floor (half) of its relevance; a week away, ukr-1 keeps most.
+    assert with_prior["ukr-old"] == pytest.approx(without["ukr-old"] * 0.5, rel=1e-3)
+    assert with_prior["ukr-1"] == pytest.approx(without["ukr-1"] * (0.5 + 0.5 * 0.5 ** (7 / 30)), rel=1e-3)
+
+
+
+def test_related_to_a_draft(loaded):
+    got = loaded.related_to_text("Derby în Superliga", "FCSB și Dinamo s-au întâlnit în derby.")
+    assert ids(got)[:2] in (["fot-1", "fot-2"], ["fot-2", "fot-1"])
+
+
+def test_unknown_article_and_bad_options(loaded):
+    with pytest.raises(ArticleNotFound, match="nope"):
+        loaded.related("nope")
+    with pytest.raises(InvalidQuery):
+        loaded.related("ukr-1", k=0)
+    with pytest.raises(InvalidQuery):
+        loaded.related("ukr-1", diversity=2)
+    with pytest.raises(InvalidQuery):
+        Filters(max_age_days=-1)
