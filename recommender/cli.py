@@ -242,6 +242,99 @@ def stats(settings, as_json):
     click.echo(f"active index: {data['active_version'] or 'none'}")
 
 
+@main.command("eval")
+@click.argument("dataset")
+@click.option("--k", "ks", type=int, multiple=True, default=(5, 10), show_default=True,
+              help="List lengths to score (repeatable).")
+@click.option("--strategy", "strategies", multiple=True,
+              help="random, recency, lexical, dense, hybrid, default (repeatable). [default: all]")
+@click.option("--model", "models", multiple=True, help="Model string (repeatable). [default: RECOMMENDER_MODEL or e5-small-q4]")
+@click.option("--past-only", is_flag=True, help="Candidates are only articles published at or before the query.")
+@click.option("--limit-queries", type=click.IntRange(min=1), default=None, help="Score a fixed random sample of N queries.")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Write report.md, report.html, plots and worst_queries.csv here.")
+@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Store for the dataset and its cached vectors. [default: OUT/data, or eval-out/<dataset>/data]")
+@click.option("--ann", is_flag=True, help="Also measure HNSW recall@k against exact search.")
+@click.option("--lexical-weight", type=click.FloatRange(0, 1), default=None,
+              help="BM25 share for 'hybrid' and 'default' (default ranking: the engine's setting).")
+@click.option("--json", "as_json", is_flag=True, help='Print {"dataset", "queries", "results": [...]} to stdout.')
+@click.option("--progress/--no-progress", default=True, help="Progress bar while embedding.")
+def eval_command(dataset, ks, strategies, models, past_only, limit_queries, out_dir, data_dir, ann,
+                 lexical_weight, as_json, progress):
+    """Score suggestion strategies and models on a labelled JSONL dataset.
+
+    The dataset is the ingest format plus labels: "topic" or "section" (same-label
+    precision P@k), "related" (ids judged related: hit@k, recall@k, MRR, nDCG@k),
+    "story" (same-story metrics). Every strategy x model x k gets bootstrap 95%
+    intervals, list properties (coverage, diversity, near-duplicates, short lists,
+    age gap) and latency. Vectors are cached by content hash in the data dir, so
+    a rerun or another strategy does not embed again.
+
+    \b
+    Examples:
+      recommender eval labelled.jsonl --out eval-out/labelled
+      recommender eval labelled.jsonl --strategy lexical --strategy default --k 5 --json
+      recommender eval moroco.jsonl --model e5-small-q4 --model hashing:512 --limit-queries 500
+    """
+    from eval.runner import default_out_dir, evaluate
+    from eval.strategies import STRATEGIES
+
+    base = (out_dir or default_out_dir(dataset))
+    settings = load_settings(data_dir=data_dir or base / "data")
+    log = (lambda msg: click.echo(msg, err=True)) if not as_json or progress else (lambda msg: None)
+    options = {"lexical_weight": lexical_weight} if lexical_weight is not None else {}
+    evaluation = evaluate(dataset, settings, list(models) or [settings.model], list(strategies) or list(STRATEGIES),
+                          list(ks), past_only, limit_queries, options, ann, progress, log)
+    if out_dir is not None:
+        from eval.report import write_report
+
+        for path in write_report(evaluation, out_dir):
+            log(f"wrote {path}")
+    if as_json:
+        click.echo(json.dumps(evaluation.to_json(), indent=2))
+        return
+    for result in evaluation.results:
+        shown = ", ".join(f"{name} {value:g}" for name, value in result.metrics.items())
+        click.echo(f"{result.strategy:8} {result.model} k={result.k}: {shown}")
+
+
+@main.command("eval-sts")
+@click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--model", "models", multiple=True, help="Model string (repeatable). [default: e5-small-q4]")
+@click.option("--genre", default=None, help="Only pairs of this genre, e.g. main-news.")
+@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("eval-out/sts"),
+              show_default=True, help="Where sentence vectors are cached by content hash.")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON array of results.")
+def eval_sts(files, models, genre, data_dir, as_json):
+    """Spearman correlation between cosine similarity and human scores, to
+    choose a model on Romanian sentence pairs (RO-STS TSV files).
+
+    \b
+    Examples:
+      recommender eval-sts ../shared/data/ro-sts/RO-STS.test.with_genre.tsv
+      recommender eval-sts RO-STS.test.with_genre.tsv --model e5-small-q4 --model hashing:512 --genre main-news
+    """
+    from dataclasses import asdict
+
+    from embeddings import load_embedder
+    from eval.sts import evaluate_sts
+    from recommender.store import Store
+
+    store = Store(data_dir / "store.sqlite")
+    results = []
+    for model in models or [load_settings().model]:
+        embedder = load_embedder(model)
+        results += [evaluate_sts(path, embedder, store, genre) for path in files]
+    if as_json:
+        click.echo(json.dumps([asdict(r) for r in results], indent=2))
+        return
+    for r in results:
+        published = f"  (published {r.published:.3f} for {r.published_as})" if r.published is not None else ""
+        click.echo(f"{r.model}  {Path(r.file).name}{' ' + r.genre if r.genre else ''}: "
+                   f"Spearman {r.spearman:.3f} over {r.pairs} pairs{published}")
+
+
 @main.command()
 @click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("demo-data"),
               show_default=True, help="Where the demo archive is stored.")

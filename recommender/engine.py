@@ -105,6 +105,9 @@ class Engine:
         self.versions = Versions(settings.index_dir)
         self._embedder = embedder
         self._state: IndexState | None = None
+        import faiss
+
+        faiss.omp_set_num_threads(settings.faiss_threads)
         self.model = embedder.name if embedder is not None else validate_model_string(settings.model).name
 
     @property
@@ -151,13 +154,19 @@ class Engine:
         self.catch_up(state)
         return state
 
-    def build_version(self, version: str, activate: bool, dimension: int | None = None) -> IndexState:
-        """A full index for this engine's model from the store's vectors."""
+    def build_state(self, version: str, dimension: int | None = None) -> IndexState:
+        """A full in-memory index for this engine's model from the store's vectors."""
         dimension = dimension or self.embedder.dimension
         meta = IndexMeta(version, self.model, dimension, 0, now_iso(), self.store.last_change())
         state = IndexState(version, meta, VectorIndex(dimension))
         state.apply(self.store.index_rows(self.model))
         self.catch_up(state)
+        state.meta.random_pair_mean = state.vectors.random_pair_mean()
+        return state
+
+    def build_version(self, version: str, activate: bool, dimension: int | None = None) -> IndexState:
+        """build_state, saved as `version` on disk, and optionally made active."""
+        state = self.build_state(version, dimension)
         self.save(state)
         if activate:
             self.versions.activate(version)
@@ -180,15 +189,18 @@ class Engine:
 
     # --- writes -------------------------------------------------------------
 
-    def ingest(self, sources: list[str], progress: bool = False) -> IngestReport:
-        """Read JSONL files into the store, embed what is new, update the index."""
-        state = self.state() if self._active_meta() is not None else None
+    def ingest(self, sources: list[str], progress: bool = False, index: bool = True) -> IngestReport:
+        """Read JSONL files into the store, embed what is new, update the index
+        (unless `index` is False: the evaluation builds its own in memory)."""
+        state = self.state() if index and self._active_meta() is not None else None
         self.embedder  # a model that cannot load fails before any line is read
         report = IngestReport()
         seen: dict[str, str] = {}
         for source in sources:
             self._ingest_source(source, report, seen)
         self.embed_missing(report, progress)
+        if not index:
+            return report
         if state is None:
             self.build_version(self.versions.new_name(), activate=True)
             self._state = None
@@ -259,46 +271,44 @@ class Engine:
 
     def related(self, article_id: str, filters: Filters = Filters(), **options) -> list[RelatedItem]:
         state = self.state()
+        return self.rank(state, self.seed(state, article_id), filters, self.ranking(**options))
+
+    def related_to_text(self, title: str, body: str = "", published_at: datetime | None = None,
+                        filters: Filters = Filters(), **options) -> list[RelatedItem]:
+        """Suggestions for a draft that is not in the index."""
+        state = self.state()
+        return self.rank(state, self.draft_seed(title, body, published_at), filters, self.ranking(**options))
+
+    def seed(self, state: IndexState, article_id: str) -> Seed:
         num = state.by_id.get(article_id)
         if num is None:
             raise ArticleNotFound(article_id)
         info = state.infos[num]
         text = self.store.get_text(article_id) or info.title
-        vector = self._vector_of(state, num, text)
-        seed = Seed(num, info.content_hash, vector, info.published_at, info.title, text)
-        return self._rank(state, seed, filters, self.ranking(**options))
+        if num in state.vectors:
+            vector = state.vectors.reconstruct(np.array([num]))[0]
+        else:  # stored but not embedded yet (an ingest was interrupted)
+            vector = self.embedder.embed([text])[0]
+        return Seed(num, info.content_hash, vector, info.published_at, info.title, text)
 
-    def related_to_text(self, title: str, body: str = "", published_at: datetime | None = None,
-                        filters: Filters = Filters(), **options) -> list[RelatedItem]:
-        """Suggestions for a draft that is not in the index."""
+    def draft_seed(self, title: str, body: str = "", published_at: datetime | None = None) -> Seed:
         draft = Article(id="draft", title=title, body=body, published_at=published_at)
         text = draft.embed_text(self.settings.embed_chars).text
-        state = self.state()
         vector = self.embedder.embed([text])[0]
-        seed = Seed(None, content_hash(text), vector, draft.published_at, draft.title, text)
-        return self._rank(state, seed, filters, self.ranking(**options))
+        return Seed(None, content_hash(text), vector, draft.published_at, draft.title, text)
 
-    def _vector_of(self, state: IndexState, num: int, text: str) -> np.ndarray:
-        try:
-            return state.vectors.index.reconstruct(num)
-        except RuntimeError:  # stored but not embedded yet (an ingest was interrupted)
-            return self.embedder.embed([text])[0]
-
-    def _rank(self, state: IndexState, seed: Seed, filters: Filters, opts: RankingSettings) -> list[RelatedItem]:
+    def rank(self, state: IndexState, seed: Seed, filters: Filters, opts: RankingSettings) -> list[RelatedItem]:
+        """The default ranking: every rule of `recommender.ranking`, in order."""
         if state.vectors.count == 0:
             return []
         reference = seed.published_at or datetime.now(timezone.utc)
-        cosines, nums = self._candidates(state, seed, filters, reference, opts.k)
-        if len(nums) == 0:
-            return []
-        dense = rescale(cosines, state.meta.random_pair_mean)
-        relevance = dense
-        if opts.lexical_weight > 0:
-            relevance = (1 - opts.lexical_weight) * dense + opts.lexical_weight * self._lexical(state, seed, nums)
+        nums, dense, relevance = self.relevance(state, seed, filters, opts.k, opts.lexical_weight)
         seed_title = fold(seed.title)
         keep = (relevance >= opts.min_score) & (dense < opts.duplicate_threshold)
-        keep &= np.array([fold(state.infos[n].title) != seed_title for n in nums])
-        nums, dense, relevance = nums[keep], dense[keep], relevance[keep]
+        keep &= np.array([fold(state.infos[n].title) != seed_title for n in nums], dtype=bool)
+        nums, relevance = nums[keep], relevance[keep]
+        if len(nums) == 0:
+            return []
         deltas = self._deltas(state, nums, reference)
         score = relevance
         if opts.time_prior:
@@ -311,25 +321,53 @@ class Engine:
         explain = Explainer(state.lexical, seed.text)
         return [self._item(state, explain, int(nums[i]), float(score[i]), deltas[i]) for i in chosen]
 
-    def _candidates(self, state: IndexState, seed: Seed, filters: Filters, reference: datetime,
-                    k: int) -> tuple[np.ndarray, np.ndarray]:
+    def relevance(self, state: IndexState, seed: Seed, filters: Filters, k: int,
+                  lexical_weight: float = 0.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(nums, rescaled dense similarity, relevance) of the candidates that pass
+        the filters. With a lexical weight, BM25's own best matches join the
+        dense neighbours, and relevance blends both."""
+        reference = seed.published_at or datetime.now(timezone.utc)
+        accept = self._acceptor(state, seed, filters, reference)
+        cosines, nums = self._dense_candidates(state, seed, accept, k)
+        if lexical_weight > 0:
+            query = state.lexical.query(terms(seed.text))
+            _, lexical_nums = state.lexical.search(query, max(64, 10 * k))
+            seen = set(nums.tolist())
+            extra = np.array([n for n in lexical_nums.tolist() if n not in seen and n in state.vectors and accept(n)],
+                             dtype=np.int64)
+            if len(extra):
+                nums = np.concatenate([nums, extra])
+                cosines = np.concatenate([cosines, state.vectors.reconstruct(extra) @ seed.vector])
+        dense = rescale(cosines, state.meta.random_pair_mean)
+        if lexical_weight <= 0 or len(nums) == 0:
+            return nums, dense, dense
+        lexical = self._lexical(state, seed, nums)
+        return nums, dense, (1 - lexical_weight) * dense + lexical_weight * lexical
+
+    @staticmethod
+    def _acceptor(state: IndexState, seed: Seed, filters: Filters, reference: datetime):
+        def accept(num: int) -> bool:
+            info = state.infos.get(num)
+            return (info is not None and num != seed.num and info.content_hash != seed.content_hash
+                    and filters.accepts(info, reference))
+
+        return accept
+
+    @staticmethod
+    def _dense_candidates(state: IndexState, seed: Seed, accept, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Nearest neighbours that pass the filters, widening the search until
         enough pass or the whole index has been seen."""
         fetch = max(64, 10 * k)
         while True:
             cosines, nums = state.vectors.search(seed.vector, fetch)
             cosines, nums = cosines[0], nums[0]
-            ok = np.array([
-                n >= 0 and n != seed.num and n in state.infos
-                and state.infos[n].content_hash != seed.content_hash
-                and filters.accepts(state.infos[n], reference)
-                for n in nums
-            ], dtype=bool)
+            ok = np.array([n >= 0 and accept(int(n)) for n in nums], dtype=bool)
             if ok.sum() >= 5 * k or fetch >= state.vectors.count:
                 return cosines[ok], nums[ok]
             fetch *= 4
 
-    def _lexical(self, state: IndexState, seed: Seed, nums: np.ndarray) -> np.ndarray:
+    @staticmethod
+    def _lexical(state: IndexState, seed: Seed, nums: np.ndarray) -> np.ndarray:
         """BM25 of each candidate against the seed's top terms, over the seed's own score."""
         seed_terms = terms(seed.text)
         query = state.lexical.query(seed_terms)

@@ -44,10 +44,14 @@ class VectorIndex:
         self.dimension = dimension
         self._faiss = faiss
         self.index = faiss_index if faiss_index is not None else faiss.IndexIDMap2(faiss.IndexFlatIP(dimension))
+        self._members = set(self.ids().tolist())
 
     @property
     def count(self) -> int:
         return int(self.index.ntotal)
+
+    def __contains__(self, num: int) -> bool:
+        return int(num) in self._members
 
     def ids(self) -> np.ndarray:
         return self._faiss.vector_to_array(self.index.id_map).astype(np.int64)
@@ -61,11 +65,13 @@ class VectorIndex:
             raise IndexMismatch(f"vectors of shape {vectors.shape} do not fit an index of dimension {self.dimension}")
         self.remove(nums)
         self.index.add_with_ids(vectors, nums)
+        self._members.update(nums.tolist())
 
     def remove(self, nums: np.ndarray) -> int:
         nums = np.asarray(nums, dtype=np.int64)
         if len(nums) == 0 or self.count == 0:
             return 0
+        self._members.difference_update(nums.tolist())
         return int(self.index.remove_ids(self._faiss.IDSelectorBatch(nums)))
 
     def search(self, vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

@@ -1,0 +1,79 @@
+"""Spearman correlation between cosine and human similarity scores (RO-STS)."""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from recommender.articles import content_hash
+from recommender.errors import RecommenderError
+from recommender.store import Store
+from recommender.text import normalize
+
+# Published zero-shot figures (MTEB RonSTS, Spearman), from ../shared/README.md.
+PUBLISHED = {
+    "e5-small-q4": ("multilingual-e5-small (fp32)", 0.778),
+    "paraphrase-multilingual-MiniLM-L12-v2": ("paraphrase-multilingual-MiniLM-L12-v2", 0.796),
+    "all-MiniLM-L6-v2": ("all-MiniLM-L6-v2", 0.630),
+}
+
+
+@dataclass(frozen=True)
+class StsResult:
+    model: str
+    file: str
+    genre: str | None
+    pairs: int
+    spearman: float
+    published: float | None
+    published_as: str | None
+
+
+def read_pairs(path: Path, genre: str | None) -> list[tuple[str, str, float]]:
+    try:
+        with path.open(encoding="utf-8", newline="") as fh:
+            rows = list(csv.DictReader(fh, delimiter="\t", quoting=csv.QUOTE_NONE))
+    except OSError as exc:
+        raise RecommenderError(f"cannot read {path}: {exc.strerror or exc}") from None
+    needed = {"score", "sentence1_ro", "sentence2_ro"}
+    if not rows or not needed <= set(rows[0]):
+        raise RecommenderError(f"{path} is not an RO-STS file: it needs the columns {', '.join(sorted(needed))}")
+    pairs = []
+    for row in rows:
+        if genre and row.get("genre") != genre:
+            continue
+        try:
+            pairs.append((normalize(row["sentence1_ro"]), normalize(row["sentence2_ro"]), float(row["score"])))
+        except (TypeError, ValueError):
+            continue  # a row without a numeric score carries no judgement
+    if not pairs:
+        raise RecommenderError(f"no scored pairs in {path}" + (f" for genre {genre!r}" if genre else ""))
+    return pairs
+
+
+def embed_cached(store: Store, embedder, texts: list[str], batch_size: int = 64) -> np.ndarray:
+    """Vectors by content hash: a rerun, or another file with the same sentences, embeds nothing."""
+    hashes = [content_hash(t) for t in texts]
+    missing = sorted({h: t for h, t in zip(hashes, texts) if store.vector(embedder.name, h) is None}.items())
+    for start in range(0, len(missing), batch_size):
+        chunk = missing[start:start + batch_size]
+        vectors = embedder.embed([t for _, t in chunk])
+        with store.transaction() as conn:
+            store.put_vectors(conn, embedder.name, [h for h, _ in chunk], vectors)
+    return np.vstack([store.vector(embedder.name, h) for h in hashes])
+
+
+def evaluate_sts(path: Path, embedder, store: Store, genre: str | None = None) -> StsResult:
+    from scipy.stats import spearmanr
+
+    pairs = read_pairs(path, genre)
+    left = embed_cached(store, embedder, [a for a, _, _ in pairs])
+    right = embed_cached(store, embedder, [b for _, b, _ in pairs])
+    cosines = np.sum(left * right, axis=1)
+    rho = spearmanr(cosines, [s for _, _, s in pairs]).statistic
+    key = embedder.name.removeprefix("st:").rstrip("/").split("/")[-1]
+    published_as, published = PUBLISHED.get(key, PUBLISHED.get(embedder.name, (None, None)))
+    return StsResult(embedder.name, str(path), genre, len(pairs), round(float(rho), 4), published, published_as)
