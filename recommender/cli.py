@@ -242,6 +242,35 @@ def stats(settings, as_json):
     click.echo(f"active index: {data['active_version'] or 'none'}")
 
 
+@main.command()
+@common_options
+@click.option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on.")
+@click.option("--port", type=click.IntRange(1, 65535), default=8000, show_default=True)
+@click.option("--log-level", default="info", show_default=True,
+              type=click.Choice(["critical", "error", "warning", "info", "debug"]))
+def serve(settings, host, port, log_level):
+    """Run the HTTP API under uvicorn (one process; the index lives in it).
+
+    Writes (PUT, bulk, DELETE) need `Authorization: Bearer <key>`, with keys from
+    RECOMMENDER_API_KEYS (comma-separated). OpenAPI docs at /docs.
+
+    \b
+    Examples:
+      RECOMMENDER_API_KEYS=secret recommender serve --port 8000
+      curl localhost:8000/v1/articles/ARTICLE_ID/related?k=5
+      curl localhost:8000/v1/articles/ARTICLE_ID/related.html
+    """
+    import uvicorn
+
+    from api.app import create_app
+    from recommender.engine import Engine
+
+    if not settings.api_key_list:
+        click.echo("warning: RECOMMENDER_API_KEYS is empty: writes are refused", err=True)
+    Engine(settings).check_model()  # a model that does not match the active index is refused here
+    uvicorn.run(create_app(settings), host=host, port=port, log_level=log_level)
+
+
 @main.command("eval")
 @click.argument("dataset")
 @click.option("--k", "ks", type=int, multiple=True, default=(5, 10), show_default=True,

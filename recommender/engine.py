@@ -15,6 +15,7 @@ from recommender.errors import ArticleNotFound, IndexMismatch, InvalidQuery, NoI
 from recommender.index import IndexMeta, VectorIndex, now_iso, read_meta
 from recommender.ingest import Duplicate, IngestReport, open_source, read_jsonl, Rejection
 from recommender.lexical import LexicalIndex
+from recommender.precomputed import CachedItem, RelatedLists
 from recommender.ranking import (
     DAY, Filters, RelatedItem, age_phrase, mmr_select, rescale, shared_terms_reason, time_factor,
 )
@@ -39,6 +40,13 @@ class IndexState:
     infos: dict[int, ArticleInfo] = field(default_factory=dict)
     by_id: dict[str, int] = field(default_factory=dict)
     lexical: LexicalIndex = field(default_factory=LexicalIndex)
+
+    def clone(self) -> "IndexState":
+        """A copy that can be changed while readers keep using this one."""
+        from dataclasses import replace
+
+        return IndexState(self.version, replace(self.meta), self.vectors.clone(), dict(self.infos),
+                          dict(self.by_id), self.lexical.clone())
 
     def set_info(self, info: ArticleInfo, term_text: str) -> None:
         old = self.infos.get(info.num)
@@ -124,6 +132,10 @@ class Engine:
             self._state = self._open_active()
         return self._state
 
+    def check_model(self) -> None:
+        """Raise IndexMismatch if the active index was built with another model."""
+        self._active_meta()
+
     def _active_meta(self) -> IndexMeta | None:
         version = self.versions.active()
         if version is None:
@@ -172,15 +184,56 @@ class Engine:
             self.versions.activate(version)
         return state
 
-    def catch_up(self, state: IndexState) -> bool:
-        """Apply the store's changes since the index's last one; True if any."""
+    def catch_up(self, state: IndexState) -> list[int]:
+        """Apply the store's changes since the index's last one; the nums changed."""
         last, nums = self.store.changes_since(state.meta.applied_seq)
         if nums:
             rows = list(self.store.index_rows(self.model, nums))
             present = {info.num for info, _, _ in rows}
             state.apply(rows, gone=[n for n in nums if n not in present])
         state.meta.applied_seq = last
-        return bool(nums)
+        return nums
+
+    # --- precomputed lists --------------------------------------------------
+
+    def lists_for(self, state: IndexState) -> RelatedLists:
+        return RelatedLists(self.store, state.version)
+
+    def refresh_related(self, state: IndexState, lists: RelatedLists, changed: Iterable[int],
+                        progress: bool = False) -> int:
+        """Recompute the lists a change can touch: the changed articles' own, those
+        of their nearest neighbours (an earlier piece of a story must point to its
+        follow-up), and those that showed them; plus any list still missing."""
+        changed = set(changed)
+        gone = [n for n in changed if n not in state.infos]
+        lists.forget(gone)
+        affected = {n for n in changed if n in state.infos} | lists.containing(changed)
+        for num in list(affected & changed):
+            if num in state.vectors:
+                vector = state.vectors.reconstruct(np.array([num]))
+                _, near = state.vectors.search(vector, 2 * self.settings.precompute_k + 1)
+                affected.update(int(n) for n in near[0] if n >= 0)
+        return self.compute_lists(state, lists, sorted(n for n in affected if n in state.infos), progress)
+
+    def precompute_missing(self, state: IndexState, lists: RelatedLists, progress: bool = False) -> int:
+        return self.compute_lists(state, lists, lists.missing_or_stale(n for n in state.infos if n in state.vectors),
+                                  progress)
+
+    def compute_lists(self, state: IndexState, lists: RelatedLists, nums: list[int], progress: bool = False) -> int:
+        from tqdm import tqdm
+
+        opts = self.ranking(k=self.settings.precompute_k)
+        batch: dict[int, list[CachedItem]] = {}
+        with tqdm(total=len(nums), unit="list", desc="precomputing related lists", disable=not progress or not nums) as bar:
+            for num in nums:
+                items = self.rank(state, self.seed(state, state.infos[num].id), Filters(), opts)
+                batch[num] = [CachedItem(state.by_id[i.id], i.score, i.reason) for i in items]
+                if len(batch) >= 500:
+                    lists.put_many(batch)
+                    batch = {}
+                bar.update()
+        lists.put_many(batch)
+        return len(nums)
 
     def save(self, state: IndexState) -> None:
         state.meta.random_pair_mean = state.vectors.random_pair_mean()
@@ -202,11 +255,14 @@ class Engine:
         if not index:
             return report
         if state is None:
-            self.build_version(self.versions.new_name(), activate=True)
-            self._state = None
+            state = self.build_version(self.versions.new_name(), activate=True)
+            changed = list(state.infos)
         else:
-            self.catch_up(state)
+            changed = self.catch_up(state)
             self.save(state)
+        lists = self.lists_for(state)
+        self.refresh_related(state, lists, changed, progress)
+        self.precompute_missing(state, lists, progress)
         return report
 
     def _ingest_source(self, source: str, report: IngestReport, seen: dict[str, str]) -> None:

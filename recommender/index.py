@@ -46,6 +46,9 @@ class VectorIndex:
         self.index = faiss_index if faiss_index is not None else faiss.IndexIDMap2(faiss.IndexFlatIP(dimension))
         self._members = set(self.ids().tolist())
 
+    def clone(self) -> "VectorIndex":
+        return VectorIndex(self.dimension, self._faiss.clone_index(self.index))
+
     @property
     def count(self) -> int:
         return int(self.index.ntotal)

@@ -28,6 +28,15 @@ class LexicalIndex:
         self._total_len = 0
         self._matrix = None  # (nums, csr) cache for full search
 
+    def clone(self) -> "LexicalIndex":
+        copy = LexicalIndex()
+        copy.vocab = dict(self.vocab)
+        copy._terms = list(self._terms)
+        copy._df = self._df.copy()
+        copy._docs = dict(self._docs)  # the per-document arrays are replaced, never changed in place
+        copy._total_len = self._total_len
+        return copy
+
     def __len__(self) -> int:
         return len(self._docs)
 

@@ -48,7 +48,24 @@ class Settings(BaseSettings):
     # One query at a time is faster on one thread: OpenMP start-up dominates a
     # single search (measured 3.4 ms on 2 threads vs 0.5 ms on 1, 10k x 384).
     faiss_threads: int = Field(1, ge=1, le=256)
+    # Lists computed ahead of time hold this many items; requests for more go live.
+    precompute_k: int = Field(10, ge=1, le=50)
     ranking: RankingSettings = Field(default_factory=RankingSettings)
+
+    # --- the API ---
+    # Comma-separated bearer keys for writes; with none, writes are refused.
+    api_keys: str = Field("", repr=False)
+    max_body_bytes: int = Field(2 * 1024 * 1024, ge=1024)
+    # ?ref=related&from=<id>&pos=<n> on every suggested URL.
+    attribution: bool = True
+    css_class: str = Field("citeste-si", pattern=r"^[A-Za-z][A-Za-z0-9_-]*$")
+    # How often the server looks for other processes' writes and new index versions.
+    refresh_seconds: float = Field(1.0, gt=0)
+    save_seconds: float = Field(60.0, gt=0)
+
+    @property
+    def api_key_list(self) -> list[str]:
+        return [k.strip() for k in self.api_keys.split(",") if k.strip()]
 
     @property
     def store_path(self) -> Path:

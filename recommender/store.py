@@ -124,10 +124,11 @@ class Store:
 
     # --- writes -------------------------------------------------------------
 
-    def upsert(self, conn: sqlite3.Connection, article: Article, embed_chars: int) -> UpsertResult:
+    def upsert(self, conn: sqlite3.Connection, article: Article, embed_chars: int,
+               prepared: EmbedText | None = None) -> UpsertResult:
         """Insert or replace one article inside the caller's transaction."""
         record_hash = article.record_hash()
-        prepared = article.embed_text(embed_chars)
+        prepared = prepared or article.embed_text(embed_chars)
         text = prepared.text
         chash = content_hash(text)
         old = conn.execute("SELECT num, record_hash, content_hash FROM articles WHERE id = ?", (article.id,)).fetchone()

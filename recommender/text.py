@@ -75,7 +75,10 @@ def html_to_text(html: str) -> str:
     soup = BeautifulSoup(html, "lxml")
     for tag in soup(["script", "style", "noscript", "template", "iframe", "svg", "head"]):
         tag.decompose()
-    return soup.get_text("\n")
+    # Markup, not blank lines, separates HTML paragraphs; dropping the blank lines
+    # keeps a "Citește și" heading and its links in one block.
+    lines = (line.strip() for line in soup.get_text("\n").splitlines())
+    return "\n".join(line for line in lines if line)
 
 
 def _is_breadcrumb(folded: str) -> bool:

@@ -31,7 +31,8 @@ def write_jsonl(path: Path, records: list, raw_lines: list[bytes] | None = None)
 
 def article(aid: str, title: str, body: str = "", date: str | None = "2025-03-01T10:00:00+00:00",
             section: str | None = "externe", **extra) -> dict:
-    record = {"id": aid, "title": title, "body": body, "section": section, **extra}
+    record = {"id": aid, "title": title, "body": body, "section": section,
+              "url": f"https://www.exemplu.ro/{section or 'stiri'}/{aid}", **extra}
     if date is not None:
         record["published_at"] = date
     return record

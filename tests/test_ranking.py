@@ -59,7 +59,7 @@ def test_related_finds_the_same_story_and_leaves_out_unrelated(loaded):
 
 def test_items_carry_fields_score_and_reason(loaded):
     item = loaded.related("ukr-1")[0]
-    assert item.title and item.url is None and item.section == "externe"
+    assert item.title and item.url == f"https://www.exemplu.ro/externe/{item.id}" and item.section == "externe"
     assert item.published_at.tzinfo is not None
     assert 0 < item.score <= 1
     assert item.reason.startswith("shared terms: ") and "cereale" in item.reason

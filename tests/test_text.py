@@ -71,3 +71,13 @@ def test_plain_text_with_angle_brackets_is_not_parsed_as_html():
 
 def test_empty_body():
     assert clean_text("") == "" and clean_text(None) == ""
+
+
+def test_html_block_with_whitespace_between_label_and_links_is_dropped():
+    html = """<p>Primul paragraf al articolului, destul de lung ca să fie text.</p>
+    <div class="rel"><h3>Citește și</h3>
+
+      <ul>
+        <li><span>Turism Express</span> <a href="/1">Cât costă o vacanță în Grecia</a></li>
+      </ul></div>"""
+    assert clean_text(html) == "Primul paragraf al articolului, destul de lung ca să fie text."

@@ -1,0 +1,112 @@
+"""Request and response bodies, with the examples shown at /docs."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from recommender.ranking import Filters
+
+
+class RelatedItemOut(BaseModel):
+    id: str = Field(examples=["2025-03-20-istanbul-talks"])
+    title: str = Field(examples=["A doua rundă de convorbiri diplomatice despre Ucraina, la Istanbul"])
+    url: str | None = Field(None, description="http(s) only, with click attribution unless switched off",
+                            examples=["https://www.example.ro/externe/istanbul?ref=related&from=kiev-talks&pos=1"])
+    published_at: datetime | None = None
+    section: str | None = Field(None, examples=["externe"])
+    score: float = Field(examples=[0.61])
+    reason: str = Field(examples=["shared terms: convorbiri, istanbul; 6 days later"])
+
+
+class RelatedOut(BaseModel):
+    article_id: str | None = Field(examples=["2025-03-14-kiev-talks"])
+    items: list[RelatedItemOut]
+    model: str = Field(examples=["e5-small-q4"])
+    index_version: str = Field(examples=["v1"])
+
+
+class FiltersIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    sections: list[str] = Field(default_factory=list, examples=[["externe", "politica"]])
+    exclude_sections: list[str] = Field(default_factory=list)
+    language: str | None = None
+    exclude_ids: list[str] = Field(default_factory=list, description="Ids already on the page")
+    max_age_days: float | None = Field(None, ge=0, description="Measured from the seed's date")
+    past_only: bool = False
+    date_from: datetime | None = None
+    date_to: datetime | None = None
+
+    def to_filters(self) -> Filters:
+        return Filters(tuple(self.sections), tuple(self.exclude_sections), self.language, tuple(self.exclude_ids),
+                       self.max_age_days, self.past_only, _aware(self.date_from), _aware(self.date_to))
+
+
+class DraftIn(BaseModel):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{
+        "title": "Negocieri de pace la Istanbul", "body": "Delegațiile Ucrainei și Rusiei se întâlnesc...",
+        "k": 5, "filters": {"exclude_sections": ["lifestyle"], "max_age_days": 60}}]})
+
+    title: str = Field(min_length=1, max_length=2000)
+    body: str = ""
+    k: int = Field(5, ge=1, le=50)
+    published_at: datetime | None = Field(None, description="The draft's date; default now")
+    diversity: float | None = Field(None, ge=0, le=1)
+    filters: FiltersIn = Field(default_factory=FiltersIn)
+
+
+class WriteOut(BaseModel):
+    id: str
+    status: str = Field(examples=["added"], description="added | updated | unchanged | deleted")
+
+
+class BulkItemOut(BaseModel):
+    index: int = Field(description="0-based position in the array, or line number - 1 in JSONL")
+    id: str | None = None
+    status: str = Field(examples=["added"], description="added | updated | unchanged | rejected")
+    error: str | None = None
+
+
+class BulkOut(BaseModel):
+    added: int
+    updated: int
+    unchanged: int
+    rejected: int
+    results: list[BulkItemOut]
+
+
+class RewriteIn(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "html": "<article><h1>Titlu</h1><p>Text.</p><div><h3>Citește și</h3><ul><li><a href='https://x.ro/a'>Alt titlu</a></li></ul></div></article>",
+        "article_id": "2025-03-14-kiev-talks"}]})
+
+    html: str
+    article_id: str | None = Field(None, description="Without it, suggestions are computed from the page's own text")
+
+
+class RewriteOut(BaseModel):
+    html: str
+    replaced: int
+
+
+class ArticleOut(BaseModel):
+    id: str
+    title: str
+    body: str
+    url: str | None
+    published_at: datetime | None
+    section: str | None
+    tags: list[str]
+    language: str
+    meta: dict[str, Any]
+
+
+def _aware(value: datetime | None) -> datetime | None:
+    from datetime import timezone
+
+    if value is not None and value.tzinfo is None:
+        return value.replace(tzinfo=timezone.utc)
+    return value

@@ -1,0 +1,269 @@
+"""What the HTTP routes call: reads from a snapshot, writes that never block them.
+
+Readers take the current `Snapshot` (engine, index state, precomputed lists)
+by reference and finish on it. A writer embeds outside any lock, then, under
+the one write lock, commits to SQLite, applies the change to a *copy* of the
+index state, recomputes the lists it touches and swaps the snapshot in. The
+same swap brings in changes made by other processes (a CLI ingest) and a newly
+activated index version.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from datetime import datetime
+
+from embeddings import Embedder
+from recommender.articles import Article, content_hash
+from recommender.engine import Engine, IndexState
+from recommender.errors import ArticleNotFound, NoIndex
+from recommender.precomputed import CachedList, RelatedLists
+from recommender.ranking import Filters, RelatedItem
+from recommender.settings import Settings
+from recommender.store import StoredArticle, UpsertResult
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    engine: Engine
+    state: IndexState
+    lists: RelatedLists
+
+
+@dataclass(frozen=True)
+class Related:
+    items: list[RelatedItem]
+    model: str
+    index_version: str
+    source: str  # "precomputed" | "live" | "stale"
+
+
+@dataclass(frozen=True)
+class WriteResult:
+    id: str
+    status: str  # added | updated | unchanged | deleted
+
+
+class Counters:
+    """What the service counts; the metrics endpoint reads it."""
+
+    def __init__(self) -> None:
+        self.hits = 0
+        self.misses = 0
+        self.stale = 0
+
+
+class Service:
+    def __init__(self, settings: Settings, embedder: Embedder | None = None):
+        self.settings = settings
+        self._embedder = embedder
+        self._write = threading.Lock()
+        self._embed = threading.Lock()  # the embedding engines are not documented as thread-safe
+        self.counters = Counters()
+        self._snapshot: Snapshot | None = None
+        self._saved_seq = -1
+        self.failure: str | None = None  # why start() failed, for /readyz
+
+    # --- lifecycle ------------------------------------------------------------
+
+    def start(self) -> None:
+        """Open the active version (or create an empty one) and precompute missing lists."""
+        engine = Engine(self.settings, self._embedder)
+        try:
+            state = engine.state()
+        except NoIndex:
+            engine.embedder  # the model must load before the server says it is ready
+            state = engine.build_version(engine.versions.new_name(), activate=True)
+        lists = engine.lists_for(state)
+        engine.precompute_missing(state, lists)
+        self._snapshot = Snapshot(engine, state, lists)
+        self._saved_seq = state.meta.applied_seq
+
+    @property
+    def ready(self) -> bool:
+        return self._snapshot is not None
+
+    @property
+    def snapshot(self) -> Snapshot:
+        if self._snapshot is None:
+            raise NoIndex("the index is still loading")
+        return self._snapshot
+
+    def refresh(self) -> bool:
+        """Bring in other processes' writes and version switches; True if anything changed."""
+        with self._write:
+            current = self.snapshot
+            active = current.engine.versions.active()
+            if active and active != current.state.version:
+                self._switch_version(active)
+                return True
+            if current.engine.store.last_change() > current.state.meta.applied_seq:
+                self._advance()
+                return True
+        return False
+
+    def save(self) -> None:
+        """Persist the index when it moved since the last save (the store is always current)."""
+        with self._write:
+            current = self.snapshot
+            if current.state.meta.applied_seq != self._saved_seq:
+                current.engine.save(current.state.clone())
+                self._saved_seq = current.state.meta.applied_seq
+
+    def _advance(self) -> list[int]:
+        """Apply committed changes to a copy of the state and swap it in (write lock held)."""
+        current = self.snapshot
+        state = current.state.clone()
+        changed = current.engine.catch_up(state)
+        if changed:
+            current.engine.refresh_related(state, current.lists, changed)
+        self._snapshot = Snapshot(current.engine, state, current.lists)
+        return changed
+
+    def _switch_version(self, version: str) -> None:
+        from recommender.index import read_meta
+
+        meta = read_meta(self.snapshot.engine.versions.path(version))
+        settings = self.settings.model_copy(update={"model": meta.model})
+        embedder = self._embedder if self._embedder is not None and self._embedder.name == meta.model else None
+        engine = Engine(settings, embedder)
+        state = engine.state()
+        lists = engine.lists_for(state)
+        engine.precompute_missing(state, lists)  # normally done by the job before activating
+        log.info("switched to index %s (%s)", version, meta.model)
+        self._snapshot = Snapshot(engine, state, lists)
+        self._saved_seq = state.meta.applied_seq
+
+    # --- reads ----------------------------------------------------------------
+
+    def related(self, article_id: str, k: int, filters: Filters, diversity: float | None = None) -> Related:
+        snap = self.snapshot
+        num = snap.state.by_id.get(article_id)
+        if num is None:
+            raise ArticleNotFound(article_id)
+        cached = snap.lists.get(num) if snap.lists.version == snap.state.version else None
+        plain = diversity is None and not filters.restricts_dates and not filters.language
+        if plain and k <= self.settings.precompute_k and cached is not None and cached.fresh:
+            items = self._from_cache(snap, cached, k, filters)
+            if items is not None:
+                self.counters.hits += 1
+                return Related(items, snap.engine.model, snap.state.version, "precomputed")
+        self.counters.misses += 1
+        try:
+            items = self._live(snap, num, article_id, k, filters, diversity)
+        except Exception:
+            if cached is None:
+                raise
+            log.exception("live ranking failed for %s; serving the cached list", article_id)
+            self.counters.stale += 1
+            items = self._from_cache(snap, cached, k, filters, strict=False) or []
+            return Related(items, snap.engine.model, snap.state.version, "stale")
+        return Related(items, snap.engine.model, snap.state.version, "live")
+
+    def _live(self, snap: Snapshot, num: int, article_id: str, k: int, filters: Filters,
+              diversity: float | None) -> list[RelatedItem]:
+        engine = snap.engine
+        seed = engine.seed(snap.state, article_id)
+        unfiltered = filters == Filters() and diversity is None
+        if unfiltered and k <= self.settings.precompute_k:
+            # Compute the full precomputed list once and keep it for the next view.
+            items = engine.rank(snap.state, seed, filters, engine.ranking(k=self.settings.precompute_k))
+            from recommender.precomputed import CachedItem
+
+            snap.lists.put_many({num: [CachedItem(snap.state.by_id[i.id], i.score, i.reason) for i in items]})
+            return items[:k]
+        return engine.rank(snap.state, seed, filters, engine.ranking(k=k, diversity=diversity))
+
+    def _from_cache(self, snap: Snapshot, cached: CachedList, k: int, filters: Filters,
+                    strict: bool = True) -> list[RelatedItem] | None:
+        """The cached list with deleted and filtered-out items removed; None when
+        too few remain to answer without a live search."""
+        state = snap.state
+        out = []
+        for item in cached.items:
+            info = state.infos.get(item.num)
+            if info is None or not filters.accepts(info, info.published_at or datetime.now().astimezone()):
+                continue
+            out.append(RelatedItem(info.id, info.title, info.url, info.published_at, info.section,
+                                   item.score, item.reason))
+        exhaustive = len(cached.items) < self.settings.precompute_k and len(out) == len(cached.items)
+        if strict and len(out) < k and not exhaustive:
+            return None
+        return out[:k]
+
+    def related_to_text(self, title: str, body: str, k: int, filters: Filters, diversity: float | None,
+                        published_at: datetime | None = None) -> Related:
+        snap = self.snapshot
+        with self._embed:
+            seed = snap.engine.draft_seed(title, body, published_at)
+        items = snap.engine.rank(snap.state, seed, filters, snap.engine.ranking(k=k, diversity=diversity))
+        return Related(items, snap.engine.model, snap.state.version, "live")
+
+    def article(self, article_id: str) -> StoredArticle:
+        found = self.snapshot.engine.store.get(article_id)
+        if found is None:
+            raise ArticleNotFound(article_id)
+        return found
+
+    # --- writes ---------------------------------------------------------------
+
+    def upsert(self, articles: list[Article]) -> list[UpsertResult]:
+        """Store and index articles; visible to readers when this returns."""
+        snap = self.snapshot
+        engine = snap.engine
+        prepared = [a.embed_text(self.settings.embed_chars) for a in articles]
+        hashes = [content_hash(p.text) for p in prepared]
+        missing = {h: p.text for h, p in zip(hashes, prepared) if engine.store.vector(engine.model, h) is None}
+        vectors = None
+        if missing:
+            with self._embed:
+                vectors = engine.embedder.embed(list(missing.values()))
+        with self._write:
+            with engine.store.transaction() as conn:
+                results = [engine.store.upsert(conn, a, self.settings.embed_chars, p) for a, p in zip(articles, prepared)]
+                if vectors is not None:
+                    engine.store.put_vectors(conn, engine.model, list(missing), vectors)
+            self._advance()
+        return results
+
+    def delete(self, article_id: str) -> None:
+        engine = self.snapshot.engine
+        with self._write:
+            with engine.store.transaction() as conn:
+                if engine.store.delete(conn, article_id) is None:
+                    raise ArticleNotFound(article_id)
+            self._advance()
+
+
+class Refresher:
+    """Background thread: picks up other processes' writes and saves the index now and then."""
+
+    def __init__(self, service: Service, every: float, save_every: float):
+        self.service = service
+        self.every = every
+        self.save_every = save_every
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="recommender-refresh", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+    def _run(self) -> None:
+        last_save = time.monotonic()
+        while not self._stop.wait(self.every):
+            try:
+                self.service.refresh()
+                if time.monotonic() - last_save >= self.save_every:
+                    self.service.save()
+                    last_save = time.monotonic()
+            except Exception:  # keep serving the last good snapshot
+                log.exception("background refresh failed")

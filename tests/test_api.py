@@ -1,0 +1,282 @@
+import json
+import re
+
+import pytest
+from fastapi.testclient import TestClient
+
+from api.app import create_app
+from tests.conftest import CountingEmbedder, STORY_ARTICLES, article, write_jsonl
+
+KEY = "test-key"
+AUTH = {"Authorization": f"Bearer {KEY}"}
+
+
+@pytest.fixture
+def api_settings(settings):
+    return settings.model_copy(update={"api_keys": f"other, {KEY}", "max_body_bytes": 64 * 1024})
+
+
+@pytest.fixture
+def client(api_settings, stories):
+    from recommender.engine import Engine
+
+    Engine(api_settings, embedder=CountingEmbedder()).ingest([str(stories)])
+    app = create_app(api_settings, embedder=CountingEmbedder(), background=False)
+    with TestClient(app) as test_client:
+        yield test_client
+
+
+def ids(response):
+    return [i["id"] for i in response.json()["items"]]
+
+
+def test_related_json_shape_and_attribution(client):
+    response = client.get("/v1/articles/ukr-2/related", params={"k": 2})
+    assert response.status_code == 200
+    body = response.json()
+    assert body["article_id"] == "ukr-2" and body["model"] == "hashing:256" and body["index_version"] == "v1"
+    assert [i["id"] for i in body["items"]] == ["ukr-3", "ukr-old"]
+    assert set(body["items"][0]) == {"id", "title", "url", "published_at", "section", "score", "reason"}
+
+
+def test_click_attribution_on_urls_and_its_switch(api_settings, tmp_path):
+    from recommender.engine import Engine
+
+    records = [dict(a, url=f"https://ziar.ro/{a['id']}?utm=x") for a in STORY_ARTICLES]
+    Engine(api_settings, embedder=CountingEmbedder()).ingest([str(write_jsonl(tmp_path / "u.jsonl", records))])
+    with TestClient(create_app(api_settings, embedder=CountingEmbedder(), background=False)) as c:
+        url = c.get("/v1/articles/ukr-2/related").json()["items"][0]["url"]
+        assert url == "https://ziar.ro/ukr-3?utm=x&ref=related&from=ukr-2&pos=1"
+    plain = api_settings.model_copy(update={"attribution": False})
+    with TestClient(create_app(plain, embedder=CountingEmbedder(), background=False)) as c:
+        assert c.get("/v1/articles/ukr-2/related").json()["items"][0]["url"] == "https://ziar.ro/ukr-3?utm=x"
+
+
+def test_related_filters(client):
+    assert ids(client.get("/v1/articles/ukr-2/related", params={"exclude_section": "externe"})) == ["ukr-old"]
+    assert ids(client.get("/v1/articles/ukr-2/related", params=[("exclude", "ukr-3"), ("exclude", "ukr-old")])) == ["ukr-1"]
+    assert "ukr-3" not in ids(client.get("/v1/articles/ukr-2/related", params={"past_only": "true"}))
+    assert ids(client.get("/v1/articles/ukr-2/related", params={"section": "sport"})) == []
+    assert client.get("/v1/articles/ukr-2/related", params={"max_age_days": 10, "diversity": 0.5}).status_code == 200
+
+
+def test_related_html_block(client):
+    response = client.get("/v1/articles/ukr-2/related.html")
+    assert response.status_code == 200 and response.headers["content-type"].startswith("text/html")
+    assert '<aside class="citeste-si"' in response.text and "Citește și" in response.text
+    assert response.text.count('class="citeste-si__item"') == 3
+
+
+def test_draft(client):
+    response = client.post("/v1/related", json={"title": "Derby FCSB Dinamo", "body": "Meci în Superliga",
+                                                "k": 2, "filters": {"sections": ["sport"]}})
+    assert response.status_code == 200
+    assert set(ids(response)) == {"fot-1", "fot-2"} and response.json()["article_id"] is None
+
+
+def test_get_put_delete_article(client):
+    assert client.get("/v1/articles/ukr-1").json()["title"].startswith("Kievul")
+    new = {"title": "Armistițiul din Marea Neagră, semnat", "body": "Ucraina și Rusia semnează armistițiul pe mare; porturile exportă cereale.",
+           "published_at": "2025-04-05T10:00:00+00:00", "section": "externe", "topic": "POL"}
+    put = client.put("/v1/articles/ukr-4", json=new, headers=AUTH)
+    assert put.status_code == 200 and put.json() == {"id": "ukr-4", "status": "added"}
+    stored = client.get("/v1/articles/ukr-4").json()
+    assert stored["meta"] == {"topic": "POL"} and stored["published_at"].startswith("2025-04-05")
+    assert "ukr-4" in ids(client.get("/v1/articles/ukr-3/related")), "an older piece points to its follow-up"
+    assert client.put("/v1/articles/ukr-4", json=new, headers=AUTH).json()["status"] == "unchanged"
+    assert client.delete("/v1/articles/ukr-4", headers=AUTH).json() == {"id": "ukr-4", "status": "deleted"}
+    assert client.get("/v1/articles/ukr-4").status_code == 404
+    for seed in ("ukr-1", "ukr-2", "ukr-3"):
+        assert "ukr-4" not in ids(client.get(f"/v1/articles/{seed}/related", params={"k": 10}))
+
+
+def test_bulk_json_array_and_jsonl(client):
+    payload = [article("b-1", "Bugetul pe 2026"), {"id": "b-2"}, article("b-3", "Deficitul bugetar"), "nope"]
+    response = client.post("/v1/articles:bulk", json=payload, headers=AUTH)
+    assert response.status_code == 200
+    body = response.json()
+    assert (body["added"], body["rejected"]) == (2, 2)
+    assert [(r["index"], r["status"]) for r in body["results"]] == [(0, "added"), (1, "rejected"), (2, "added"), (3, "rejected")]
+    assert "title is required" in body["results"][1]["error"]
+    lines = "\n".join([json.dumps(article("b-1", "Bugetul pe 2026")), "{bad", json.dumps(article("b-4", "Altul"))])
+    jsonl = client.post("/v1/articles:bulk", content=lines, headers={**AUTH, "content-type": "application/x-ndjson"})
+    assert [(r["index"], r["status"]) for r in jsonl.json()["results"]] == [(0, "unchanged"), (1, "rejected"), (2, "added")]
+
+
+def test_writes_need_a_key_and_write_nothing_without_one(client):
+    body = {"title": "Neautorizat"}
+    assert client.put("/v1/articles/x", json=body).status_code == 401
+    wrong = client.put("/v1/articles/x", json=body, headers={"Authorization": "Bearer wrong"})
+    assert wrong.status_code == 401 and wrong.headers["www-authenticate"] == "Bearer"
+    assert client.post("/v1/articles:bulk", json=[article("x", "t")]).status_code == 401
+    assert client.delete("/v1/articles/ukr-1", headers={"Authorization": "Basic abc"}).status_code == 401
+    assert client.get("/v1/articles/x").status_code == 404 and client.get("/v1/articles/ukr-1").status_code == 200
+
+
+def test_no_keys_configured_means_no_writes(settings, stories):
+    with TestClient(create_app(settings, embedder=CountingEmbedder(), background=False)) as c:
+        response = c.put("/v1/articles/x", json={"title": "t"}, headers=AUTH)
+        assert response.status_code == 401 and "no API keys" in response.json()["detail"]
+
+
+def test_unknown_ids_are_404_with_a_message(client):
+    for path in ("/v1/articles/nope", "/v1/articles/nope/related", "/v1/articles/nope/related.html", "/demo/nope"):
+        response = client.get(path)
+        assert response.status_code == 404 and "nope" in response.json()["detail"], path
+    assert client.delete("/v1/articles/nope", headers=AUTH).status_code == 404
+    assert client.post("/v1/rewrite", json={"html": "<p>x</p>", "article_id": "nope"}).status_code == 404
+
+
+@pytest.mark.parametrize("request_args", [
+    ("get", "/v1/articles/ukr-1/related", {"params": {"k": 0}}),
+    ("get", "/v1/articles/ukr-1/related", {"params": {"k": 51}}),
+    ("get", "/v1/articles/ukr-1/related", {"params": {"k": "five"}}),
+    ("get", "/v1/articles/ukr-1/related", {"params": {"diversity": 2}}),
+    ("get", "/v1/articles/ukr-1/related", {"params": {"max_age_days": -1}}),
+    ("post", "/v1/related", {"content": b"{not json", "headers": {"content-type": "application/json"}}),
+    ("post", "/v1/related", {"json": {"title": ""}}),
+    ("post", "/v1/related", {"json": {"title": "t", "k": 100}}),
+    ("post", "/v1/related", {"json": {"title": "t", "filters": {"unknown": 1}}}),
+    ("put", "/v1/articles/x", {"json": {"body": "no title"}, "headers": AUTH}),
+    ("put", "/v1/articles/x", {"json": ["not", "an", "object"], "headers": AUTH}),
+    ("put", "/v1/articles/x", {"json": {"title": "t", "published_at": "yesterday"}, "headers": AUTH}),
+    ("put", "/v1/articles/x", {"json": {"id": "y", "title": "t"}, "headers": AUTH}),
+    ("post", "/v1/articles:bulk", {"content": b"[{", "headers": AUTH}),
+    ("post", "/v1/rewrite", {"json": {"article_id": "ukr-1"}}),
+])
+def test_bad_input_is_422_with_field_detail(client, request_args):
+    method, path, kwargs = request_args
+    response = getattr(client, method)(path, **kwargs)
+    assert response.status_code == 422, response.text
+    assert response.json()["detail"]
+
+
+def test_body_over_the_limit_is_413(client):
+    big = {"title": "Mare", "body": "x" * (70 * 1024)}
+    response = client.put("/v1/articles/big", json=big, headers=AUTH)
+    assert response.status_code == 413 and "limit" in response.json()["detail"]
+
+    def chunks():  # no Content-Length: the limit must hold on a streamed body too
+        for _ in range(100):
+            yield b"x" * 1024
+
+    streamed = client.post("/v1/articles:bulk", content=chunks(), headers=AUTH)
+    assert streamed.status_code == 413
+    assert client.get("/v1/articles/big").status_code == 404
+
+
+XSS_TITLE = '<script>alert("x")</script> "citat" & \'apostrof\' <img src=x onerror=alert(1)>'
+
+
+def test_block_template_escapes_every_field_and_links_only_http():
+    from datetime import datetime, timezone
+
+    from api.render import attributed, render_block
+    from recommender.ranking import RelatedItem
+
+    items = [RelatedItem("a", XSS_TITLE, "javascript:alert(1)", datetime.now(timezone.utc), '"><b>s</b>', 0.5, "r"),
+             RelatedItem("b", "Bun", 'https://ok.ro/a?x=<b>&y="q"', None, None, 0.4, "r")]
+    urls = [attributed(i.url, 'seed"<', n) for n, i in enumerate(items, 1)]
+    html = render_block(items, urls, "citeste-si")
+    assert urls[0] is None and "javascript:" not in html
+    assert "<script>" not in html and "<img" not in html and "<b>" not in html
+    assert "&lt;script&gt;alert(&#34;x&#34;)&lt;/script&gt;" in html and "&amp; &#39;apostrof&#39;" in html
+    (href,) = re.findall(r'href="([^"]*)"', html)
+    assert href == "https://ok.ro/a?x=%3Cb%3E&amp;y=%22q%22&amp;ref=related&amp;from=seed%22%3C&amp;pos=2"
+
+
+def test_stored_hostile_fields_come_out_inert(client):
+    seed = {"title": "Alfa beta gama", "body": "alfa beta gama delta", "published_at": "2025-03-09T10:00:00+00:00"}
+    evil = {"title": XSS_TITLE + " alfa beta", "body": "alfa beta gama epsilon", "url": "javascript:alert(1)",
+            "section": '"><script>s()</script>', "published_at": "2025-03-09T10:00:00+00:00"}
+    odd = dict(evil, title="Altul " + XSS_TITLE, body="alfa gama delta zeta", url='https://ok.ro/a?x=<b>&y="q"')
+    for aid, body in (("seed", seed), ("evil", evil), ("odd", odd)):
+        assert client.put(f"/v1/articles/{aid}", json=body, headers=AUTH).status_code == 200
+    assert set(ids(client.get("/v1/articles/seed/related"))) == {"evil", "odd"}
+    html = client.get("/v1/articles/seed/related.html").text
+    assert "<script>" not in html and "<img" not in html and "javascript:" not in html
+    assert html.count("&lt;script&gt;") == 4  # two titles and two sections
+    hrefs = re.findall(r'href="([^"]*)"', html)
+    assert len(hrefs) == 1 and hrefs[0].startswith("https://ok.ro/a?x=%3Cb%3E")
+    assert [i["url"] for i in client.get("/v1/articles/seed/related").json()["items"]].count(None) == 1
+
+
+PAGE = """<html><head><title>Convorbiri</title></head><body>
+<nav class="breadcrumb">Prima pagină » Știri » Externe</nav>
+<h1>Kievul propune un armistițiu în Marea Neagră</h1><h2>Kievul propune un armistițiu în Marea Neagră</h2>
+<p class="teaser"><a href="/altceva">Alt articol</a></p>
+<p>Ucraina propune Rusiei un armistițiu pe mare, ca porturile ucrainene să poată exporta cereale.</p>
+<div class="video"><h3>Recomandarea video</h3><p>Imagini</p></div>
+<div class="citeste-si"><h3>Citește și</h3><ul>
+<li><span>Turism Express</span><a href="https://p.example/1">Cât costă o vacanță în Grecia</a></li>
+<li><span>Showbiz Azi</span><a href="https://p.example/2">Fotografiile unei vedete</a></li>
+</ul></div>
+<footer>Contact</footer></body></html>"""
+
+
+def test_rewrite_replaces_the_noisy_block(client):
+    response = client.post("/v1/rewrite", json={"html": PAGE, "article_id": "ukr-1"})
+    body = response.json()
+    assert response.status_code == 200 and body["replaced"] == 1
+    html = body["html"]
+    assert "vacanță în Grecia" not in html and "p.example" not in html
+    assert 'class="citeste-si"' in html and "Negocieri la Istanbul" in html
+    assert "Recomandarea video" in html and "<footer>Contact</footer>" in html and "/altceva" in html
+
+
+def test_rewrite_without_an_id_uses_the_page_text(client):
+    body = client.post("/v1/rewrite", json={"html": PAGE}).json()
+    assert body["replaced"] == 1 and "Acord pentru armistițiul din Marea Neagră" in body["html"]
+    assert "vacanță în Grecia" not in body["html"]
+
+
+def test_rewrite_leaves_a_page_without_a_block_unchanged(client):
+    page = "<html><body><p>Citește și alte știri pe site.</p><a href='/x'>x</a></body></html>"
+    assert client.post("/v1/rewrite", json={"html": page}).json() == {"html": page, "replaced": 0}
+
+
+def test_operations_routes(client):
+    assert client.get("/healthz").json() == {"status": "alive"}
+    ready = client.get("/readyz").json()
+    assert ready["status"] == "ready" and ready["articles"] == 7
+    client.get("/v1/articles/ukr-2/related")
+    client.get("/v1/articles/ukr-2/related", params={"max_age_days": 3})
+    text = client.get("/metrics").text
+    assert 'recommender_requests_total{method="GET",route="/v1/articles/{article_id}/related",status="200"} 2.0' in text
+    assert 'recommender_request_duration_seconds_bucket{le="0.005",method="GET",route="/v1/articles/{article_id}/related"}' in text
+    assert "recommender_index_articles 7.0" in text
+    assert "recommender_cache_hit_ratio 0.5" in text
+
+
+def test_openapi_docs_have_examples(client):
+    assert client.get("/docs").status_code == 200
+    spec = client.get("/openapi.json").json()
+    assert "/v1/articles/{article_id}/related" in spec["paths"] and "/v1/rewrite" in spec["paths"]
+    assert "examples" in json.dumps(spec["components"]["schemas"]["DraftIn"])
+
+
+def test_stale_cached_list_is_served_when_the_engine_fails(client, monkeypatch):
+    client.get("/v1/articles/ukr-2/related")  # cached
+    service = client.app.state.service
+    snap = service.snapshot
+    monkeypatch.setattr(snap.lists, "get", lambda num: type(snap.lists._lists[num])(snap.lists._lists[num].items, False))
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("index on fire")
+
+    monkeypatch.setattr(snap.engine, "rank", broken)
+    response = client.get("/v1/articles/ukr-2/related")
+    assert response.status_code == 200 and ids(response)[0] == "ukr-3"
+    assert "recommender_stale_served_total 1.0" in client.get("/metrics").text
+
+
+def test_demo_page_shows_old_and_new_blocks(api_settings, tmp_path):
+    from recommender.demo import DEMO_ARTICLE, demo_corpus_path
+    from recommender.engine import Engine
+
+    Engine(api_settings, embedder=CountingEmbedder()).ingest([demo_corpus_path()])
+    with TestClient(create_app(api_settings, embedder=CountingEmbedder(), background=False)) as c:
+        html = c.get(f"/demo/{DEMO_ARTICLE}").text
+    old, new = html.split('id="new-block"')
+    assert "Cât costă o vacanță all inclusive în Grecia" in old
+    assert new.count('class="citeste-si__link"') == 5

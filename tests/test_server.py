@@ -1,0 +1,141 @@
+"""A real uvicorn process on 127.0.0.1, driven over HTTP."""
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from recommender.engine import Engine
+from tests.conftest import CountingEmbedder, article
+
+KEY = "e2e-key"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def server(settings, stories):
+    Engine(settings, embedder=CountingEmbedder()).ingest([str(stories)])
+    port = free_port()
+    env = dict(os.environ, RECOMMENDER_DATA_DIR=str(settings.data_dir), RECOMMENDER_MODEL=settings.model,
+               RECOMMENDER_API_KEYS=KEY, RECOMMENDER_REFRESH_SECONDS="0.2")
+    proc = subprocess.Popen([sys.executable, "-m", "recommender.cli", "serve", "--port", str(port), "--log-level", "warning"],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
+                break
+        except httpx.TransportError:
+            pass
+        if proc.poll() is not None:
+            pytest.fail(f"server exited: {proc.stdout.read()}")
+        time.sleep(0.2)
+    else:
+        proc.kill()
+        pytest.fail("server never became ready")
+    with httpx.Client(base_url=base, timeout=10) as client:
+        yield client
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
+def related_ids(client, seed):
+    response = client.get(f"/v1/articles/{seed}/related", params={"k": 10})
+    assert response.status_code == 200
+    return [i["id"] for i in response.json()["items"]]
+
+
+def test_put_related_delete_related(server):
+    follow_up = article("ukr-4", "Armistițiul din Marea Neagră, semnat la Istanbul",
+                        "Ucraina și Rusia semnează armistițiul pe mare; porturile ucrainene exportă cereale.",
+                        "2025-04-05T10:00:00+00:00")
+    put = server.put("/v1/articles/ukr-4", json=follow_up, headers={"Authorization": f"Bearer {KEY}"})
+    assert put.status_code == 200 and put.json()["status"] == "added"
+    assert "ukr-4" in related_ids(server, "ukr-3")
+    assert server.delete("/v1/articles/ukr-4", headers={"Authorization": f"Bearer {KEY}"}).status_code == 200
+    assert "ukr-4" not in related_ids(server, "ukr-3")
+    assert server.get("/v1/articles/ukr-4/related").status_code == 404
+
+
+def test_a_cli_ingest_beside_the_server_shows_up_without_a_restart(server, settings, tmp_path):
+    from tests.conftest import write_jsonl
+
+    extra = write_jsonl(tmp_path / "extra.jsonl", [article(
+        "fot-3", "Dinamo și FCSB, din nou în derby", "FCSB și Dinamo joacă derby-ul din Superliga.",
+        "2025-03-16T18:00:00+00:00", section="sport")])
+    env = dict(os.environ, RECOMMENDER_DATA_DIR=str(settings.data_dir), RECOMMENDER_MODEL=settings.model)
+    subprocess.run([sys.executable, "-m", "recommender.cli", "ingest", str(extra)], env=env, check=True,
+                   capture_output=True)
+    deadline = time.monotonic() + 5
+    while "fot-3" not in related_ids(server, "fot-2"):
+        assert time.monotonic() < deadline, "the server never saw the CLI's article"
+        time.sleep(0.1)
+
+
+def test_concurrent_writes_lose_nothing_and_reads_keep_answering(server):
+    headers = {"Authorization": f"Bearer {KEY}"}
+    errors: list[str] = []
+    stop = threading.Event()
+
+    def reader():
+        with httpx.Client(base_url=str(server.base_url), timeout=10) as c:
+            while not stop.is_set():
+                r = c.get("/v1/articles/ukr-2/related")
+                if r.status_code != 200:
+                    errors.append(f"read {r.status_code}")
+
+    def writer(start):
+        with httpx.Client(base_url=str(server.base_url), timeout=30) as c:
+            for i in range(start, start + 10):
+                r = c.put(f"/v1/articles/w-{i}", json=article(f"w-{i}", f"Articol scris concurent {i}"), headers=headers)
+                if r.status_code != 200:
+                    errors.append(f"write {r.status_code}")
+
+    readers = [threading.Thread(target=reader) for _ in range(2)]
+    writers = [threading.Thread(target=writer, args=(n * 10,)) for n in range(4)]
+    for t in readers + writers:
+        t.start()
+    for t in writers:
+        t.join()
+    stop.set()
+    for t in readers:
+        t.join()
+    assert errors == []
+    for i in range(40):
+        assert server.get(f"/v1/articles/w-{i}").status_code == 200
+    assert server.get("/readyz").json()["articles"] == 7 + 40
+
+
+BROWSER = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.mark.skipif(not BROWSER and not os.environ.get("RECOMMENDER_REQUIRE_BROWSER"),
+                    reason="Debian's chromium is not installed (CI installs it and sets RECOMMENDER_REQUIRE_BROWSER)")
+def test_demo_page_renders_the_new_block_with_links_in_chromium(server, tmp_path):
+    from bs4 import BeautifulSoup
+
+    assert BROWSER, "chromium is required here"
+    url = f"{server.base_url}/demo/ukr-2"
+    dom = subprocess.run(
+        [BROWSER, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+         "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={tmp_path / 'profile'}",
+         "--dump-dom", url],
+        capture_output=True, text=True, timeout=120,
+    ).stdout
+    soup = BeautifulSoup(dom, "html.parser")
+    links = soup.select("#new-block aside.citeste-si a.citeste-si__link")
+    assert [a.get_text() for a in links][:1] == ["Acord pentru armistițiul din Marea Neagră"]
+    assert all(a["href"].startswith("https://www.exemplu.ro/") and "ref=related&from=ukr-2" in a["href"] for a in links)
