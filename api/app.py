@@ -190,6 +190,8 @@ def _start(service: Service, refresher: Refresher) -> None:
         service.failure = str(exc)
         return
     refresher.start()
+    if service.settings.precompute_on_start:
+        service.precompute_missing()
 
 
 def _article_body():

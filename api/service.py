@@ -72,17 +72,28 @@ class Service:
     # --- lifecycle ------------------------------------------------------------
 
     def start(self) -> None:
-        """Open the active version (or create an empty one) and precompute missing lists."""
+        """Open the active version, or create an empty one; then the server is ready.
+        Lists still missing are served live until `precompute_missing` fills them."""
         engine = Engine(self.settings, self._embedder)
         try:
             state = engine.state()
         except NoIndex:
             engine.embedder  # the model must load before the server says it is ready
             state = engine.build_version(engine.versions.new_name(), activate=True)
-        lists = engine.lists_for(state)
-        engine.precompute_missing(state, lists)
-        self._snapshot = Snapshot(engine, state, lists)
+        self._snapshot = Snapshot(engine, state, engine.lists_for(state))
         self._saved_seq = state.meta.applied_seq
+
+    def precompute_missing(self, batch: int = 200) -> int:
+        """Fill missing lists in small batches under the write lock, so a write in
+        between is never overwritten by a list computed from an older snapshot."""
+        done = 0
+        while True:
+            with self._write:
+                snap = self.snapshot
+                todo = snap.lists.missing_or_stale(n for n in snap.state.infos if n in snap.state.vectors)[:batch]
+                if not todo:
+                    return done
+                done += snap.engine.compute_lists(snap.state, snap.lists, todo)
 
     @property
     def ready(self) -> bool:

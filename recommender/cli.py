@@ -99,7 +99,9 @@ def main() -> None:
 @common_options
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.option("--progress/--no-progress", default=True, help="Progress bar while embedding (on a terminal).")
-def ingest(files, settings, as_json, progress):
+@click.option("--precompute/--no-precompute", default=True,
+              help="Recompute the related lists the new articles touch (a running server fills missing ones anyway).")
+def ingest(files, settings, as_json, progress, precompute):
     """Add or update articles from JSONL files ('-' reads standard input).
 
     Each line is one article: required "id" and "title"; optional "body" (text or
@@ -116,7 +118,7 @@ def ingest(files, settings, as_json, progress):
       cat today.jsonl | recommender ingest -
     """
     engine = open_engine(settings)
-    report = engine.ingest(list(files), progress=progress)
+    report = engine.ingest(list(files), progress=progress, precompute=precompute)
     if as_json:
         from dataclasses import asdict
 

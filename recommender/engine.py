@@ -242,9 +242,12 @@ class Engine:
 
     # --- writes -------------------------------------------------------------
 
-    def ingest(self, sources: list[str], progress: bool = False, index: bool = True) -> IngestReport:
+    def ingest(self, sources: list[str], progress: bool = False, index: bool = True,
+               precompute: bool = True) -> IngestReport:
         """Read JSONL files into the store, embed what is new, update the index
-        (unless `index` is False: the evaluation builds its own in memory)."""
+        (unless `index` is False: the evaluation builds its own in memory) and
+        the precomputed lists (unless `precompute` is False: the server fills
+        missing ones in the background)."""
         state = self.state() if index and self._active_meta() is not None else None
         self.embedder  # a model that cannot load fails before any line is read
         report = IngestReport()
@@ -260,9 +263,10 @@ class Engine:
         else:
             changed = self.catch_up(state)
             self.save(state)
-        lists = self.lists_for(state)
-        self.refresh_related(state, lists, changed, progress)
-        self.precompute_missing(state, lists, progress)
+        if precompute:
+            lists = self.lists_for(state)
+            self.refresh_related(state, lists, changed, progress)
+            self.precompute_missing(state, lists, progress)
         return report
 
     def _ingest_source(self, source: str, report: IngestReport, seen: dict[str, str]) -> None:

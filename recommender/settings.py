@@ -62,6 +62,8 @@ class Settings(BaseSettings):
     # How often the server looks for other processes' writes and new index versions.
     refresh_seconds: float = Field(1.0, gt=0)
     save_seconds: float = Field(60.0, gt=0)
+    # Fill lists that are missing (say, after a bulk load without them) once the server is up.
+    precompute_on_start: bool = True
 
     @property
     def api_key_list(self) -> list[str]:

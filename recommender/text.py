@@ -37,6 +37,8 @@ _JUNK_LINE = re.compile(
 _BREADCRUMB_SEP = re.compile(r"\s(?:»|›|>|/|\|)\s")
 _BREADCRUMB_HOME = ("prima pagina", "acasa", "home", "stiri")
 _BLOCK_ITEM_MAX_WORDS = 20
+_BLOCK_TAGS = ["p", "div", "li", "ul", "ol", "h1", "h2", "h3", "h4", "h5", "h6", "br", "tr", "section", "article",
+               "header", "footer", "aside", "blockquote", "figure", "figcaption", "table", "title", "dt", "dd"]
 
 _STOPWORDS_RAW = """
 a acea aceasta această aceea acei aceia acel acela acele acelea acest acesta aceste acestea acestei
@@ -73,12 +75,25 @@ def html_to_text(html: str) -> str:
     from bs4 import BeautifulSoup  # bs4 is slow to import; keep `--help` instant
 
     soup = BeautifulSoup(html, "lxml")
-    for tag in soup(["script", "style", "noscript", "template", "iframe", "svg", "head"]):
+    for tag in soup(["script", "style", "noscript", "template", "iframe", "svg", "head", "nav"]):
         tag.decompose()
+    for block in soup(["p", "li", "div"]):
+        if _is_link_teaser(block):
+            block.decompose()
+    for block in soup(_BLOCK_TAGS):
+        block.insert_before("\n")
+        block.append("\n")
     # Markup, not blank lines, separates HTML paragraphs; dropping the blank lines
     # keeps a "Citește și" heading and its links in one block.
-    lines = (line.strip() for line in soup.get_text("\n").splitlines())
+    lines = (_SPACES.sub(" ", line).strip() for line in soup.get_text("").splitlines())
     return "\n".join(line for line in lines if line)
+
+
+def _is_link_teaser(element) -> bool:
+    """A short paragraph that is nothing but a link: a teaser for another story."""
+    text = element.get_text(" ", strip=True)
+    links = " ".join(a.get_text(" ", strip=True) for a in element.find_all("a"))
+    return bool(text) and text == links and len(text.split()) <= _BLOCK_ITEM_MAX_WORDS
 
 
 def _is_breadcrumb(folded: str) -> bool:

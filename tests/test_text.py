@@ -81,3 +81,8 @@ def test_html_block_with_whitespace_between_label_and_links_is_dropped():
         <li><span>Turism Express</span> <a href="/1">Cât costă o vacanță în Grecia</a></li>
       </ul></div>"""
     assert clean_text(html) == "Primul paragraf al articolului, destul de lung ca să fie text."
+
+
+def test_link_only_teaser_paragraph_is_dropped():
+    html = '<p class="teaser"><a href="/x">Alt articol despre altceva</a></p><p>Textul articolului, cu un <a href="/y">link</a> în el.</p>'
+    assert clean_text(html) == "Textul articolului, cu un link în el."
