@@ -58,7 +58,8 @@ def common_options(func):
     @click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
                   help="Where the store and indexes live. [env RECOMMENDER_DATA_DIR; default ./data]")
     @click.option("--model", default=None,
-                  help="Embedding model: e5-small-q4 (default), st:<id or path>, hashing:<dim>. [env RECOMMENDER_MODEL]")
+                  help="Embedding model: e5-small-q4, st:<id or path>, hashing:<dim>. [env RECOMMENDER_MODEL; "
+                       "default: the active index's model, else e5-small-q4]")
     @wraps(func)
     def wrapper(*args, data_dir, model, **kwargs):
         return func(*args, settings=load_settings(data_dir=data_dir, model=model), **kwargs)
@@ -273,6 +274,142 @@ def serve(settings, host, port, log_level):
     uvicorn.run(create_app(settings), host=host, port=port, log_level=log_level)
 
 
+@main.command()
+@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Where the store and indexes live. [env RECOMMENDER_DATA_DIR; default ./data]")
+@click.option("--model", required=True, help="The new model: e5-small-q4, st:<id or path>, hashing:<dim>.")
+@click.option("--device", type=click.Choice(["cpu", "cuda", "mps"]), default=None,
+              help="For st: models. [default: cuda if available]")
+@click.option("--batch-size", type=click.IntRange(1, 4096), default=32, show_default=True)
+@click.option("--workers", type=click.IntRange(0, 256), default=0, show_default=True,
+              help="Processes on this machine, each single-threaded; 0 embeds in this process.")
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="Embed at most N texts (a trial run).")
+@click.option("--resume/--no-resume", default=True,
+              help="Continue an unfinished job for the same model (always safe: finished batches are kept).")
+@click.option("--activate/--no-activate", default=True, help="Switch to the new version when it is ready.")
+@click.option("--ray", "ray_address", default=None,
+              help="Embed shards as Ray tasks: a cluster address (ray://host:10001, auto) or 'local'.")
+@click.option("--progress/--no-progress", default=True)
+def reembed(data_dir, model, device, batch_size, workers, limit, resume, activate, ray_address, progress):
+    """Re-embed the archive with MODEL into a new index version, next to the active one.
+
+    The active version keeps serving while the job runs. Batches are committed as
+    they finish, so an interrupted job (even kill -9) loses at most the batches in
+    flight; run the same command again to resume. Text already embedded by MODEL
+    is never embedded again. When every article has a vector, the new version is
+    validated, its related lists are computed, and it is activated atomically; a
+    running server switches to it without dropping a request. One job at a time
+    per data dir.
+
+    \b
+    Examples:
+      recommender reembed --model st:/models/multilingual-e5-base --device cuda --batch-size 128
+      recommender reembed --model e5-small-q4 --workers 2
+      recommender reembed --model hashing:512 --limit 1000 --no-activate     # a trial run
+      recommender reembed --model st:intfloat/multilingual-e5-small --ray ray://head:10001
+    """
+    from recommender.reembed import ReembedOptions, run_reembed
+
+    if not resume:
+        raise click.UsageError("--no-resume is not needed: finished batches are valid forever; "
+                               "to start a fresh version, finish or prune the unfinished one")
+    settings = load_settings(data_dir=data_dir)
+    if not settings.store_path.exists():
+        raise CliError(f"no store in {settings.data_dir}: ingest articles first")
+    result = run_reembed(settings, ReembedOptions(model, device, batch_size, workers, limit, activate,
+                                                  ray_address, progress), echo=lambda m: click.echo(m, err=True))
+    click.echo(f"{result.version}: embedded {result.embedded} texts in {result.seconds:.1f} s "
+               f"({result.docs_per_second:.1f} docs/s), reused {result.reused}"
+               + ("; active" if result.activated else ""))
+
+
+@main.group()
+def index():
+    """Index versions: list, activate (switch or roll back), prune.
+
+    \b
+    Examples:
+      recommender index list
+      recommender index activate v2
+      recommender index prune
+    """
+
+
+@index.command("list")
+@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="[env RECOMMENDER_DATA_DIR; default ./data]")
+@click.option("--json", "as_json", is_flag=True, help="Print [{version, model, dimension, count, created, active}].")
+def index_list(data_dir, as_json):
+    """Show the index versions and which one serves.
+
+    \b
+    Example:
+      recommender index list --json
+    """
+    from recommender.versions import Versions
+
+    versions = Versions(load_settings(data_dir=data_dir).index_dir)
+    active = versions.active()
+    rows = [{"version": m.version, "model": m.model, "dimension": m.dimension, "count": m.count,
+             "created": m.created_at, "active": m.version == active} for m in versions.metas()]
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    if not rows:
+        click.echo("no index versions yet: ingest articles first")
+    for row in rows:
+        click.echo(f"{'*' if row['active'] else ' '} {row['version']:5} {row['model']:30} dim {row['dimension']:5} "
+                   f"{row['count']:>8} articles  created {row['created']}")
+
+
+@index.command("activate")
+@click.argument("version")
+@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="[env RECOMMENDER_DATA_DIR; default ./data]")
+def index_activate(version, data_dir):
+    """Make VERSION the one that serves (a running server follows within a second).
+
+    \b
+    Example:
+      recommender index activate v1      # roll back
+    """
+    from recommender.versions import Versions
+
+    Versions(load_settings(data_dir=data_dir).index_dir).activate(version)
+    click.echo(f"{version} is active")
+
+
+@index.command("prune")
+@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="[env RECOMMENDER_DATA_DIR; default ./data]")
+@click.option("--keep", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Also keep this many of the newest inactive versions (for rollback).")
+def index_prune(data_dir, keep):
+    """Remove inactive index versions; never the active one. Stored vectors stay,
+    so a pruned version can be rebuilt by reembed without embedding again.
+
+    \b
+    Example:
+      recommender index prune --keep 1
+    """
+    from recommender.precomputed import RelatedLists
+    from recommender.store import Store
+    from recommender.versions import Versions
+
+    settings = load_settings(data_dir=data_dir)
+    versions = Versions(settings.index_dir)
+    active = versions.active()
+    inactive = [n for n in versions.names() if n != active]
+    doomed = inactive[: max(len(inactive) - keep, 0)]
+    store = Store(settings.store_path) if settings.store_path.exists() else None
+    for name in doomed:
+        versions.remove(name)
+        if store is not None:
+            RelatedLists.drop_version(store, name)
+        click.echo(f"removed {name}")
+    click.echo(f"kept {active or 'nothing'} (active)" + (f" and {len(inactive) - len(doomed)} more" if keep else ""))
+
+
 @main.command("eval")
 @click.argument("dataset")
 @click.option("--k", "ks", type=int, multiple=True, default=(5, 10), show_default=True,
@@ -308,6 +445,7 @@ def eval_command(dataset, ks, strategies, models, past_only, limit_queries, out_
       recommender eval labelled.jsonl --strategy lexical --strategy default --k 5 --json
       recommender eval moroco.jsonl --model e5-small-q4 --model hashing:512 --limit-queries 500
     """
+    from embeddings import DEFAULT_MODEL
     from eval.runner import default_out_dir, evaluate
     from eval.strategies import STRATEGIES
 
@@ -315,7 +453,8 @@ def eval_command(dataset, ks, strategies, models, past_only, limit_queries, out_
     settings = load_settings(data_dir=data_dir or base / "data")
     log = (lambda msg: click.echo(msg, err=True)) if not as_json or progress else (lambda msg: None)
     options = {"lexical_weight": lexical_weight} if lexical_weight is not None else {}
-    evaluation = evaluate(dataset, settings, list(models) or [settings.model], list(strategies) or list(STRATEGIES),
+    evaluation = evaluate(dataset, settings, list(models) or [settings.model or DEFAULT_MODEL],
+                          list(strategies) or list(STRATEGIES),
                           list(ks), past_only, limit_queries, options, ann, progress, log)
     if out_dir is not None:
         from eval.report import write_report
@@ -348,13 +487,13 @@ def eval_sts(files, models, genre, data_dir, as_json):
     """
     from dataclasses import asdict
 
-    from embeddings import load_embedder
+    from embeddings import DEFAULT_MODEL, load_embedder
     from eval.sts import evaluate_sts
     from recommender.store import Store
 
     store = Store(data_dir / "store.sqlite")
     results = []
-    for model in models or [load_settings().model]:
+    for model in models or [load_settings().model or DEFAULT_MODEL]:
         embedder = load_embedder(model)
         results += [evaluate_sts(path, embedder, store, genre) for path in files]
     if as_json:

@@ -9,7 +9,7 @@ from typing import Iterable
 
 import numpy as np
 
-from embeddings import Embedder, load_embedder, validate_model_string
+from embeddings import DEFAULT_MODEL, Embedder, load_embedder, validate_model_string
 from recommender.articles import Article, content_hash
 from recommender.errors import ArticleNotFound, IndexMismatch, InvalidQuery, NoIndex
 from recommender.index import IndexMeta, VectorIndex, now_iso, read_meta
@@ -116,13 +116,14 @@ class Engine:
         import faiss
 
         faiss.omp_set_num_threads(settings.faiss_threads)
-        self.model = embedder.name if embedder is not None else validate_model_string(settings.model).name
+        self.model = embedder.name if embedder is not None else validate_model_string(
+            settings.model or self._active_model() or DEFAULT_MODEL).name
 
     @property
     def embedder(self) -> Embedder:
         if self._embedder is None:
             s = self.settings
-            self._embedder = load_embedder(s.model, device=s.device, batch_size=s.batch_size)
+            self._embedder = load_embedder(self.model, device=s.device, batch_size=s.batch_size)
         return self._embedder
 
     # --- the active index -----------------------------------------------------
@@ -131,6 +132,10 @@ class Engine:
         if self._state is None:
             self._state = self._open_active()
         return self._state
+
+    def _active_model(self) -> str | None:
+        version = self.versions.active()
+        return read_meta(self.versions.path(version)).model if version else None
 
     def check_model(self) -> None:
         """Raise IndexMismatch if the active index was built with another model."""

@@ -114,15 +114,10 @@ class VectorIndex:
         _atomic_write(directory / META_FILE, json.dumps(asdict(meta), indent=2).encode())
 
     @classmethod
-    def load(cls, directory: Path, expect_model: str | None = None) -> tuple["VectorIndex", IndexMeta]:
+    def load(cls, directory: Path) -> tuple["VectorIndex", IndexMeta]:
         import faiss
 
         meta = read_meta(directory)
-        if expect_model is not None and meta.model != expect_model:
-            raise IndexMismatch(
-                f"index {meta.version} was built with model {meta.model!r}, not {expect_model!r}; "
-                f"use --model {meta.model}, or build a version for the new model: recommender reembed --model {expect_model}"
-            )
         raw = np.fromfile(directory / INDEX_FILE, dtype=np.uint8)
         index = faiss.deserialize_index(raw)
         if index.d != meta.dimension or index.ntotal != meta.count:

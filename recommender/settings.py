@@ -7,8 +7,6 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from embeddings.registry import DEFAULT_MODEL
-
 
 class RankingSettings(BaseSettings):
     """Defaults of the ranking rules; each request may override some of them.
@@ -40,7 +38,9 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="RECOMMENDER_", extra="ignore")
 
     data_dir: Path = Path("data")
-    model: str = DEFAULT_MODEL
+    # None: the active index's model, or e5-small-q4 when there is no index yet. Naming
+    # a model that differs from the active index's is refused (see Engine).
+    model: str | None = None
     device: str | None = None
     batch_size: int = Field(32, ge=1, le=4096)
     # e5 reads 512 tokens at most; about 2,000 characters of Romanian fill them.

@@ -50,6 +50,13 @@ CREATE TABLE IF NOT EXISTS vectors (
 -- vector stored for its text. An index records the last seq it applied and
 -- catches up from there, so no writer ever has to rebuild it.
 CREATE TABLE IF NOT EXISTS changes (seq INTEGER PRIMARY KEY AUTOINCREMENT, num INTEGER NOT NULL);
+-- Re-embedding jobs: an unfinished one for a model is resumed into the same version.
+CREATE TABLE IF NOT EXISTS reembed_jobs (
+    model TEXT PRIMARY KEY,
+    version TEXT NOT NULL,
+    started_at TEXT NOT NULL,
+    finished_at TEXT
+);
 """
 
 ROW_COLUMNS = "num, id, title, body, url, published_at, section, tags, language, meta, content_hash"
@@ -210,6 +217,10 @@ class Store:
             for row in self.conn.execute(sql + where + " ORDER BY a.num", params + batch):
                 yield _info(row[:8]), row[8], row[9]
 
+    def count_texts(self) -> int:
+        """Distinct texts: what a full re-embedding has to cover."""
+        return self.conn.execute("SELECT COUNT(DISTINCT content_hash) FROM articles").fetchone()[0]
+
     def count(self) -> int:
         return self.conn.execute("SELECT COUNT(*) FROM articles").fetchone()[0]
 
@@ -264,8 +275,12 @@ class _Transaction:
         return conn
 
     def __exit__(self, exc_type, exc, tb) -> None:
+        conn = self.store.conn
         try:
-            self.store.conn.execute("ROLLBACK" if exc_type else "COMMIT")
+            if exc_type is None:
+                conn.execute("COMMIT")
+            elif conn.in_transaction:  # SQLite already rolled back on some errors, such as a full disk
+                conn.execute("ROLLBACK")
         finally:
             self.store._write_lock.release()
 

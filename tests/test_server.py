@@ -139,3 +139,38 @@ def test_demo_page_renders_the_new_block_with_links_in_chromium(server, tmp_path
     links = soup.select("#new-block aside.citeste-si a.citeste-si__link")
     assert [a.get_text() for a in links][:1] == ["Acord pentru armistițiul din Marea Neagră"]
     assert all(a["href"].startswith("https://www.exemplu.ro/") and "ref=related&from=ukr-2" in a["href"] for a in links)
+
+
+def test_reembed_beside_a_running_server_swaps_without_failing_a_request(server, settings):
+    errors: list[str] = []
+    models: set[str] = set()
+    stop = threading.Event()
+
+    def reader():
+        with httpx.Client(base_url=str(server.base_url), timeout=10) as c:
+            while not stop.is_set():
+                r = c.get("/v1/articles/ukr-2/related")
+                if r.status_code != 200:
+                    errors.append(f"{r.status_code} {r.text[:100]}")
+                else:
+                    models.add(r.json()["model"])
+
+    readers = [threading.Thread(target=reader) for _ in range(3)]
+    for t in readers:
+        t.start()
+    env = dict(os.environ, RECOMMENDER_DATA_DIR=str(settings.data_dir))
+    job = subprocess.run([sys.executable, "-m", "recommender.cli", "reembed", "--model", "hashing:64",
+                          "--batch-size", "1", "--no-progress"], env=env, capture_output=True, text=True, timeout=120)
+    assert job.returncode == 0, job.stderr
+    deadline = time.monotonic() + 10
+    while server.get("/readyz").json()["index_version"] != "v2":
+        assert time.monotonic() < deadline, "the server never switched"
+        time.sleep(0.05)
+    time.sleep(0.3)
+    stop.set()
+    for t in readers:
+        t.join()
+    assert errors == []
+    assert models == {"hashing:256", "hashing:64"}
+    after = server.get("/v1/articles/ukr-2/related").json()
+    assert after["model"] == "hashing:64" and after["index_version"] == "v2" and after["items"]

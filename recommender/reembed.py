@@ -1,0 +1,275 @@
+"""Re-embed the whole archive with a model into a new index version.
+
+The checkpoint is the store's vector table itself: each batch's vectors are
+committed under (model, content hash) as soon as they exist, so `kill -9`
+loses at most the batches in flight, a rerun embeds only what is missing, and
+text any earlier job embedded with the same model is never embedded again.
+The active version keeps serving until the new one is complete, validated, has
+its related lists, and is switched in by one atomic rename.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Callable, Iterator, Sequence
+
+import numpy as np
+
+from embeddings import load_embedder, validate_model_string
+from recommender.errors import RecommenderError
+from recommender.settings import Settings
+
+LENGTH_WINDOW = 64  # batches whose texts are sorted by length together, to waste less padding
+SHARD_BATCHES = 8  # batches per Ray task
+
+Batch = list[tuple[str, str]]  # (content hash, text)
+
+
+class JobFailed(RecommenderError):
+    """The job stopped; the active version is untouched and a rerun resumes."""
+
+
+@dataclass(frozen=True)
+class ReembedOptions:
+    model: str
+    device: str | None = None
+    batch_size: int = 32
+    workers: int = 0  # 0: in this process, with the embedder's own threading
+    limit: int | None = None
+    activate: bool = True
+    ray_address: str | None = None
+    progress: bool = False
+
+
+@dataclass
+class ReembedResult:
+    model: str
+    version: str
+    total_texts: int
+    embedded: int
+    reused: int
+    seconds: float
+    resumed: bool
+    complete: bool = False
+    activated: bool = False
+    checks: list[str] = field(default_factory=list)
+
+    @property
+    def docs_per_second(self) -> float:
+        return self.embedded / self.seconds if self.seconds else 0.0
+
+
+def run_reembed(settings: Settings, opts: ReembedOptions, echo: Callable[[str], None] = print) -> ReembedResult:
+    from recommender.engine import Engine
+    from recommender.versions import Versions
+
+    spec = validate_model_string(opts.model)
+    versions = Versions(settings.index_dir)
+    with versions.lock("reembed", "re-embedding job"):
+        # Load the model before any work: a bad id or an unreachable hub fails here.
+        embedder = load_embedder(spec.name, device=opts.device, batch_size=opts.batch_size)
+        job_settings = settings.model_copy(update={"model": spec.name, "batch_size": opts.batch_size, "device": opts.device})
+        engine = Engine(job_settings, embedder)
+        try:
+            return _run(engine, versions, embedder, opts, echo)
+        except (sqlite3.OperationalError, OSError) as exc:
+            raise _failure("the job could not write to the data dir", engine, exc) from None
+
+
+def _run(engine, versions, embedder, opts: ReembedOptions, echo) -> ReembedResult:
+    model = engine.model
+    version, resumed = _job_version(engine, versions)
+    pending = engine.store.texts_missing_vectors(model)
+    total = engine.store.count_texts()
+    result = ReembedResult(model, version, total, 0, total - len(pending), 0.0, resumed)
+    echo(f"{'resuming' if resumed else 'starting'} {version} with {model}: "
+         f"{len(pending)} texts to embed, {result.reused} already embedded")
+    if opts.limit is not None:
+        pending = pending[: opts.limit]
+    started = time.perf_counter()
+    result.embedded = _embed_all(engine, pending, opts, embedder)
+    result.seconds = time.perf_counter() - started
+    if engine.store.texts_missing_vectors(model):
+        echo(f"embedded {result.embedded} texts ({result.docs_per_second:.1f} docs/s); the job is not complete "
+             f"(--limit); rerun without --limit to finish {version}")
+        return result
+    result.complete = True
+    state = _build(engine, version, embedder, result, opts.progress)
+    if opts.activate:
+        versions.activate(version)
+        result.activated = True
+    _finish_job(engine, model)
+    echo(f"{version} ready: {state.vectors.count} articles, dimension {state.meta.dimension}"
+         + (", active" if result.activated else f"; activate it with: recommender index activate {version}"))
+    return result
+
+
+def length_sorted_batches(items: Sequence[tuple[str, str]], batch_size: int) -> list[Batch]:
+    """Batches of similar length, so a batch's padding is small; windows keep the
+    order roughly that of the archive, so a resumed job continues where it was."""
+    batches: list[Batch] = []
+    window = batch_size * LENGTH_WINDOW
+    for start in range(0, len(items), window):
+        chunk = sorted(items[start:start + window], key=lambda item: len(item[1]))
+        batches += [chunk[i:i + batch_size] for i in range(0, len(chunk), batch_size)]
+    return batches
+
+
+def _embed_all(engine, pending: list[tuple[str, str]], opts: ReembedOptions, embedder) -> int:
+    from tqdm import tqdm
+
+    batches = length_sorted_batches(pending, opts.batch_size)
+    if opts.ray_address:
+        stream = embed_with_ray(opts.ray_address, engine.model, opts.device, opts.batch_size, batches)
+    elif opts.workers > 0:
+        stream = embed_with_processes(engine.model, opts.device, opts.batch_size, opts.workers, batches)
+    else:
+        stream = ((hashes, embedder.embed(texts)) for hashes, texts in (_split(b) for b in batches))
+    done = 0
+    with tqdm(total=len(pending), unit="doc", desc=f"re-embedding ({engine.model})", disable=not opts.progress) as bar:
+        for hashes, vectors in stream:
+            _checkpoint(engine, hashes, vectors)
+            done += len(hashes)
+            bar.update(len(hashes))
+    return done
+
+
+def _split(batch: Batch) -> tuple[list[str], list[str]]:
+    return [h for h, _ in batch], [t for _, t in batch]
+
+
+def _checkpoint(engine, hashes: list[str], vectors: np.ndarray) -> None:
+    try:
+        with engine.store.transaction() as conn:
+            engine.store.put_vectors(conn, engine.model, hashes, vectors)
+    except (sqlite3.OperationalError, OSError) as exc:
+        raise _failure("could not write a checkpoint", engine, exc) from None
+
+
+def _failure(what: str, engine, exc: Exception) -> JobFailed:
+    active = engine.versions.active() or "no version"
+    return JobFailed(f"{what} ({type(exc).__name__}: {exc}). Nothing was activated: {active} keeps serving, and the "
+                     f"vectors committed so far are kept. Free disk space or fix permissions under "
+                     f"{engine.settings.data_dir}, then rerun the same command to resume.")
+
+
+def _build(engine, version: str, embedder, result: ReembedResult, progress: bool):
+    """Index, validation, related lists: everything before the switch."""
+    try:
+        state = engine.build_state(version, embedder.dimension)
+        result.checks = validate(engine, state, embedder)
+        engine.save(state)
+        lists = engine.lists_for(state)
+        engine.precompute_missing(state, lists, progress)
+    except (sqlite3.OperationalError, OSError) as exc:
+        raise _failure(f"could not write index version {version}", engine, exc) from None
+    return state
+
+
+def validate(engine, state, embedder, sample: int = 20) -> list[str]:
+    """Every article has a vector, the dimension is the model's, and a sample of
+    articles re-embedded now sits at its own place in the index."""
+    missing = [info.id for info in state.infos.values() if info.num not in state.vectors]
+    if missing:
+        raise JobFailed(f"{len(missing)} articles have no vector (first: {missing[0]}); rerun to resume")
+    if state.meta.dimension != embedder.dimension or state.vectors.dimension != embedder.dimension:
+        raise JobFailed(f"index dimension {state.meta.dimension} is not the model's {embedder.dimension}")
+    rng = np.random.default_rng(0)
+    infos = list(state.infos.values())
+    picks = [infos[i] for i in rng.choice(len(infos), size=min(sample, len(infos)), replace=False)] if infos else []
+    fresh = embedder.embed([engine.store.get_text(info.id) or info.title for info in picks]) if picks else []
+    for info, vector in zip(picks, fresh):
+        scores, nums = state.vectors.search(vector, 1)
+        own = float(state.vectors.reconstruct(np.array([info.num]))[0] @ vector)
+        if own < 0.99 or (scores[0][0] - own) > 1e-3:
+            raise JobFailed(f"spot check failed for {info.id}: its stored vector does not match a fresh embedding "
+                            f"(cosine {own:.3f}); the job did not activate anything")
+    return [f"{len(infos)} articles, all with vectors", f"dimension {embedder.dimension}",
+            f"{len(picks)} articles re-embedded and found at their own place"]
+
+
+def _job_version(engine, versions) -> tuple[str, bool]:
+    conn = engine.store.conn
+    row = conn.execute("SELECT version FROM reembed_jobs WHERE model = ? AND finished_at IS NULL",
+                       (engine.model,)).fetchone()
+    if row is not None:
+        return row[0], True
+    version = versions.new_name()
+    versions.path(version).mkdir(parents=True, exist_ok=True)  # reserves the name
+    with engine.store.transaction() as tx:
+        tx.execute("INSERT OR REPLACE INTO reembed_jobs (model, version, started_at, finished_at) VALUES (?, ?, ?, NULL)",
+                   (engine.model, version, datetime.now(timezone.utc).isoformat()))
+    return version, False
+
+
+def _finish_job(engine, model: str) -> None:
+    with engine.store.transaction() as tx:
+        tx.execute("UPDATE reembed_jobs SET finished_at = ? WHERE model = ?", (datetime.now(timezone.utc).isoformat(), model))
+
+
+# --- embedding backends -----------------------------------------------------------
+
+_worker_embedder = None  # one per worker process, loaded by its initializer
+
+
+def _init_worker(model: str, device: str | None, batch_size: int) -> None:
+    global _worker_embedder
+    # Each worker is single-threaded: N workers use N cores without oversubscription.
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ[var] = "1"
+    try:
+        import torch
+
+        torch.set_num_threads(1)
+    except ImportError:
+        pass
+    _worker_embedder = load_embedder(model, device=device, batch_size=batch_size, threads=1)
+
+
+def _embed_in_worker(batch: Batch) -> tuple[list[str], np.ndarray]:
+    hashes, texts = _split(batch)
+    return hashes, _worker_embedder.embed(texts)
+
+
+def embed_with_processes(model: str, device: str | None, batch_size: int, workers: int,
+                         batches: list[Batch]) -> Iterator[tuple[list[str], np.ndarray]]:
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")  # no inherited threads or CUDA state
+    with context.Pool(workers, initializer=_init_worker, initargs=(model, device, batch_size)) as pool:
+        yield from pool.imap_unordered(_embed_in_worker, batches)
+
+
+def _embed_shard(model: str, device: str | None, batch_size: int, shard: list[Batch]) -> tuple[list[str], np.ndarray]:
+    """A Ray task: embed a shard, return it in the checkpoint format (hashes, vectors)."""
+    global _worker_embedder
+    if _worker_embedder is None or _worker_embedder.name != model:
+        _worker_embedder = load_embedder(model, device=device, batch_size=batch_size)
+    hashes: list[str] = []
+    vectors = []
+    for batch in shard:
+        h, texts = _split(batch)
+        hashes += h
+        vectors.append(_worker_embedder.embed(texts))
+    return hashes, np.vstack(vectors)
+
+
+def embed_with_ray(address: str, model: str, device: str | None, batch_size: int,
+                   batches: list[Batch]) -> Iterator[tuple[list[str], np.ndarray]]:
+    try:
+        import ray
+    except ImportError:
+        raise JobFailed("--ray needs Ray: pip install 'recommender[ray]'") from None
+    if not ray.is_initialized():
+        ray.init(address=None if address == "local" else address, ignore_reinit_error=True,
+                 include_dashboard=False, log_to_driver=False)
+    task = ray.remote(num_cpus=1)(_embed_shard)
+    shards = [batches[i:i + SHARD_BATCHES] for i in range(0, len(batches), SHARD_BATCHES)]
+    pending = [task.remote(model, device, batch_size, shard) for shard in shards]
+    while pending:
+        done, pending = ray.wait(pending, num_returns=1)
+        yield ray.get(done[0])
