@@ -74,6 +74,6 @@ def evaluate_sts(path: Path, embedder, store: Store, genre: str | None = None) -
     right = embed_cached(store, embedder, [b for _, b, _ in pairs])
     cosines = np.sum(left * right, axis=1)
     rho = spearmanr(cosines, [s for _, _, s in pairs]).statistic
-    key = embedder.name.removeprefix("st:").rstrip("/").split("/")[-1]
-    published_as, published = PUBLISHED.get(key, PUBLISHED.get(embedder.name, (None, None)))
+    name = embedder.name.lower().replace("_", "-")
+    published_as, published = next((v for k, v in PUBLISHED.items() if k.lower() in name), (None, None))
     return StsResult(embedder.name, str(path), genre, len(pairs), round(float(rho), 4), published, published_as)

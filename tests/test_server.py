@@ -52,6 +52,36 @@ def server(settings, stories):
     proc.wait(timeout=10)
 
 
+class Readers:
+    """Threads that keep asking for a related list until stopped, recording failures and models."""
+
+    def __init__(self, client, count: int):
+        self.base = str(client.base_url)
+        self.errors: list[str] = []
+        self.models: set[str] = set()
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._read) for _ in range(count)]
+
+    def _read(self) -> None:
+        with httpx.Client(base_url=self.base, timeout=10) as c:
+            while not self._stop.is_set():
+                r = c.get("/v1/articles/ukr-2/related")
+                if r.status_code != 200:
+                    self.errors.append(f"{r.status_code} {r.text[:100]}")
+                else:
+                    self.models.add(r.json()["model"])
+
+    def __enter__(self) -> "Readers":
+        for t in self._threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        for t in self._threads:
+            t.join()
+
+
 def related_ids(client, seed):
     response = client.get(f"/v1/articles/{seed}/related", params={"k": 10})
     assert response.status_code == 200
@@ -88,14 +118,6 @@ def test_a_cli_ingest_beside_the_server_shows_up_without_a_restart(server, setti
 def test_concurrent_writes_lose_nothing_and_reads_keep_answering(server):
     headers = {"Authorization": f"Bearer {KEY}"}
     errors: list[str] = []
-    stop = threading.Event()
-
-    def reader():
-        with httpx.Client(base_url=str(server.base_url), timeout=10) as c:
-            while not stop.is_set():
-                r = c.get("/v1/articles/ukr-2/related")
-                if r.status_code != 200:
-                    errors.append(f"read {r.status_code}")
 
     def writer(start):
         with httpx.Client(base_url=str(server.base_url), timeout=30) as c:
@@ -104,16 +126,13 @@ def test_concurrent_writes_lose_nothing_and_reads_keep_answering(server):
                 if r.status_code != 200:
                     errors.append(f"write {r.status_code}")
 
-    readers = [threading.Thread(target=reader) for _ in range(2)]
     writers = [threading.Thread(target=writer, args=(n * 10,)) for n in range(4)]
-    for t in readers + writers:
-        t.start()
-    for t in writers:
-        t.join()
-    stop.set()
-    for t in readers:
-        t.join()
-    assert errors == []
+    with Readers(server, 2) as readers:
+        for t in writers:
+            t.start()
+        for t in writers:
+            t.join()
+    assert errors == [] and readers.errors == []
     for i in range(40):
         assert server.get(f"/v1/articles/w-{i}").status_code == 200
     assert server.get("/readyz").json()["articles"] == 7 + 40
@@ -142,35 +161,17 @@ def test_demo_page_renders_the_new_block_with_links_in_chromium(server, tmp_path
 
 
 def test_reembed_beside_a_running_server_swaps_without_failing_a_request(server, settings):
-    errors: list[str] = []
-    models: set[str] = set()
-    stop = threading.Event()
-
-    def reader():
-        with httpx.Client(base_url=str(server.base_url), timeout=10) as c:
-            while not stop.is_set():
-                r = c.get("/v1/articles/ukr-2/related")
-                if r.status_code != 200:
-                    errors.append(f"{r.status_code} {r.text[:100]}")
-                else:
-                    models.add(r.json()["model"])
-
-    readers = [threading.Thread(target=reader) for _ in range(3)]
-    for t in readers:
-        t.start()
     env = dict(os.environ, RECOMMENDER_DATA_DIR=str(settings.data_dir))
-    job = subprocess.run([sys.executable, "-m", "recommender.cli", "reembed", "--model", "hashing:64",
-                          "--batch-size", "1", "--no-progress"], env=env, capture_output=True, text=True, timeout=120)
-    assert job.returncode == 0, job.stderr
-    deadline = time.monotonic() + 10
-    while server.get("/readyz").json()["index_version"] != "v2":
-        assert time.monotonic() < deadline, "the server never switched"
-        time.sleep(0.05)
-    time.sleep(0.3)
-    stop.set()
-    for t in readers:
-        t.join()
-    assert errors == []
-    assert models == {"hashing:256", "hashing:64"}
+    with Readers(server, 3) as readers:
+        job = subprocess.run([sys.executable, "-m", "recommender.cli", "reembed", "--model", "hashing:64",
+                              "--batch-size", "1", "--no-progress"], env=env, capture_output=True, text=True, timeout=120)
+        assert job.returncode == 0, job.stderr
+        deadline = time.monotonic() + 10
+        while server.get("/readyz").json()["index_version"] != "v2":
+            assert time.monotonic() < deadline, "the server never switched"
+            time.sleep(0.05)
+        time.sleep(0.3)
+    assert readers.errors == []
+    assert readers.models == {"hashing:256", "hashing:64"}
     after = server.get("/v1/articles/ukr-2/related").json()
     assert after["model"] == "hashing:64" and after["index_version"] == "v2" and after["items"]
