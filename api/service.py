@@ -14,7 +14,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timezone
 
 from embeddings import Embedder
 from recommender.articles import Article, content_hash
@@ -160,7 +160,7 @@ class Service:
         cached = snap.lists.get(num) if snap.lists.version == snap.state.version else None
         plain = diversity is None and not filters.restricts_dates and not filters.language
         if plain and k <= self.settings.precompute_k and cached is not None and cached.fresh:
-            items = self._from_cache(snap, cached, k, filters)
+            items = self._from_cache(snap, num, cached, k, filters)
             if items is not None:
                 self.counters.hits += 1
                 return Related(items, snap.engine.model, snap.state.version, "precomputed")
@@ -172,7 +172,7 @@ class Service:
                 raise
             log.exception("live ranking failed for %s; serving the cached list", article_id)
             self.counters.stale += 1
-            items = self._from_cache(snap, cached, k, filters, strict=False) or []
+            items = self._from_cache(snap, num, cached, k, filters, strict=False) or []
             return Related(items, snap.engine.model, snap.state.version, "stale")
         return Related(items, snap.engine.model, snap.state.version, "live")
 
@@ -190,15 +190,16 @@ class Service:
             return items[:k]
         return engine.rank(snap.state, seed, filters, engine.ranking(k=k, diversity=diversity))
 
-    def _from_cache(self, snap: Snapshot, cached: CachedList, k: int, filters: Filters,
+    def _from_cache(self, snap: Snapshot, num: int, cached: CachedList, k: int, filters: Filters,
                     strict: bool = True) -> list[RelatedItem] | None:
         """The cached list with deleted and filtered-out items removed; None when
         too few remain to answer without a live search."""
         state = snap.state
+        reference = state.infos[num].published_at or datetime.now(timezone.utc)
         out = []
         for item in cached.items:
             info = state.infos.get(item.num)
-            if info is None or not filters.accepts(info, info.published_at or datetime.now().astimezone()):
+            if info is None or not filters.accepts(info, reference):
                 continue
             out.append(RelatedItem(info.id, info.title, info.url, info.published_at, info.section,
                                    item.score, item.reason))

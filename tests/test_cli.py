@@ -9,7 +9,8 @@ from click.testing import CliRunner
 from recommender.cli import main
 from tests.conftest import HASHING, article, write_jsonl
 
-COMMANDS = ["ingest", "related", "stats", "demo"]
+COMMANDS = ["ingest", "related", "stats", "demo", "serve", "reembed", "eval", "eval-sts", "index list",
+            "index activate", "index prune"]
 
 
 @pytest.fixture
@@ -25,7 +26,7 @@ def run(tmp_path):
 
 @pytest.mark.parametrize("command", COMMANDS)
 def test_every_command_has_help_with_an_example(run, command):
-    result = run(command, "--help")
+    result = run(*command.split(), "--help")
     assert result.exit_code == 0
     assert "Example" in result.output and "recommender " + command in result.output
 
@@ -136,3 +137,10 @@ def test_real_process_fails_fast_on_an_unreachable_hub(tmp_path, stories):
     assert proc.returncode == 1
     assert "cannot reach the Hugging Face hub" in proc.stderr and "Traceback" not in proc.stderr
     assert proc.stdout == ""  # nothing was ingested
+
+
+def test_serve_refuses_a_model_that_does_not_match_the_active_index(run, stories):
+    run("ingest", str(stories))
+    result = run("serve", "--model", "hashing:64", "--port", "1")
+    assert result.exit_code == 1
+    assert "built with model 'hashing:256', not 'hashing:64'" in result.output and "reembed" in result.output
