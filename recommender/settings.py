@@ -4,18 +4,19 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import BaseModel, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
-class RankingSettings(BaseSettings):
+class RankingSettings(BaseModel):
     """Defaults of the ranking rules; each request may override some of them.
+    From the environment: RECOMMENDER_RANKING__<FIELD>, e.g. RECOMMENDER_RANKING__MIN_SCORE=0.2.
 
-    Why these values: see README "How suggestions are ranked" and
-    `eval/results/` for how much each one moves the metrics.
+    Why these values: README "What the engine does", and eval/results/moroco/ablation.md
+    for how much each one moves the metrics.
     """
 
-    model_config = SettingsConfigDict(env_prefix="RECOMMENDER_", extra="ignore")
+    model_config = {"extra": "forbid"}
 
     k: int = Field(5, ge=1, le=50)
     # Relevance is the cosine rescaled so that the average random pair of the
@@ -35,7 +36,7 @@ class RankingSettings(BaseSettings):
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="RECOMMENDER_", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="RECOMMENDER_", env_nested_delimiter="__", extra="ignore")
 
     data_dir: Path = Path("data")
     # None: the active index's model, or e5-small-q4 when there is no index yet. Naming
