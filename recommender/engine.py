@@ -368,9 +368,9 @@ class Engine:
             return []
         reference = seed.published_at or datetime.now(timezone.utc)
         nums, dense, relevance = self.relevance(state, seed, filters, opts.k, opts.lexical_weight)
-        seed_title = fold(seed.title)
+        seed_title = fold(seed.title).strip()
         keep = (relevance >= opts.min_score) & (dense < opts.duplicate_threshold)
-        keep &= np.array([fold(state.infos[n].title) != seed_title for n in nums], dtype=bool)
+        keep &= np.array([state.infos[n].title_key != seed_title for n in nums], dtype=bool)
         nums, relevance = nums[keep], relevance[keep]
         if len(nums) == 0:
             return []

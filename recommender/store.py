@@ -11,6 +11,7 @@ import json
 import sqlite3
 import threading
 from dataclasses import dataclass
+from functools import cached_property
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -18,7 +19,7 @@ from typing import Iterable, Iterator
 import numpy as np
 
 from recommender.articles import Article, EmbedText, content_hash
-from recommender.text import terms
+from recommender.text import fold, terms
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS articles (
@@ -86,6 +87,11 @@ class ArticleInfo:
     section: str | None
     language: str
     content_hash: str
+
+    @cached_property
+    def title_key(self) -> str:
+        """The headline without case or diacritics: equal keys mean the same story."""
+        return fold(self.title).strip()
 
 
 @dataclass(frozen=True)

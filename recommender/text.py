@@ -166,8 +166,14 @@ def words(text: str) -> list[str]:
     return [f for _, f in surface_words(text)]
 
 
+@lru_cache(maxsize=200_000)
+def _stem(word: str) -> str:
+    return _stemmer().stemWord(word)
+
+
 def stem_words(folded_words: list[str]) -> list[str]:
-    return _stemmer().stemWords(folded_words)
+    # A newsroom's vocabulary repeats: caching word stems makes stemming a lookup.
+    return [_stem(w) for w in folded_words]
 
 
 def terms(text: str) -> list[str]:
