@@ -5,7 +5,7 @@ the suggested article numbers, best first.
 - recency: the articles closest in time to the query;
 - lexical: BM25 with the query's 25 most telling terms (More-Like-This);
 - dense:   plain nearest neighbours by cosine;
-- hybrid:  dense and BM25 candidates, relevance blended (no other rule);
+- hybrid:  dense candidates reranked with BM25 blended in (no other rule);
 - default: the engine's ranking with all its rules (dedup, thresholds,
            time prior, diversity), as `recommender related` serves it.
 Ties are broken by article number, so every run gives the same lists.

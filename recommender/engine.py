@@ -389,20 +389,12 @@ class Engine:
     def relevance(self, state: IndexState, seed: Seed, filters: Filters, k: int,
                   lexical_weight: float = 0.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(nums, rescaled dense similarity, relevance) of the candidates that pass
-        the filters. With a lexical weight, BM25's own best matches join the
-        dense neighbours, and relevance blends both."""
+        the filters. With a lexical weight, relevance blends in BM25, computed on
+        the dense candidates only: its cost does not grow with the archive, and a
+        write never forces a corpus-wide lexical rebuild."""
         reference = seed.published_at or datetime.now(timezone.utc)
         accept = self._acceptor(state, seed, filters, reference)
         cosines, nums = self._dense_candidates(state, seed, accept, k)
-        if lexical_weight > 0:
-            query = state.lexical.query(terms(seed.text))
-            _, lexical_nums = state.lexical.search(query, max(64, 10 * k))
-            seen = set(nums.tolist())
-            extra = np.array([n for n in lexical_nums.tolist() if n not in seen and n in state.vectors and accept(n)],
-                             dtype=np.int64)
-            if len(extra):
-                nums = np.concatenate([nums, extra])
-                cosines = np.concatenate([cosines, state.vectors.reconstruct(extra) @ seed.vector])
         dense = rescale(cosines, state.meta.random_pair_mean)
         if lexical_weight <= 0 or len(nums) == 0:
             return nums, dense, dense
