@@ -211,7 +211,7 @@ def ann_recall(state: IndexState, run: Run, k: int, engine: Engine) -> float:
     queries = list(run.lists)
     qvec = state.vectors.reconstruct(np.asarray([state.by_id[q] for q in queries]))
     _, approx = hnsw.search(qvec, k + 1)
-    _, exact = state.vectors.index.search(qvec, k + 1)
+    _, exact = state.vectors.search(qvec, k + 1)
     overlaps = []
     for row, query in enumerate(queries):
         seed = state.by_id[query]

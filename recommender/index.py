@@ -38,26 +38,52 @@ class IndexMeta:
 
 
 class VectorIndex:
+    """A large `main` index that is never changed in place, plus a small `delta`
+    index and a set of `dead` main rows. A write touches only the small parts,
+    so copying the index for a copy-on-write update is cheap; once the delta
+    grows past COMPACT_AT, a new main is built (an O(n) copy, once per many
+    writes instead of on every one)."""
+
+    COMPACT_AT = 512
+
     def __init__(self, dimension: int, faiss_index=None):
         import faiss
 
         self.dimension = dimension
         self._faiss = faiss
-        self.index = faiss_index if faiss_index is not None else faiss.IndexIDMap2(faiss.IndexFlatIP(dimension))
-        self._members = set(self.ids().tolist())
+        self.main = faiss_index if faiss_index is not None else self._empty()
+        self._main_ids = frozenset(self._ids_of(self.main).tolist())
+        self.delta = self._empty()
+        self._delta_ids: set[int] = set()
+        self.dead: set[int] = set()  # main rows replaced or removed since the last compaction
+
+    def _empty(self):
+        return self._faiss.IndexIDMap2(self._faiss.IndexFlatIP(self.dimension))
+
+    def _ids_of(self, index) -> np.ndarray:
+        return self._faiss.vector_to_array(index.id_map).astype(np.int64)
 
     def clone(self) -> "VectorIndex":
-        return VectorIndex(self.dimension, self._faiss.clone_index(self.index))
+        """A copy sharing the (immutable) main index: cost proportional to the delta."""
+        copy = VectorIndex.__new__(VectorIndex)
+        copy.dimension, copy._faiss = self.dimension, self._faiss
+        copy.main, copy._main_ids = self.main, self._main_ids
+        copy.delta = self._faiss.clone_index(self.delta)
+        copy._delta_ids = set(self._delta_ids)
+        copy.dead = set(self.dead)
+        return copy
 
     @property
     def count(self) -> int:
-        return int(self.index.ntotal)
+        return len(self._main_ids) - len(self.dead) + len(self._delta_ids)
 
     def __contains__(self, num: int) -> bool:
-        return int(num) in self._members
+        num = int(num)
+        return num in self._delta_ids or (num in self._main_ids and num not in self.dead)
 
     def ids(self) -> np.ndarray:
-        return self._faiss.vector_to_array(self.index.id_map).astype(np.int64)
+        alive = (self._main_ids - self.dead) | self._delta_ids
+        return np.array(sorted(alive), dtype=np.int64)
 
     def upsert(self, nums: np.ndarray, vectors: np.ndarray) -> None:
         nums = np.asarray(nums, dtype=np.int64)
@@ -67,27 +93,77 @@ class VectorIndex:
         if vectors.shape != (len(nums), self.dimension):
             raise IndexMismatch(f"vectors of shape {vectors.shape} do not fit an index of dimension {self.dimension}")
         self.remove(nums)
-        self.index.add_with_ids(vectors, nums)
-        self._members.update(nums.tolist())
+        self.delta.add_with_ids(vectors, nums)
+        self._delta_ids.update(nums.tolist())
+        self._maybe_compact()
 
     def remove(self, nums: np.ndarray) -> int:
         nums = np.asarray(nums, dtype=np.int64)
-        if len(nums) == 0 or self.count == 0:
+        if len(nums) == 0:
             return 0
-        self._members.difference_update(nums.tolist())
-        return int(self.index.remove_ids(self._faiss.IDSelectorBatch(nums)))
+        wanted = set(nums.tolist())
+        from_main = (wanted & self._main_ids) - self.dead
+        from_delta = wanted & self._delta_ids
+        self.dead |= from_main
+        if from_delta:
+            self.delta.remove_ids(self._faiss.IDSelectorBatch(np.fromiter(from_delta, dtype=np.int64)))
+            self._delta_ids -= from_delta
+        self._maybe_compact()
+        return len(from_main - from_delta) + len(from_delta)
 
     def search(self, vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """(scores, nums), best first; missing slots have num -1."""
+        """(scores, nums), best first, min(k, count) columns; missing slots have num -1."""
         vectors = np.ascontiguousarray(np.atleast_2d(vectors), dtype=np.float32)
         k = max(1, min(k, self.count))
-        return self.index.search(vectors, k)
+        parts_s, parts_n = [], []
+        if self.main.ntotal:
+            scores, nums = self.main.search(vectors, min(k + len(self.dead), self.main.ntotal))
+            if self.dead:
+                dead = np.isin(nums, np.fromiter(self.dead, dtype=np.int64))
+                scores, nums = np.where(dead, -np.inf, scores), np.where(dead, -1, nums)
+            parts_s.append(scores)
+            parts_n.append(nums)
+        if self.delta.ntotal:
+            scores, nums = self.delta.search(vectors, min(k, self.delta.ntotal))
+            parts_s.append(scores)
+            parts_n.append(nums)
+        if not parts_s:
+            return np.full((len(vectors), k), -np.inf, dtype=np.float32), np.full((len(vectors), k), -1, dtype=np.int64)
+        scores, nums = np.hstack(parts_s), np.hstack(parts_n)
+        scores = np.where(nums < 0, -np.inf, scores)
+        order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+        return np.take_along_axis(scores, order, axis=1), np.take_along_axis(nums, order, axis=1)
 
     def reconstruct(self, nums: np.ndarray) -> np.ndarray:
         nums = np.asarray(nums, dtype=np.int64)
         if len(nums) == 0:
             return np.zeros((0, self.dimension), dtype=np.float32)
-        return np.vstack([self.index.reconstruct(int(n)) for n in nums])
+        return np.vstack([(self.delta if int(n) in self._delta_ids else self.main).reconstruct(int(n)) for n in nums])
+
+    def _maybe_compact(self) -> None:
+        if len(self._delta_ids) + len(self.dead) > self.COMPACT_AT:
+            self.compact()
+
+    def compact(self) -> None:
+        """Fold delta and dead rows into a new main index (the old one is left to readers)."""
+        main = self._empty()
+        if self.main.ntotal:
+            ids = self._ids_of(self.main)
+            flat = self._faiss.downcast_index(self.main.index)
+            vectors = self._faiss.rev_swig_ptr(flat.get_xb(), self.main.ntotal * self.dimension)
+            vectors = np.asarray(vectors).reshape(self.main.ntotal, self.dimension)
+            keep = ~np.isin(ids, np.fromiter(self.dead, dtype=np.int64)) if self.dead else np.ones(len(ids), bool)
+            if keep.any():
+                main.add_with_ids(np.ascontiguousarray(vectors[keep]), ids[keep])
+        if self.delta.ntotal:
+            main.add_with_ids(self.reconstruct_delta(), self._ids_of(self.delta))
+        self.main, self._main_ids = main, frozenset(self._ids_of(main).tolist())
+        self.delta, self._delta_ids, self.dead = self._empty(), set(), set()
+
+    def reconstruct_delta(self) -> np.ndarray:
+        flat = self._faiss.downcast_index(self.delta.index)
+        vectors = self._faiss.rev_swig_ptr(flat.get_xb(), self.delta.ntotal * self.dimension)
+        return np.array(vectors, dtype=np.float32).reshape(self.delta.ntotal, self.dimension)
 
     def random_pair_mean(self, seed: int = 0) -> float:
         """Mean cosine between random distinct articles: what 'unrelated' scores.
@@ -109,8 +185,10 @@ class VectorIndex:
     def save(self, directory: Path, meta: IndexMeta) -> None:
         """Write index and sidecar so that a crash leaves either the old or the new pair."""
         directory.mkdir(parents=True, exist_ok=True)
+        if self.delta.ntotal or self.dead:
+            self.compact()
         meta.count = self.count
-        _atomic_write(directory / INDEX_FILE, self._faiss.serialize_index(self.index).tobytes())
+        _atomic_write(directory / INDEX_FILE, self._faiss.serialize_index(self.main).tobytes())
         _atomic_write(directory / META_FILE, json.dumps(asdict(meta), indent=2).encode())
 
     @classmethod

@@ -101,3 +101,43 @@ def test_engine_index_agrees_with_numpy_over_stored_vectors(engine, stories, set
     expected, _ = brute_force(oracle, query, 4)
     _, found = state.vectors.search(query, 4)
     assert set(found[0]) == set(expected)
+
+
+@pytest.mark.parametrize("compact_at", [3, 10_000])
+def test_search_matches_numpy_through_compactions(random_vectors, monkeypatch, compact_at):
+    monkeypatch.setattr(VectorIndex, "COMPACT_AT", compact_at)
+    rng = np.random.default_rng(3)
+    index = VectorIndex(32)
+    oracle: dict[int, np.ndarray] = {}
+    for step in range(60):
+        nums = rng.choice(200, size=rng.integers(1, 8), replace=False)
+        if step % 3 == 2:
+            index.remove(nums)
+            for n in nums:
+                oracle.pop(int(n), None)
+        else:
+            vecs = l2_normalize(rng.normal(size=(len(nums), 32)))
+            index.upsert(nums, vecs)
+            oracle.update({int(n): v for n, v in zip(nums, vecs)})
+        assert index.count == len(oracle) and set(index.ids().tolist()) == set(oracle)
+    query = random_vectors[0]
+    expected, expected_scores = brute_force(oracle, query, 10)
+    scores, found = index.search(query, 10)
+    np.testing.assert_allclose(scores[0], expected_scores, rtol=1e-5, atol=1e-5)
+    assert set(found[0]) == set(expected)
+    some = np.array(sorted(oracle)[:5])
+    np.testing.assert_allclose(index.reconstruct(some), np.vstack([oracle[int(n)] for n in some]), atol=1e-6)
+
+
+def test_a_clone_changes_without_touching_the_original(random_vectors):
+    index = VectorIndex(32)
+    index.upsert(np.arange(100), random_vectors[:100])
+    index.compact()
+    copy = index.clone()
+    copy.remove(np.array([0, 1]))
+    copy.upsert(np.array([2, 500]), random_vectors[100:102])
+    copy.compact()
+    assert index.count == 100 and 0 in index and 500 not in index
+    np.testing.assert_allclose(index.reconstruct(np.array([2])), random_vectors[2:3])
+    assert copy.count == 99 and 0 not in copy and 500 in copy
+    np.testing.assert_allclose(copy.reconstruct(np.array([2])), random_vectors[100:101])
