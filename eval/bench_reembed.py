@@ -69,7 +69,7 @@ def main() -> None:
     parser.add_argument("--dataset", type=Path, default=Path(demo_corpus_path()))
     parser.add_argument("--n", type=int, default=120)
     parser.add_argument("--model", default="e5-small-q4")
-    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--embed-chars", type=int, default=2000)
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()

@@ -240,8 +240,11 @@ def embed_with_processes(model: str, device: str | None, batch_size: int, worker
     import multiprocessing
 
     context = multiprocessing.get_context("spawn")  # no inherited threads or CUDA state
+    # Longest batches first: the workers then finish together instead of one
+    # idling while the other embeds the last, longest batch.
+    ordered = sorted(batches, key=lambda b: sum(len(t) for _, t in b), reverse=True)
     with context.Pool(workers, initializer=_init_worker, initargs=(model, device, batch_size)) as pool:
-        yield from pool.imap_unordered(_embed_in_worker, batches)
+        yield from pool.imap_unordered(_embed_in_worker, ordered)
 
 
 def _embed_shard(model: str, device: str | None, batch_size: int, shard: list[Batch]) -> tuple[list[str], np.ndarray]:
