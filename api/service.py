@@ -119,12 +119,16 @@ class Service:
         return False
 
     def save(self) -> None:
-        """Persist the index when it moved since the last save (the store is always current)."""
+        """Persist the index when it moved since the last save (the store is always
+        current). Writing 150 MB takes a while, so it happens outside the write lock,
+        from a copy: writes go on meanwhile."""
         with self._write:
             current = self.snapshot
-            if current.state.meta.applied_seq != self._saved_seq:
-                current.engine.save(current.state.clone())
-                self._saved_seq = current.state.meta.applied_seq
+            if current.state.meta.applied_seq == self._saved_seq:
+                return
+            copy = current.state.clone()
+        current.engine.save(copy)
+        self._saved_seq = copy.meta.applied_seq
 
     def _advance(self) -> list[int]:
         """Apply committed changes to a copy of the state and swap it in (write lock held)."""
