@@ -216,7 +216,8 @@ class Engine:
         for num in list(affected & changed):
             if num in state.vectors:
                 vector = state.vectors.reconstruct(np.array([num]))
-                _, near = state.vectors.search(vector, 2 * self.settings.precompute_k + 1)
+                # The articles whose lists it can enter are among its nearest neighbours.
+                _, near = state.vectors.search(vector, self.settings.precompute_k + 1)
                 affected.update(int(n) for n in near[0] if n >= 0)
         return self.compute_lists(state, lists, sorted(n for n in affected if n in state.infos), progress)
 
