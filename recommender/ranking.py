@@ -117,11 +117,15 @@ def time_factor(delta_days: np.ndarray, half_life_days: float, floor: float) -> 
 def mmr_select(score: np.ndarray, sims: np.ndarray, k: int, diversity: float, duplicate_threshold: float) -> list[int]:
     """Maximal Marginal Relevance over candidates, returning their positions.
 
-    Each pick maximises (1 - diversity) * score - diversity * (max similarity to
-    what is already picked): diversity 0 is plain relevance order, 1 is pure
-    novelty. A candidate at or above `duplicate_threshold` similarity to a
-    picked one is the same story and is skipped whatever the diversity.
+    Each pick maximises (1 - diversity) * score / best score - diversity * (max
+    similarity to what is already picked): diversity 0 is plain relevance order,
+    1 is pure novelty. Scores are taken relative to the best one, so that a factor
+    applied to every candidate (the time prior on an undated archive, say) does
+    not change the balance. A candidate at or above `duplicate_threshold`
+    similarity to a picked one is the same story and is skipped whatever the diversity.
     """
+    top = float(np.max(score)) if len(score) else 1.0
+    score = score / top if top > 0 else score
     chosen: list[int] = []
     alive = np.ones(len(score), dtype=bool)
     max_sim = np.zeros(len(score))
