@@ -19,9 +19,8 @@ from recommender.settings import RankingSettings, Settings
 
 VARIANTS: list[tuple[str, dict]] = [
     ("as shipped", {}),
+    ("lexical_weight 0 (dense only)", {"lexical_weight": 0.0}),
     ("lexical_weight 0.1", {"lexical_weight": 0.1}),
-    ("lexical_weight 0.2", {"lexical_weight": 0.2}),
-    ("lexical_weight 0.3", {"lexical_weight": 0.3}),
     ("lexical_weight 0.5", {"lexical_weight": 0.5}),
     ("min_score 0", {"min_score": 0.0}),
     ("min_score 0.25", {"min_score": 0.25}),

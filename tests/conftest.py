@@ -56,7 +56,10 @@ class CountingEmbedder(HashingEmbedder):
 
 @pytest.fixture
 def settings(tmp_path) -> Settings:
-    return Settings(data_dir=tmp_path / "data", model=HASHING)
+    # The rule tests reason about dense scores alone; the BM25 blend has tests of its own.
+    from recommender.settings import RankingSettings
+
+    return Settings(data_dir=tmp_path / "data", model=HASHING, ranking=RankingSettings(lexical_weight=0.0))
 
 
 @pytest.fixture

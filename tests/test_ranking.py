@@ -143,3 +143,18 @@ def test_unknown_article_and_bad_options(loaded):
         loaded.related("ukr-1", diversity=2)
     with pytest.raises(InvalidQuery):
         Filters(max_age_days=-1)
+
+
+def test_default_relevance_blends_in_bm25(loaded):
+    from recommender.settings import RankingSettings
+
+    assert RankingSettings().lexical_weight == 0.3
+    dense = {i.id: i.score for i in loaded.related("ukr-2", k=10, time_prior=False, diversity=0)}
+    blended = {i.id: i.score for i in loaded.related("ukr-2", k=10, time_prior=False, diversity=0, lexical_weight=0.3)}
+    assert dense.keys() == blended.keys() and dense != blended
+    state = loaded.state()
+    seed = loaded.seed(state, "ukr-2")
+    nums, rescaled, relevance = loaded.relevance(state, seed, Filters(), 10, lexical_weight=0.3)
+    lexical = loaded._lexical(state, seed, nums)
+    np.testing.assert_allclose(relevance, 0.7 * rescaled + 0.3 * lexical)
+    assert lexical.max() <= 1.0 and lexical[list(nums).index(state.by_id["ukr-3"])] > 0
