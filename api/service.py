@@ -20,7 +20,7 @@ from embeddings import Embedder
 from recommender.articles import Article, content_hash
 from recommender.engine import Engine, IndexState
 from recommender.errors import ArticleNotFound, NoIndex
-from recommender.precomputed import CachedList, RelatedLists
+from recommender.precomputed import CachedItem, CachedList, RelatedLists
 from recommender.ranking import Filters, RelatedItem
 from recommender.settings import Settings
 from recommender.store import StoredArticle, UpsertResult
@@ -188,8 +188,6 @@ class Service:
         if unfiltered and k <= self.settings.precompute_k:
             # Compute the full precomputed list once and keep it for the next view.
             items = engine.rank(snap.state, seed, filters, engine.ranking(k=self.settings.precompute_k))
-            from recommender.precomputed import CachedItem
-
             snap.lists.put_many({num: [CachedItem(snap.state.by_id[i.id], i.score, i.reason) for i in items]})
             return items[:k]
         return engine.rank(snap.state, seed, filters, engine.ranking(k=k, diversity=diversity))
