@@ -166,12 +166,17 @@ def test_read_only_store_fails_cleanly_and_resumes_later(loaded, monkeypatch):
     assert run_reembed(loaded, ReembedOptions("hashing:64"), echo=quiet).activated
 
 
-def test_process_workers_give_the_in_process_vectors(tmp_path):
-    corpus = archive(tmp_path, 60)
-    one = Settings(data_dir=tmp_path / "one", model="hashing:32")
-    two = Settings(data_dir=tmp_path / "two", model="hashing:32")
-    for s in (one, two):
+def twin_archives(tmp_path, n: int) -> tuple[Settings, Settings]:
+    """Two data dirs holding the same articles, to compare two ways of re-embedding them."""
+    corpus = archive(tmp_path, n)
+    pair = Settings(data_dir=tmp_path / "one", model="hashing:32"), Settings(data_dir=tmp_path / "two", model="hashing:32")
+    for s in pair:
         Engine(s).ingest([str(corpus)])
+    return pair
+
+
+def test_process_workers_give_the_in_process_vectors(tmp_path):
+    one, two = twin_archives(tmp_path, 60)
     run_reembed(one, ReembedOptions("hashing:48", batch_size=7), echo=quiet)
     run_reembed(two, ReembedOptions("hashing:48", batch_size=7, workers=2), echo=quiet)
     a, b = vectors_of(one, "hashing:48"), vectors_of(two, "hashing:48")
@@ -188,11 +193,7 @@ def test_tiny_sentence_transformers_model_reembeds(loaded, tiny_st_model):
 
 def test_ray_path_equals_the_single_process_path(tmp_path):
     ray = pytest.importorskip("ray")
-    corpus = archive(tmp_path, 40)
-    single = Settings(data_dir=tmp_path / "single", model="hashing:32")
-    spread = Settings(data_dir=tmp_path / "ray", model="hashing:32")
-    for s in (single, spread):
-        Engine(s).ingest([str(corpus)])
+    single, spread = twin_archives(tmp_path, 40)
     run_reembed(single, ReembedOptions("hashing:96", batch_size=3), echo=quiet)
     try:
         result = run_reembed(spread, ReembedOptions("hashing:96", batch_size=3, ray_address="local"), echo=quiet)
