@@ -40,7 +40,6 @@ class Related:
     items: list[RelatedItem]
     model: str
     index_version: str
-    source: str  # "precomputed" | "live" | "stale"
 
 
 @dataclass(frozen=True)
@@ -167,7 +166,7 @@ class Service:
             items = self._from_cache(snap, num, cached, k, filters)
             if items is not None:
                 self.counters.hits += 1
-                return Related(items, snap.engine.model, snap.state.version, "precomputed")
+                return Related(items, snap.engine.model, snap.state.version)
         self.counters.misses += 1
         try:
             items = self._live(snap, num, article_id, k, filters, diversity)
@@ -177,8 +176,8 @@ class Service:
             log.exception("live ranking failed for %s; serving the cached list", article_id)
             self.counters.stale += 1
             items = self._from_cache(snap, num, cached, k, filters, strict=False) or []
-            return Related(items, snap.engine.model, snap.state.version, "stale")
-        return Related(items, snap.engine.model, snap.state.version, "live")
+            return Related(items, snap.engine.model, snap.state.version)
+        return Related(items, snap.engine.model, snap.state.version)
 
     def _live(self, snap: Snapshot, num: int, article_id: str, k: int, filters: Filters,
               diversity: float | None) -> list[RelatedItem]:
@@ -216,7 +215,7 @@ class Service:
         with self._embed:
             seed = snap.engine.draft_seed(title, body, published_at)
         items = snap.engine.rank(snap.state, seed, filters, snap.engine.ranking(k=k, diversity=diversity))
-        return Related(items, snap.engine.model, snap.state.version, "live")
+        return Related(items, snap.engine.model, snap.state.version)
 
     def article(self, article_id: str) -> StoredArticle:
         found = self.snapshot.engine.store.get(article_id)

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from eval.dataset import Dataset
+from eval.metrics import ndcg_at_k
 from eval.runner import Evaluation, Result
 from recommender.engine import IndexState
 from recommender.ranking import rescale
@@ -92,7 +93,7 @@ def write_report(evaluation: Evaluation, out: Path) -> list[Path]:
     (out / "report.md").write_text("\n".join(md) + "\n")
     body = [f"<h1>Evaluation report</h1><p>{html.escape(intro)}</p>"]
     body += [f"<h2>{html.escape(t)}</h2>{html_table(rows)}" for t, rows in sections]
-    body += [f'<h2>Plots</h2>'] + [f'<p><img src="{p.name}" alt="{p.stem}"></p>' for p in plots]
+    body += ['<h2>Plots</h2>'] + [f'<p><img src="{p.name}" alt="{p.stem}"></p>' for p in plots]
     body += [f"<pre>{html.escape(GLOSSARY)}</pre>"]
     (out / "report.html").write_text(HTML_PAGE.format(body="\n".join(body)))
     write_worst_queries(evaluation, dataset, out / "worst_queries.csv")
@@ -185,7 +186,7 @@ def write_worst_queries(evaluation: Evaluation, dataset: Dataset, path: Path) ->
                 relevant = dataset.relevant(kind, query)
                 if not relevant:
                     continue
-                score = ndcg_score(ranked[:k], relevant, k)
+                score = ndcg_at_k(ranked[:k], relevant, k)
                 rows.append((score, query, ranked[:k], relevant))
             rows.sort(key=lambda r: (r[0], r[1]))
             for score, query, ranked, relevant in rows[:WORST_PER_RUN]:
@@ -193,12 +194,6 @@ def write_worst_queries(evaluation: Evaluation, dataset: Dataset, path: Path) ->
                 writer.writerow([run.strategy, run.model, query, dataset.articles[query].label or "",
                                  f"{score:.3f}", " ".join(f"{i}:{dataset.articles[i].label or '-'}" for i in ranked),
                                  " ".join(labelled)])
-
-
-def ndcg_score(ranked, relevant, k) -> float:
-    from eval.metrics import ndcg_at_k
-
-    return ndcg_at_k(ranked, relevant, k)
 
 
 def _pyplot():

@@ -17,7 +17,6 @@ from recommender.errors import InvalidQuery
 from recommender.ranking import rescale
 from recommender.settings import Settings
 
-NO_CI = ("coverage", "age_gap_days", "latency_p95_ms", "ann_recall")  # aggregates, not per-query means
 
 
 @dataclass

@@ -13,7 +13,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from recommender.errors import InvalidArticle
 from recommender.text import clean_text, normalize
 
-CORE_FIELDS = ("id", "title", "body", "url", "published_at", "section", "tags", "language")
 RAW_BODY_LIMIT = 200_000
 
 

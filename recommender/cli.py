@@ -159,15 +159,13 @@ def ranking_options(func):
     @click.option("--lexical-weight", type=click.FloatRange(0, 1), default=None, help="Share of BM25 in the score.")
     @wraps(func)
     def wrapper(*args, **kwargs):
-        from datetime import timezone
-
         from recommender.ranking import Filters
 
         filters = Filters(
             sections=kwargs.pop("sections"), exclude_sections=kwargs.pop("exclude_sections"),
             language=kwargs.pop("language"), exclude_ids=kwargs.pop("exclude_ids"),
             max_age_days=kwargs.pop("max_age_days"), past_only=kwargs.pop("past_only"),
-            date_from=_utc(kwargs.pop("date_from"), timezone.utc), date_to=_utc(kwargs.pop("date_to"), timezone.utc),
+            date_from=_utc(kwargs.pop("date_from")), date_to=_utc(kwargs.pop("date_to")),
         )
         options = {name: kwargs.pop(name) for name in ("k", "diversity", "min_score", "time_prior", "lexical_weight")}
         return func(*args, filters=filters, options=options, **kwargs)
@@ -175,8 +173,11 @@ def ranking_options(func):
     return wrapper
 
 
-def _utc(value, tz):
-    return value.replace(tzinfo=tz) if value is not None else None
+def _utc(value):
+    """--since/--until are given without an offset: they are UTC."""
+    from datetime import timezone
+
+    return value.replace(tzinfo=timezone.utc) if value is not None else None
 
 
 @main.command()

@@ -10,7 +10,9 @@ from typing import Iterable
 import numpy as np
 
 from embeddings import DEFAULT_MODEL, Embedder, load_embedder, validate_model_string
-from recommender.articles import Article, content_hash
+from pydantic import ValidationError
+
+from recommender.articles import Article, content_hash, describe_validation_error
 from recommender.errors import ArticleNotFound, IndexMismatch, InvalidQuery, NoIndex
 from recommender.index import IndexMeta, VectorIndex, now_iso, read_meta
 from recommender.ingest import Duplicate, IngestReport, open_source, read_jsonl, Rejection
@@ -208,7 +210,7 @@ class Engine:
                         progress: bool = False) -> int:
         """Recompute the lists a change can touch: the changed articles' own, those
         of their nearest neighbours (an earlier piece of a story must point to its
-        follow-up), and those that showed them; plus any list still missing."""
+        follow-up), and those that showed them."""
         changed = set(changed)
         gone = [n for n in changed if n not in state.infos]
         lists.forget(gone)
@@ -332,8 +334,8 @@ class Engine:
         values = {k: v for k, v in overrides.items() if v is not None}
         try:
             return RankingSettings.model_validate({**self.settings.ranking.model_dump(), **values})
-        except Exception as exc:  # pydantic ValidationError: say which option is out of range
-            raise InvalidQuery(str(exc).splitlines()[1] if "\n" in str(exc) else str(exc)) from None
+        except ValidationError as exc:
+            raise InvalidQuery(describe_validation_error(exc)) from None
 
     def related(self, article_id: str, filters: Filters = Filters(), **options) -> list[RelatedItem]:
         state = self.state()
@@ -450,13 +452,3 @@ class Engine:
         when = age_phrase(None if np.isnan(delta) else delta)
         return RelatedItem(info.id, info.title, info.url, info.published_at, info.section, round(score, 4),
                            f"{reason}; {when}" if when else reason)
-
-    def stats(self) -> dict[str, object]:
-        stats = self.store.stats()
-        stats["model"] = self.model
-        stats["active_version"] = self.versions.active()
-        meta = self._active_meta()
-        if meta is not None:
-            stats["index"] = {"version": meta.version, "model": meta.model, "dimension": meta.dimension,
-                              "count": meta.count, "created_at": meta.created_at}
-        return stats

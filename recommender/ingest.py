@@ -39,11 +39,6 @@ class IngestReport:
     empty_bodies: int = 0
     truncated: int = 0  # longer than the embedding window: embedded from the beginning
     embedded: int = 0  # texts sent to the model in this run
-    reused: int = 0  # changed articles whose text already had a vector
-
-    @property
-    def ok(self) -> bool:
-        return not self.rejected
 
     def summary(self) -> str:
         return (f"added {self.added}, updated {self.updated}, unchanged {self.unchanged}, "

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from functools import cached_property
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Iterator
 
 import numpy as np
 
@@ -126,12 +126,6 @@ class Store:
             self._local.conn = conn
         return conn
 
-    def close(self) -> None:
-        conn = getattr(self._local, "conn", None)
-        if conn is not None:
-            conn.close()
-            self._local.conn = None
-
     def transaction(self):
         return _Transaction(self)
 
@@ -237,10 +231,6 @@ class Store:
     def get_text(self, article_id: str) -> str | None:
         row = self.conn.execute("SELECT text FROM articles WHERE id = ?", (article_id,)).fetchone()
         return row[0] if row else None
-
-    def info(self, article_id: str) -> ArticleInfo | None:
-        row = self.conn.execute(f"SELECT {INFO_COLUMNS} FROM articles a WHERE a.id = ?", (article_id,)).fetchone()
-        return _info(row) if row else None
 
     def texts_missing_vectors(self, model: str) -> list[tuple[str, str]]:
         """(content_hash, text) of every distinct text that `model` has not embedded."""

@@ -61,24 +61,26 @@ class Versions:
     @contextmanager
     def lock(self, name: str, what: str) -> Iterator[None]:
         """An exclusive, non-blocking lock file; released by the OS if the process dies."""
-        self.root.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.root / f".{name}.lock", os.O_RDWR | os.O_CREAT, 0o644)
-        try:
+        with self._lock_file(f".{name}.lock") as fd:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                raise JobLocked(f"another {what} is running on {self.root.parent} (lock {name}); wait for it to finish") from None
+                raise JobLocked(f"another {what} is running on {self.root.parent} (lock {name}); "
+                                "wait for it to finish") from None
             yield
-        finally:
-            os.close(fd)
 
     @contextmanager
     def save_lock(self, version: str) -> Iterator[None]:
         """Serialises writers of one version's files across processes (blocking)."""
-        self.root.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.root / f".{version}.save.lock", os.O_RDWR | os.O_CREAT, 0o644)
-        try:
+        with self._lock_file(f".{version}.save.lock") as fd:
             fcntl.flock(fd, fcntl.LOCK_EX)
             yield
+
+    @contextmanager
+    def _lock_file(self, filename: str) -> Iterator[int]:
+        self.root.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.root / filename, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            yield fd
         finally:
             os.close(fd)
