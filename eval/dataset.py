@@ -6,12 +6,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
-from recommender.errors import RecommenderError
-from recommender.ingest import Rejection, open_source, read_jsonl
-
-
-class NoLabels(RecommenderError):
-    """The dataset carries nothing to score against."""
+from recommender.errors import NoLabels
+from recommender.jsonl import Rejection, open_source, read_jsonl
 
 
 @dataclass(frozen=True)

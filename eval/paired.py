@@ -35,7 +35,7 @@ def main() -> None:
     dataset = load_dataset(args.dataset)
     engine = Engine(Settings(data_dir=args.data_dir, model=args.model))
     engine.ingest([args.dataset], index=False)
-    state = engine.build_state("eval")
+    state = engine.indexes.build_state("eval", engine.embedder.dimension)
     queries = [q for q in pick_queries(dataset, state, None) if dataset.articles[q].label]
 
     def per_query(strategy: str, options: dict) -> np.ndarray:

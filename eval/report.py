@@ -15,7 +15,7 @@ import numpy as np
 from eval.dataset import Dataset
 from eval.metrics import ndcg_at_k
 from eval.runner import Evaluation, Result
-from recommender.engine import IndexState
+from recommender.state import IndexState
 from recommender.ranking import rescale
 
 QUALITY_PREFIXES = ("P@", "hit@", "recall@", "MRR", "nDCG@", "story-")

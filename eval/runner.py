@@ -12,11 +12,11 @@ import numpy as np
 from eval.dataset import Dataset, load_dataset
 from eval.metrics import bootstrap_ci, hit_at_k, ndcg_at_k, precision_at_k, recall_at_k, reciprocal_rank
 from eval.strategies import RANKERS, STRATEGIES, Context
-from recommender.engine import Engine, IndexState
+from recommender.engine import Engine
 from recommender.errors import InvalidQuery
 from recommender.ranking import rescale
 from recommender.settings import Settings
-
+from recommender.state import IndexState
 
 
 @dataclass
@@ -75,10 +75,10 @@ def evaluate(dataset_path: str, settings: Settings, models: list[str], strategie
              past_only: bool = False, limit_queries: int | None = None, options: dict | None = None,
              ann: bool = False, progress: bool = False, log: Callable[[str], None] = lambda _: None) -> Evaluation:
     validate(strategies, ks)
-    from embeddings import validate_model_string
+    from recommender.models import model_name
 
     for model in models:
-        validate_model_string(model)
+        model_name(model)  # a bad model string fails before any work
     dataset = load_dataset(dataset_path)
     ks = sorted(set(ks))
     evaluation = Evaluation(dataset_path, dataset.label_field, dataset.kinds(), 0, rejected=len(dataset.rejected),
@@ -87,7 +87,7 @@ def evaluate(dataset_path: str, settings: Settings, models: list[str], strategie
         engine = Engine(settings.model_copy(update={"model": model}))
         log(f"{model}: ingesting {dataset_path} (cached vectors are reused)")
         engine.ingest([dataset_path], progress=progress, index=False)
-        state = engine.build_state("eval")
+        state = engine.indexes.build_state("eval", engine.embedder.dimension)
         evaluation.states[engine.model] = state
         queries = pick_queries(dataset, state, limit_queries)
         evaluation.queries = len(queries)

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import numpy as np
 
-from recommender.articles import content_hash
 from recommender.errors import RecommenderError
 from recommender.store import Store
 from recommender.text import normalize
+from recommender.vectors import embed_cached
 
 # Published zero-shot figures (MTEB RonSTS, Spearman), from ../shared/README.md.
 PUBLISHED = {
@@ -52,18 +52,6 @@ def read_pairs(path: Path, genre: str | None) -> list[tuple[str, str, float]]:
     if not pairs:
         raise RecommenderError(f"no scored pairs in {path}" + (f" for genre {genre!r}" if genre else ""))
     return pairs
-
-
-def embed_cached(store: Store, embedder, texts: list[str], batch_size: int = 64) -> np.ndarray:
-    """Vectors by content hash: a rerun, or another file with the same sentences, embeds nothing."""
-    hashes = [content_hash(t) for t in texts]
-    missing = sorted({h: t for h, t in zip(hashes, texts) if store.vector(embedder.name, h) is None}.items())
-    for start in range(0, len(missing), batch_size):
-        chunk = missing[start:start + batch_size]
-        vectors = embedder.embed([t for _, t in chunk])
-        with store.transaction() as conn:
-            store.put_vectors(conn, embedder.name, [h for h, _ in chunk], vectors)
-    return np.vstack([store.vector(embedder.name, h) for h in hashes])
 
 
 def evaluate_sts(path: Path, embedder, store: Store, genre: str | None = None) -> StsResult:

@@ -6,12 +6,13 @@ import hashlib
 import json
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from functools import cached_property
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from recommender.errors import InvalidArticle
-from recommender.text import clean_text, normalize
+from recommender.text import clean_text, fold, normalize
 
 RAW_BODY_LIMIT = 200_000
 
@@ -21,6 +22,25 @@ class EmbedText:
     text: str
     truncated: bool  # longer than the window: embedded from its beginning
     empty_body: bool
+
+
+@dataclass(frozen=True)
+class ArticleInfo:
+    """What ranking needs of a stored article, kept in memory for every article."""
+
+    num: int  # the store's stable int64 id, which FAISS sees
+    id: str
+    title: str
+    url: str | None
+    published_at: datetime | None
+    section: str | None
+    language: str
+    content_hash: str
+
+    @cached_property
+    def title_key(self) -> str:
+        """The headline without case or diacritics: equal keys mean the same story."""
+        return fold(self.title).strip()
 
 
 class Article(BaseModel):

@@ -17,8 +17,14 @@ EXIT_REJECTED = 3
 class CliError(click.ClickException):
     exit_code = EXIT_ERROR
 
+    def __init__(self, message: str, hint: str | None = None):
+        super().__init__(message)
+        self.hint = hint
+
     def show(self, file=None) -> None:
         click.echo(f"error: {self.message}", err=True)
+        if self.hint:
+            click.echo(f"hint: {self.hint}", err=True)
 
 
 class Group(click.Group):
@@ -27,13 +33,12 @@ class Group(click.Group):
     def invoke(self, ctx: click.Context):
         from pydantic import ValidationError
 
-        from embeddings import EmbedderError
         from recommender.errors import RecommenderError
 
         try:
             return super().invoke(ctx)
-        except (RecommenderError, EmbedderError) as exc:
-            raise CliError(str(exc)) from None
+        except RecommenderError as exc:
+            raise CliError(str(exc), exc.hint) from None
         except ValidationError as exc:
             raise CliError(_settings_error(exc)) from None
         except KeyboardInterrupt:
@@ -159,25 +164,14 @@ def ranking_options(func):
     @click.option("--lexical-weight", type=click.FloatRange(0, 1), default=None, help="Share of BM25 in the score.")
     @wraps(func)
     def wrapper(*args, **kwargs):
-        from recommender.ranking import Filters
+        from recommender.ranking import FilterParams
 
-        filters = Filters(
-            sections=kwargs.pop("sections"), exclude_sections=kwargs.pop("exclude_sections"),
-            language=kwargs.pop("language"), exclude_ids=kwargs.pop("exclude_ids"),
-            max_age_days=kwargs.pop("max_age_days"), past_only=kwargs.pop("past_only"),
-            date_from=_utc(kwargs.pop("date_from")), date_to=_utc(kwargs.pop("date_to")),
-        )
+        fields = {name: kwargs.pop(name) for name in FilterParams.model_fields}
+        filters = FilterParams.model_validate(fields).to_filters()  # dates without an offset are UTC
         options = {name: kwargs.pop(name) for name in ("k", "diversity", "min_score", "time_prior", "lexical_weight")}
         return func(*args, filters=filters, options=options, **kwargs)
 
     return wrapper
-
-
-def _utc(value):
-    """--since/--until are given without an offset: they are UTC."""
-    from datetime import timezone
-
-    return value.replace(tzinfo=timezone.utc) if value is not None else None
 
 
 @main.command()
@@ -229,7 +223,7 @@ def stats(settings, as_json):
     from recommender.store import Store
 
     if not settings.store_path.exists():
-        raise CliError(f"no store in {settings.data_dir}: ingest articles first, e.g. recommender ingest articles.jsonl")
+        raise CliError(f"no store in {settings.data_dir}", hint="ingest articles first, e.g. recommender ingest articles.jsonl")
     from recommender.versions import Versions
 
     data = Store(settings.store_path).stats()
@@ -316,7 +310,7 @@ def reembed(data_dir, model, device, batch_size, workers, limit, resume, activat
                                "to start a fresh version, finish or prune the unfinished one")
     settings = load_settings(data_dir=data_dir)
     if not settings.store_path.exists():
-        raise CliError(f"no store in {settings.data_dir}: ingest articles first")
+        raise CliError(f"no store in {settings.data_dir}", hint="ingest articles first")
     result = run_reembed(settings, ReembedOptions(model, device, batch_size, workers, limit, activate,
                                                   ray_address, progress), echo=lambda m: click.echo(m, err=True))
     click.echo(f"{result.version}: embedded {result.embedded} texts in {result.seconds:.1f} s "
@@ -393,7 +387,6 @@ def index_prune(data_dir, keep):
     Example:
       recommender index prune --keep 1
     """
-    from recommender.precomputed import RelatedLists
     from recommender.store import Store
     from recommender.versions import Versions
 
@@ -406,7 +399,7 @@ def index_prune(data_dir, keep):
     for name in doomed:
         versions.remove(name)
         if store is not None:
-            RelatedLists.drop_version(store, name)
+            store.drop_lists(name)
         click.echo(f"removed {name}")
     click.echo(f"kept {active or 'nothing'} (active)" + (f" and {len(inactive) - len(doomed)} more" if keep else ""))
 
@@ -488,14 +481,15 @@ def eval_sts(files, models, genre, data_dir, as_json):
     """
     from dataclasses import asdict
 
-    from embeddings import DEFAULT_MODEL, load_embedder
+    from embeddings import DEFAULT_MODEL
     from eval.sts import evaluate_sts
+    from recommender.models import load_model
     from recommender.store import Store
 
     store = Store(data_dir / "store.sqlite")
     results = []
     for model in models or [load_settings().model or DEFAULT_MODEL]:
-        embedder = load_embedder(model)
+        embedder = load_model(model)
         results += [evaluate_sts(path, embedder, store, genre) for path in files]
     if as_json:
         click.echo(json.dumps([asdict(r) for r in results], indent=2))
@@ -514,7 +508,7 @@ def demo(data_dir, model):
     """Ingest the bundled sample archive and show, for a diplomacy article,
     the noisy "Citește și" block beside the suggestions that replace it.
 
-    The sample is 170 short Romanian articles written for this project.
+    The sample is 156 short Romanian articles written for this project.
 
     \b
     Examples:

@@ -1,9 +1,20 @@
-"""Domain errors. The library raises these; the CLI and the API each translate
-them once, into a one-line message or a 4xx response."""
+"""Domain errors: the one hierarchy the library raises.
+
+Every error is a `RecommenderError`. Its message says what is wrong, in words
+that fit an API body as well as a terminal; `hint` says what a person at the
+command line can do about it, and only the CLI shows it. The CLI and the API
+each translate these once, into a one-line message or a 4xx response.
+"""
+
+from __future__ import annotations
 
 
 class RecommenderError(Exception):
-    """Base class: a problem the user can act on; the message says how."""
+    """Base class: a problem the user can act on."""
+
+    def __init__(self, message: str, *, hint: str | None = None):
+        super().__init__(message)
+        self.hint = hint
 
 
 class InvalidArticle(RecommenderError):
@@ -25,8 +36,24 @@ class NoIndex(RecommenderError):
 
 
 class InvalidQuery(RecommenderError):
-    """A related-articles request with contradictory or out-of-range options."""
+    """A request with contradictory or out-of-range options."""
+
+
+class ModelError(RecommenderError):
+    """A model string names no known model, or the model could not be loaded."""
+
+
+class StoreError(RecommenderError):
+    """The store cannot be opened: written by a newer version, or not a store."""
 
 
 class JobLocked(RecommenderError):
     """Another job holds the data directory's lock."""
+
+
+class JobFailed(RecommenderError):
+    """A re-embedding job stopped; the active version is untouched and a rerun resumes."""
+
+
+class NoLabels(RecommenderError):
+    """An evaluation dataset carries nothing to score against."""

@@ -34,7 +34,7 @@ class IndexMeta:
     count: int
     created_at: str
     applied_seq: int = 0  # the last store change (changes.seq) this index reflects
-    random_pair_mean: float = 0.0  # mean cosine of random article pairs (see calibrate)
+    random_pair_mean: float = 0.0  # mean cosine of random article pairs (see VectorIndex.random_pair_mean)
 
 
 class VectorIndex:
@@ -188,8 +188,8 @@ class VectorIndex:
         if self.delta.ntotal or self.dead:
             self.compact()
         meta.count = self.count
-        _atomic_write(directory / INDEX_FILE, self._faiss.serialize_index(self.main).tobytes())
-        _atomic_write(directory / META_FILE, json.dumps(asdict(meta), indent=2).encode())
+        atomic_write(directory / INDEX_FILE, self._faiss.serialize_index(self.main).tobytes())
+        atomic_write(directory / META_FILE, json.dumps(asdict(meta), indent=2).encode())
 
     @classmethod
     def load(cls, directory: Path) -> tuple["VectorIndex", IndexMeta]:
@@ -201,7 +201,7 @@ class VectorIndex:
         if index.d != meta.dimension or index.ntotal != meta.count:
             raise IndexMismatch(
                 f"index {meta.version} does not match its sidecar (dimension {index.d} vs {meta.dimension}, "
-                f"count {index.ntotal} vs {meta.count}); rebuild it: recommender index rebuild"
+                f"count {index.ntotal} vs {meta.count})"
             )
         return cls(meta.dimension, index), meta
 
@@ -214,7 +214,7 @@ def now_iso() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
+def atomic_write(path: Path, data: bytes) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
         with os.fdopen(fd, "wb") as fh:

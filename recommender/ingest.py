@@ -1,25 +1,21 @@
-"""Reading JSONL article files: every bad line is rejected with its number and
-reason, and never stops the good lines around it."""
+"""JSONL files into the write path, chunk by chunk, with a report of every line.
+
+Reading is separate from writing: `ingest_sources` hands each chunk of valid
+articles to a `write` function (the engine's one write path) and counts what it
+says happened. A bad line is rejected with its file and number; it never stops
+the good lines around it.
+"""
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import IO, Iterator
+from typing import Callable
 
-from recommender.articles import Article, parse_article
-from recommender.errors import InvalidArticle
+from recommender.articles import Article
+from recommender.jsonl import Rejection, open_source, read_jsonl
+from recommender.store import UpsertResult
 
-
-@dataclass(frozen=True)
-class Rejection:
-    source: str
-    line: int
-    reason: str
-
-    def __str__(self) -> str:
-        return f"{self.source}:{self.line}: {self.reason}"
+WRITE_CHUNK = 500
 
 
 @dataclass(frozen=True)
@@ -45,32 +41,47 @@ class IngestReport:
                 f"rejected {len(self.rejected)}")
 
 
-def read_jsonl(stream: IO[bytes], source: str) -> Iterator[tuple[int, Article | Rejection]]:
-    """Yield (line number, article or rejection); blank lines are skipped."""
-    for number, raw in enumerate(stream, start=1):
-        try:
-            text = raw.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            yield number, Rejection(source, number, f"not valid UTF-8 (byte {raw[exc.start]:#04x} at column {exc.start + 1})")
-            continue
-        text = text.strip().lstrip("\ufeff")
-        if not text:
-            continue
-        try:
-            obj = json.loads(text)
-        except json.JSONDecodeError as exc:
-            yield number, Rejection(source, number, f"malformed JSON: {exc.msg} at column {exc.colno}")
-            continue
-        try:
-            yield number, parse_article(obj)
-        except InvalidArticle as exc:
-            yield number, Rejection(source, number, str(exc))
+Write = Callable[[list[Article]], list[UpsertResult]]
 
 
-def open_source(path: str) -> tuple[IO[bytes], str]:
-    """A file path, or '-' for standard input."""
-    if path == "-":
-        import sys
+def ingest_sources(sources: list[str], write: Write, report: IngestReport) -> None:
+    """Read every source and write its valid articles in chunks of WRITE_CHUNK."""
+    seen: dict[str, str] = {}
+    counted: set[str] = set()
+    for source in sources:
+        try:
+            stream, name = open_source(source)
+        except OSError as exc:
+            report.rejected.append(Rejection(source, 0, f"cannot read file: {exc.strerror or exc}"))
+            continue
+        chunk: dict[str, tuple[str, Article]] = {}
+        with stream:
+            for number, item in read_jsonl(stream, name):
+                if isinstance(item, Rejection):
+                    report.rejected.append(item)
+                    continue
+                where = f"{name}:{number}"
+                if item.id in seen:
+                    report.duplicates.append(Duplicate(item.id, seen[item.id], where))
+                else:
+                    seen[item.id] = where
+                chunk.pop(item.id, None)  # within a chunk only the last version is written
+                chunk[item.id] = (where, item)
+                if len(chunk) >= WRITE_CHUNK:
+                    _write_chunk(chunk, write, report, counted)
+                    chunk = {}
+        _write_chunk(chunk, write, report, counted)
 
-        return sys.stdin.buffer, "<stdin>"
-    return Path(path).open("rb"), path
+
+def _write_chunk(chunk: dict[str, tuple[str, Article]], write: Write, report: IngestReport,
+                 counted: set[str]) -> None:
+    if not chunk:
+        return
+    articles = [article for _, article in chunk.values()]
+    for article, result in zip(articles, write(articles)):
+        if article.id in counted:  # a duplicate id is counted once; the report lists it apart
+            continue
+        counted.add(article.id)
+        setattr(report, result.status, getattr(report, result.status) + 1)
+        report.truncated += result.text.truncated
+        report.empty_bodies += result.text.empty_body

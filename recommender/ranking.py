@@ -1,7 +1,7 @@
 """The rules that turn nearest neighbours into a "Citește și" list.
 
 Pure functions over arrays, so each rule can be tested and measured alone.
-The order, as `Engine.related` applies them:
+The order, as `recommender.ranker.rank` applies them:
 1. filters (sections, language, excluded ids, date window from the seed's date);
 2. relevance: cosine rescaled above the archive's random-pair level, optionally
    blended with BM25;
@@ -13,22 +13,24 @@ The order, as `Engine.related` applies them:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from datetime import datetime
+from dataclasses import dataclass
+from datetime import datetime, timezone
 from typing import Sequence
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from recommender.articles import ArticleInfo
 from recommender.errors import InvalidQuery
-from recommender.store import ArticleInfo
 from recommender.text import fold
 
 DAY = 86400.0
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Filters:
-    """What a caller may ask for. Dates are aware datetimes."""
+    """What a caller may ask for. Dates are aware datetimes. Built from a
+    `FilterParams` (API, CLI) or by keyword, never by position."""
 
     sections: tuple[str, ...] = ()
     exclude_sections: tuple[str, ...] = ()
@@ -76,6 +78,45 @@ class Filters:
         return not (self.date_to and when > self.date_to)
 
 
+class FilterParams(BaseModel):
+    """The filters of a request, as the API and the CLI take them. The GET query
+    names (`section`, `exclude_section`, `exclude`) are aliases of the fields."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, allow_inf_nan=False, frozen=True)
+
+    sections: list[str] = Field(default_factory=list, alias="section", examples=[["externe", "politica"]],
+                                description="Only these sections")
+    exclude_sections: list[str] = Field(default_factory=list, alias="exclude_section",
+                                        description="Never these sections")
+    language: str | None = None
+    exclude_ids: list[str] = Field(default_factory=list, alias="exclude", description="Ids already on the page")
+    max_age_days: float | None = Field(None, ge=0, le=100_000, description="Measured from the seed's date")
+    past_only: bool = Field(False, description="Only articles published at or before the seed")
+    date_from: datetime | None = None
+    date_to: datetime | None = None
+
+    @field_validator("date_from", "date_to")
+    @classmethod
+    def _aware(cls, value: datetime | None) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            return value.replace(tzinfo=timezone.utc)
+        return value
+
+    def to_filters(self) -> Filters:
+        return Filters(sections=tuple(self.sections), exclude_sections=tuple(self.exclude_sections),
+                       language=self.language, exclude_ids=tuple(self.exclude_ids), max_age_days=self.max_age_days,
+                       past_only=self.past_only, date_from=self.date_from, date_to=self.date_to)
+
+
+class RelatedQuery(FilterParams):
+    """A related-articles request: filters plus the list's length and diversity."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    k: int = Field(5, ge=1, le=50, description="How many suggestions")
+    diversity: float | None = Field(None, ge=0, le=1, description="0 relevance only, 1 novelty only")
+
+
 @dataclass(frozen=True)
 class RelatedItem:
     id: str
@@ -85,16 +126,6 @@ class RelatedItem:
     section: str | None
     score: float
     reason: str
-
-
-@dataclass
-class Scored:
-    """Candidates that passed the filters, as parallel arrays."""
-
-    nums: np.ndarray
-    relevance: np.ndarray  # after the lexical blend
-    dense: np.ndarray  # rescaled cosine to the seed
-    score: np.ndarray = field(default_factory=lambda: np.zeros(0))  # after the time prior
 
 
 def rescale(cosines: np.ndarray, random_mean: float) -> np.ndarray:

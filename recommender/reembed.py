@@ -14,23 +14,20 @@ import os
 import sqlite3
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
-from typing import Callable, Iterator, Sequence
+from functools import partial
+from typing import Callable, Iterator
 
 import numpy as np
 
-from embeddings import load_embedder, validate_model_string
-from recommender.errors import RecommenderError
+from recommender import vectors
+from recommender.engine import Engine
+from recommender.errors import JobFailed
+from recommender.models import load_model, model_name
 from recommender.settings import Settings
+from recommender.vectors import Batch, split
+from recommender.versions import Versions
 
-LENGTH_WINDOW = 64  # batches whose texts are sorted by length together, to waste less padding
 SHARD_BATCHES = 8  # batches per Ray task
-
-Batch = list[tuple[str, str]]  # (content hash, text)
-
-
-class JobFailed(RecommenderError):
-    """The job stopped; the active version is untouched and a rerun resumes."""
 
 
 @dataclass(frozen=True)
@@ -64,15 +61,12 @@ class ReembedResult:
 
 
 def run_reembed(settings: Settings, opts: ReembedOptions, echo: Callable[[str], None] = print) -> ReembedResult:
-    from recommender.engine import Engine
-    from recommender.versions import Versions
-
-    spec = validate_model_string(opts.model)
+    name = model_name(opts.model)
     versions = Versions(settings.index_dir)
     with versions.lock("reembed", "re-embedding job"):
         # Load the model before any work: a bad id or an unreachable hub fails here.
-        embedder = load_embedder(spec.name, device=opts.device, batch_size=opts.batch_size)
-        job_settings = settings.model_copy(update={"model": spec.name, "batch_size": opts.batch_size, "device": opts.device})
+        embedder = load_model(name, device=opts.device, batch_size=opts.batch_size)
+        job_settings = settings.model_copy(update={"model": name, "batch_size": opts.batch_size, "device": opts.device})
         engine = Engine(job_settings, embedder)
         try:
             return _run(engine, versions, embedder, opts, echo)
@@ -102,50 +96,22 @@ def _run(engine, versions, embedder, opts: ReembedOptions, echo) -> ReembedResul
     if opts.activate:
         versions.activate(version)
         result.activated = True
-    _finish_job(engine, model)
+    engine.store.finish_job(model)
     echo(f"{version} ready: {state.vectors.count} articles, dimension {state.meta.dimension}"
          + (", active" if result.activated else f"; activate it with: recommender index activate {version}"))
     return result
 
 
-def length_sorted_batches(items: Sequence[tuple[str, str]], batch_size: int) -> list[Batch]:
-    """Batches of similar length, so a batch's padding is small; windows keep the
-    order roughly that of the archive, so a resumed job continues where it was."""
-    batches: list[Batch] = []
-    window = batch_size * LENGTH_WINDOW
-    for start in range(0, len(items), window):
-        chunk = sorted(items[start:start + window], key=lambda item: len(item[1]))
-        batches += [chunk[i:i + batch_size] for i in range(0, len(chunk), batch_size)]
-    return batches
-
-
 def _embed_all(engine, pending: list[tuple[str, str]], opts: ReembedOptions, embedder) -> int:
-    from tqdm import tqdm
-
-    batches = length_sorted_batches(pending, opts.batch_size)
     if opts.ray_address:
-        stream = embed_with_ray(opts.ray_address, engine.model, opts.device, opts.batch_size, batches)
+        stream = partial(embed_with_ray, opts.ray_address, engine.model, opts.device, opts.batch_size)
     elif opts.workers > 0:
-        stream = embed_with_processes(engine.model, opts.device, opts.batch_size, opts.workers, batches)
+        stream = partial(embed_with_processes, engine.model, opts.device, opts.batch_size, opts.workers)
     else:
-        stream = ((hashes, embedder.embed(texts)) for hashes, texts in (_split(b) for b in batches))
-    done = 0
-    with tqdm(total=len(pending), unit="doc", desc=f"re-embedding ({engine.model})", disable=not opts.progress) as bar:
-        for hashes, vectors in stream:
-            _checkpoint(engine, hashes, vectors)
-            done += len(hashes)
-            bar.update(len(hashes))
-    return done
-
-
-def _split(batch: Batch) -> tuple[list[str], list[str]]:
-    return [h for h, _ in batch], [t for _, t in batch]
-
-
-def _checkpoint(engine, hashes: list[str], vectors: np.ndarray) -> None:
+        stream = vectors.in_process(embedder)
     try:
-        with engine.store.transaction() as conn:
-            engine.store.put_vectors(conn, engine.model, hashes, vectors)
+        return vectors.fill(engine.store, engine.model, pending, stream, opts.batch_size, opts.progress,
+                            desc=f"re-embedding ({engine.model})")
     except (sqlite3.OperationalError, OSError) as exc:
         raise _failure("could not write a checkpoint", engine, exc) from None
 
@@ -153,18 +119,18 @@ def _checkpoint(engine, hashes: list[str], vectors: np.ndarray) -> None:
 def _failure(what: str, engine, exc: Exception) -> JobFailed:
     active = engine.versions.active() or "no version"
     return JobFailed(f"{what} ({type(exc).__name__}: {exc}). Nothing was activated: {active} keeps serving, and the "
-                     f"vectors committed so far are kept. Free disk space or fix permissions under "
-                     f"{engine.settings.data_dir}, then rerun the same command to resume.")
+                     f"vectors committed so far are kept",
+                     hint=f"free disk space or fix permissions under {engine.settings.data_dir}, "
+                          "then rerun the same command to resume")
 
 
 def _build(engine, version: str, embedder, result: ReembedResult, progress: bool):
     """Index, validation, related lists: everything before the switch."""
     try:
-        state = engine.build_state(version, embedder.dimension)
+        state = engine.indexes.build_state(version, embedder.dimension)
         result.checks = validate(engine, state, embedder)
-        engine.save(state)
-        lists = engine.lists_for(state)
-        engine.precompute_missing(state, lists, progress)
+        engine.indexes.save(state)
+        engine.upkeep.fill_missing(state, engine.lists_for(state), progress)
     except (sqlite3.OperationalError, OSError) as exc:
         raise _failure(f"could not write index version {version}", engine, exc) from None
     return state
@@ -175,7 +141,7 @@ def validate(engine, state, embedder, sample: int = 20) -> list[str]:
     articles re-embedded now sits at its own place in the index."""
     missing = [info.id for info in state.infos.values() if info.num not in state.vectors]
     if missing:
-        raise JobFailed(f"{len(missing)} articles have no vector (first: {missing[0]}); rerun to resume")
+        raise JobFailed(f"{len(missing)} articles have no vector (first: {missing[0]})", hint="rerun to resume")
     if state.meta.dimension != embedder.dimension or state.vectors.dimension != embedder.dimension:
         raise JobFailed(f"index dimension {state.meta.dimension} is not the model's {embedder.dimension}")
     rng = np.random.default_rng(0)
@@ -193,22 +159,13 @@ def validate(engine, state, embedder, sample: int = 20) -> list[str]:
 
 
 def _job_version(engine, versions) -> tuple[str, bool]:
-    conn = engine.store.conn
-    row = conn.execute("SELECT version FROM reembed_jobs WHERE model = ? AND finished_at IS NULL",
-                       (engine.model,)).fetchone()
-    if row is not None:
-        return row[0], True
+    version = engine.store.unfinished_job(engine.model)
+    if version is not None:
+        return version, True
     version = versions.new_name()
     versions.path(version).mkdir(parents=True, exist_ok=True)  # reserves the name
-    with engine.store.transaction() as tx:
-        tx.execute("INSERT OR REPLACE INTO reembed_jobs (model, version, started_at, finished_at) VALUES (?, ?, ?, NULL)",
-                   (engine.model, version, datetime.now(timezone.utc).isoformat()))
+    engine.store.start_job(engine.model, version)
     return version, False
-
-
-def _finish_job(engine, model: str) -> None:
-    with engine.store.transaction() as tx:
-        tx.execute("UPDATE reembed_jobs SET finished_at = ? WHERE model = ?", (datetime.now(timezone.utc).isoformat(), model))
 
 
 # --- embedding backends -----------------------------------------------------------
@@ -227,11 +184,11 @@ def _init_worker(model: str, device: str | None, batch_size: int) -> None:
         torch.set_num_threads(1)
     except ImportError:
         pass
-    _worker_embedder = load_embedder(model, device=device, batch_size=batch_size, threads=1)
+    _worker_embedder = load_model(model, device=device, batch_size=batch_size, threads=1)
 
 
 def _embed_in_worker(batch: Batch) -> tuple[list[str], np.ndarray]:
-    hashes, texts = _split(batch)
+    hashes, texts = split(batch)
     return hashes, _worker_embedder.embed(texts)
 
 
@@ -251,11 +208,11 @@ def _embed_shard(model: str, device: str | None, batch_size: int, shard: list[Ba
     """A Ray task: embed a shard, return it in the checkpoint format (hashes, vectors)."""
     global _worker_embedder
     if _worker_embedder is None or _worker_embedder.name != model:
-        _worker_embedder = load_embedder(model, device=device, batch_size=batch_size)
+        _worker_embedder = load_model(model, device=device, batch_size=batch_size)
     hashes: list[str] = []
     vectors = []
     for batch in shard:
-        h, texts = _split(batch)
+        h, texts = split(batch)
         hashes += h
         vectors.append(_worker_embedder.embed(texts))
     return hashes, np.vstack(vectors)
@@ -266,7 +223,7 @@ def embed_with_ray(address: str, model: str, device: str | None, batch_size: int
     try:
         import ray
     except ImportError:
-        raise JobFailed("--ray needs Ray: pip install 'recommender[ray]'") from None
+        raise JobFailed("--ray needs Ray, which is not installed", hint="pip install 'recommender[ray]'") from None
     if not ray.is_initialized():
         ray.init(address=None if address == "local" else address, ignore_reinit_error=True,
                  include_dashboard=False, log_to_driver=False)

@@ -20,7 +20,7 @@ class RankingSettings(BaseModel):
 
     k: int = Field(5, ge=1, le=50)
     # Relevance is the cosine rescaled so that the average random pair of the
-    # archive scores 0 and an identical article 1 (see ranking.calibrate).
+    # archive scores 0 and an identical article 1 (see ranking.rescale).
     min_score: float = Field(0.15, ge=0.0, le=1.0)
     # MMR: 0 ranks by relevance alone, 1 by novelty alone (lambda = 1 - diversity).
     diversity: float = Field(0.2, ge=0.0, le=1.0)

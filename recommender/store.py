@@ -11,54 +11,70 @@ import json
 import sqlite3
 import threading
 from dataclasses import dataclass
-from functools import cached_property
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterator
 
 import numpy as np
 
-from recommender.articles import Article, EmbedText, content_hash
-from recommender.text import fold, terms
+from recommender.articles import Article, ArticleInfo, EmbedText, content_hash
+from recommender.errors import StoreError
+from recommender.text import terms
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS articles (
-    num INTEGER PRIMARY KEY AUTOINCREMENT,  -- the stable int64 id FAISS sees; never reused
-    id TEXT NOT NULL UNIQUE,
-    title TEXT NOT NULL,
-    body TEXT NOT NULL,
-    url TEXT,
-    published_at TEXT,                      -- ISO 8601, UTC
-    published_ts REAL,                      -- the same, as a Unix time, for filtering
-    section TEXT,
-    tags TEXT NOT NULL,                     -- JSON list
-    language TEXT NOT NULL,
-    meta TEXT NOT NULL,                     -- JSON object: every non-core input field
-    text TEXT NOT NULL,                     -- what the model embeds
-    terms TEXT NOT NULL,                    -- stemmed folded words of `text`, for BM25
-    content_hash TEXT NOT NULL,
-    record_hash TEXT NOT NULL,
-    updated_at TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS articles_content_hash ON articles(content_hash);
-CREATE TABLE IF NOT EXISTS vectors (
-    model TEXT NOT NULL,
-    content_hash TEXT NOT NULL,
-    vector BLOB NOT NULL,                   -- float32, L2-normalized
-    PRIMARY KEY (model, content_hash)
-) WITHOUT ROWID;
--- Every change that can alter an index: an article written or deleted, or a
--- vector stored for its text. An index records the last seq it applied and
--- catches up from there, so no writer ever has to rebuild it.
-CREATE TABLE IF NOT EXISTS changes (seq INTEGER PRIMARY KEY AUTOINCREMENT, num INTEGER NOT NULL);
--- Re-embedding jobs: an unfinished one for a model is resumed into the same version.
-CREATE TABLE IF NOT EXISTS reembed_jobs (
-    model TEXT PRIMARY KEY,
-    version TEXT NOT NULL,
-    started_at TEXT NOT NULL,
-    finished_at TEXT
-);
-"""
+# Each entry brings a store from the version before it to its own number
+# (PRAGMA user_version). Version 0 is a store from before versioning, or a new
+# file: every statement is idempotent, so both take the same path.
+MIGRATIONS: list[str] = [
+    # 1: the schema as first released, plus the related-lists table that used to
+    # be created on first use.
+    """
+    CREATE TABLE IF NOT EXISTS articles (
+        num INTEGER PRIMARY KEY AUTOINCREMENT,  -- the stable int64 id FAISS sees; never reused
+        id TEXT NOT NULL UNIQUE,
+        title TEXT NOT NULL,
+        body TEXT NOT NULL,
+        url TEXT,
+        published_at TEXT,                      -- ISO 8601, UTC
+        published_ts REAL,                      -- the same, as a Unix time, for filtering
+        section TEXT,
+        tags TEXT NOT NULL,                     -- JSON list
+        language TEXT NOT NULL,
+        meta TEXT NOT NULL,                     -- JSON object: every non-core input field
+        text TEXT NOT NULL,                     -- what the model embeds
+        terms TEXT NOT NULL,                    -- stemmed folded words of `text`, for BM25
+        content_hash TEXT NOT NULL,
+        record_hash TEXT NOT NULL,
+        updated_at TEXT NOT NULL
+    );
+    CREATE INDEX IF NOT EXISTS articles_content_hash ON articles(content_hash);
+    CREATE TABLE IF NOT EXISTS vectors (
+        model TEXT NOT NULL,
+        content_hash TEXT NOT NULL,
+        vector BLOB NOT NULL,                   -- float32, L2-normalized
+        PRIMARY KEY (model, content_hash)
+    ) WITHOUT ROWID;
+    -- Every change that can alter an index: an article written or deleted, or a
+    -- vector stored for its text. An index records the last seq it applied and
+    -- catches up from there, so no writer ever has to rebuild it.
+    CREATE TABLE IF NOT EXISTS changes (seq INTEGER PRIMARY KEY AUTOINCREMENT, num INTEGER NOT NULL);
+    -- Re-embedding jobs: an unfinished one for a model is resumed into the same version.
+    CREATE TABLE IF NOT EXISTS reembed_jobs (
+        model TEXT PRIMARY KEY,
+        version TEXT NOT NULL,
+        started_at TEXT NOT NULL,
+        finished_at TEXT
+    );
+    -- Related lists computed ahead of time, per index version.
+    CREATE TABLE IF NOT EXISTS related_lists (
+        version TEXT NOT NULL,
+        num INTEGER NOT NULL,
+        items TEXT NOT NULL,      -- JSON [[num, score, reason], ...], best first
+        fresh INTEGER NOT NULL,   -- 0 once an article it may concern changed
+        PRIMARY KEY (version, num)
+    ) WITHOUT ROWID;
+    """,
+]
+SCHEMA_VERSION = len(MIGRATIONS)
 
 ROW_COLUMNS = "num, id, title, body, url, published_at, section, tags, language, meta, content_hash"
 INFO_COLUMNS = "a.num, a.id, a.title, a.url, a.published_at, a.section, a.language, a.content_hash"
@@ -73,25 +89,6 @@ class StoredArticle:
     @property
     def id(self) -> str:
         return self.article.id
-
-
-@dataclass(frozen=True)
-class ArticleInfo:
-    """What ranking needs of a candidate, kept in memory for every article."""
-
-    num: int
-    id: str
-    title: str
-    url: str | None
-    published_at: datetime | None
-    section: str | None
-    language: str
-    content_hash: str
-
-    @cached_property
-    def title_key(self) -> str:
-        """The headline without case or diacritics: equal keys mean the same story."""
-        return fold(self.title).strip()
 
 
 @dataclass(frozen=True)
@@ -113,7 +110,32 @@ class Store:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._local = threading.local()
         self._write_lock = threading.Lock()
-        self.conn.executescript(SCHEMA)
+        self._migrate()
+
+    def _migrate(self) -> None:
+        """Bring the file to SCHEMA_VERSION, one migration per transaction."""
+        try:
+            conn = self.conn
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(f"{self.path} is not a recommender store ({exc})") from None
+        if version > SCHEMA_VERSION:
+            raise StoreError(f"{self.path} has schema version {version}, newer than this program's "
+                             f"{SCHEMA_VERSION}", hint="upgrade the recommender package")
+        for number in range(version, SCHEMA_VERSION):
+            with self._write_lock:
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    for statement in _statements(MIGRATIONS[number]):
+                        conn.execute(statement)
+                    conn.execute(f"PRAGMA user_version = {number + 1}")
+                    conn.execute("COMMIT")
+                except BaseException:
+                    conn.execute("ROLLBACK")
+                    raise
+
+    def schema_version(self) -> int:
+        return self.conn.execute("PRAGMA user_version").fetchone()[0]
 
     @property
     def conn(self) -> sqlite3.Connection:
@@ -148,7 +170,7 @@ class Store:
             published.timestamp() if published else None,
             article.section or None, json.dumps(article.tags, ensure_ascii=False), article.language,
             json.dumps(article.meta, ensure_ascii=False, default=str), text, " ".join(terms(text)),
-            chash, record_hash, datetime.now(timezone.utc).isoformat(),
+            chash, record_hash, _now(),
         )
         num = conn.execute(
             """INSERT INTO articles (id, title, body, url, published_at, published_ts, section, tags,
@@ -241,6 +263,17 @@ class Store:
             (model,),
         ).fetchall()
 
+    def hashes_without_vectors(self, model: str, hashes: list[str]) -> set[str]:
+        """Those of `hashes` that `model` has no vector for."""
+        have: set[str] = set()
+        unique = sorted(set(hashes))
+        for start in range(0, len(unique), 500):
+            batch = unique[start:start + 500]
+            have.update(r[0] for r in self.conn.execute(
+                f"SELECT content_hash FROM vectors WHERE model = ? AND content_hash IN ({','.join('?' * len(batch))})",
+                (model, *batch)))
+        return set(unique) - have
+
     def vector(self, model: str, chash: str) -> np.ndarray | None:
         row = self.conn.execute(
             "SELECT vector FROM vectors WHERE model = ? AND content_hash = ?", (model, chash)
@@ -256,6 +289,43 @@ class Store:
         first, last = conn.execute("SELECT MIN(published_at), MAX(published_at) FROM articles").fetchone()
         return {"articles": self.count(), "vectors_by_model": by_model, "sections": sections,
                 "first_published": first, "last_published": last}
+
+    # --- precomputed lists ----------------------------------------------------
+
+    def list_rows(self, version: str) -> Iterator[tuple[int, str, bool]]:
+        """(num, items as JSON, fresh) of every stored list of a version."""
+        for num, items, fresh in self.conn.execute(
+                "SELECT num, items, fresh FROM related_lists WHERE version = ?", (version,)):
+            yield num, items, bool(fresh)
+
+    def put_lists(self, version: str, lists: dict[int, str]) -> None:
+        with self.transaction() as conn:
+            conn.executemany("INSERT OR REPLACE INTO related_lists VALUES (?, ?, ?, 1)",
+                             [(version, num, items) for num, items in lists.items()])
+
+    def delete_lists(self, version: str, nums) -> None:
+        with self.transaction() as conn:
+            conn.executemany("DELETE FROM related_lists WHERE version = ? AND num = ?", [(version, n) for n in nums])
+
+    def drop_lists(self, version: str) -> None:
+        with self.transaction() as conn:
+            conn.execute("DELETE FROM related_lists WHERE version = ?", (version,))
+
+    # --- re-embedding jobs ----------------------------------------------------
+
+    def unfinished_job(self, model: str) -> str | None:
+        row = self.conn.execute("SELECT version FROM reembed_jobs WHERE model = ? AND finished_at IS NULL",
+                                (model,)).fetchone()
+        return row[0] if row else None
+
+    def start_job(self, model: str, version: str) -> None:
+        with self.transaction() as conn:
+            conn.execute("INSERT OR REPLACE INTO reembed_jobs (model, version, started_at, finished_at) "
+                         "VALUES (?, ?, ?, NULL)", (model, version, _now()))
+
+    def finish_job(self, model: str) -> None:
+        with self.transaction() as conn:
+            conn.execute("UPDATE reembed_jobs SET finished_at = ? WHERE model = ?", (_now(), model))
 
 
 class _Transaction:
@@ -279,6 +349,21 @@ class _Transaction:
                 conn.execute("ROLLBACK")
         finally:
             self.store._write_lock.release()
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat()
+
+
+def _statements(script: str) -> list[str]:
+    """Split a migration into statements (executescript would commit on its own)."""
+    parts, current = [], ""
+    for line in script.splitlines(keepends=True):
+        current += line
+        if sqlite3.complete_statement(current):
+            parts.append(current.strip())
+            current = ""
+    return [p for p in parts if p]
 
 
 def _parse_time(value: str | None) -> datetime | None:

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Iterator
 
 from recommender.errors import JobLocked, RecommenderError
-from recommender.index import META_FILE, IndexMeta, _atomic_write, read_meta
+from recommender.index import META_FILE, IndexMeta, atomic_write, read_meta
 
 ACTIVE_FILE = "ACTIVE"
 _VERSION = re.compile(r"^v(\d+)$")
@@ -35,8 +35,8 @@ class Versions:
 
     def activate(self, version: str) -> None:
         if not (self.path(version) / META_FILE).exists():
-            raise RecommenderError(f"no index version {version!r}; see: recommender index list")
-        _atomic_write(self.root / ACTIVE_FILE, (version + "\n").encode())
+            raise RecommenderError(f"no index version {version!r}", hint="see: recommender index list")
+        atomic_write(self.root / ACTIVE_FILE, (version + "\n").encode())
 
     def names(self) -> list[str]:
         if not self.root.exists():
@@ -46,6 +46,10 @@ class Versions:
 
     def metas(self) -> list[IndexMeta]:
         return [read_meta(self.path(n)) for n in self.names()]
+
+    def active_meta(self) -> IndexMeta | None:
+        version = self.active()
+        return read_meta(self.path(version)) if version else None
 
     def new_name(self) -> str:
         """The next unused name; directories of unfinished builds count as used."""
@@ -65,8 +69,8 @@ class Versions:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                raise JobLocked(f"another {what} is running on {self.root.parent} (lock {name}); "
-                                "wait for it to finish") from None
+                raise JobLocked(f"another {what} is running on {self.root.parent} (lock {name})",
+                                hint="wait for it to finish") from None
             yield
 
     @contextmanager

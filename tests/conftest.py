@@ -11,6 +11,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from embeddings.hashing import HashingEmbedder  # noqa: E402
 from recommender.engine import Engine  # noqa: E402
+from recommender.text import terms  # noqa: E402
 from recommender.settings import Settings  # noqa: E402
 
 HASHING = "hashing:256"
@@ -42,7 +43,7 @@ class CountingEmbedder(HashingEmbedder):
     """A real hashing embedder that also counts the texts it is given."""
 
     def __init__(self, dimension: int = 256):
-        super().__init__(dimension)
+        super().__init__(dimension, tokenize=terms)
         self.calls: list[int] = []
 
     def embed(self, texts):

@@ -264,7 +264,7 @@ def test_stale_cached_list_is_served_when_the_engine_fails(client, monkeypatch):
     def broken(*args, **kwargs):
         raise RuntimeError("index on fire")
 
-    monkeypatch.setattr(snap.engine, "rank", broken)
+    monkeypatch.setattr(snap.engine, "seed", broken)
     response = client.get("/v1/articles/ukr-2/related")
     assert response.status_code == 200 and ids(response)[0] == "ukr-3"
     assert "recommender_stale_served_total 1.0" in client.get("/metrics").text

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from eval.dataset import NoLabels, load_dataset
+from eval.dataset import load_dataset
+from recommender.errors import NoLabels
 from eval.metrics import bootstrap_ci, hit_at_k, ndcg_at_k, precision_at_k, recall_at_k, reciprocal_rank
 from eval.runner import evaluate
 from eval.strategies import STRATEGIES

@@ -3,6 +3,7 @@ from datetime import datetime, timezone
 import numpy as np
 import pytest
 
+from recommender import ranker
 from recommender.errors import ArticleNotFound, InvalidQuery
 from recommender.ranking import Filters, mmr_select, rescale, time_factor
 from tests.conftest import STORY_ARTICLES, article, write_jsonl
@@ -154,7 +155,7 @@ def test_default_relevance_blends_in_bm25(loaded):
     assert dense.keys() == blended.keys() and dense != blended
     state = loaded.state()
     seed = loaded.seed(state, "ukr-2")
-    nums, rescaled, relevance = loaded.relevance(state, seed, Filters(), 10, lexical_weight=0.3)
-    lexical = loaded._lexical(state, seed, nums)
+    nums, rescaled, relevance = ranker.relevance(state, seed, Filters(), 10, lexical_weight=0.3)
+    lexical = ranker._lexical(state, seed, nums)
     np.testing.assert_allclose(relevance, 0.7 * rescaled + 0.3 * lexical)
     assert lexical.max() <= 1.0 and lexical[list(nums).index(state.by_id["ukr-3"])] > 0

@@ -13,7 +13,9 @@ from click.testing import CliRunner
 from recommender.cli import main
 from recommender.engine import Engine
 from recommender.errors import JobLocked
-from recommender.reembed import JobFailed, ReembedOptions, length_sorted_batches, run_reembed
+from recommender.errors import JobFailed
+from recommender.reembed import ReembedOptions, run_reembed
+from recommender.vectors import length_sorted_batches
 from recommender.settings import Settings
 from recommender.versions import Versions
 from tests.conftest import CountingEmbedder, article, write_jsonl
@@ -139,8 +141,9 @@ def test_disk_full_while_checkpointing_keeps_the_old_version_and_the_job_resumab
         return conn
 
     monkeypatch.setattr(Store, "conn", property(small_disk))
-    with pytest.raises(JobFailed, match=r"could not write.*full.*v1 keeps serving.*rerun"):
+    with pytest.raises(JobFailed, match=r"could not write.*full.*v1 keeps serving") as failure:
         run_reembed(loaded, ReembedOptions("hashing:1024", batch_size=1), echo=quiet)
+    assert "rerun" in failure.value.hint
     monkeypatch.setattr(Store, "conn", property(original))
     assert Versions(loaded.index_dir).active() == "v1"
     assert [i.id for i in Engine(loaded).related("ukr-2")]
@@ -159,8 +162,9 @@ def test_read_only_store_fails_cleanly_and_resumes_later(loaded, monkeypatch):
         return conn
 
     monkeypatch.setattr(Store, "conn", property(read_only))
-    with pytest.raises(JobFailed, match=r"readonly.*v1 keeps serving.*permissions"):
+    with pytest.raises(JobFailed, match=r"readonly.*v1 keeps serving") as failure:
         run_reembed(loaded, ReembedOptions("hashing:64"), echo=quiet)
+    assert "permissions" in failure.value.hint
     monkeypatch.setattr(Store, "conn", property(original))
     assert Versions(loaded.index_dir).active() == "v1"
     assert run_reembed(loaded, ReembedOptions("hashing:64"), echo=quiet).activated

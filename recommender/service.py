@@ -1,11 +1,11 @@
 """What the HTTP routes call: reads from a snapshot, writes that never block them.
 
 Readers take the current `Snapshot` (engine, index state, precomputed lists)
-by reference and finish on it. A writer embeds outside any lock, then, under
-the one write lock, commits to SQLite, applies the change to a *copy* of the
-index state, recomputes the lists it touches and swaps the snapshot in. The
-same swap brings in changes made by other processes (a CLI ingest) and a newly
-activated index version.
+by reference and finish on it. A writer goes through the engine's one write
+path (embed, commit to SQLite), then, under the one write lock, applies the
+store's changes to a *copy* of the index state, recomputes the lists they touch
+and swaps the snapshot in. The same swap brings in changes made by other
+processes (a CLI ingest) and a newly activated index version.
 """
 
 from __future__ import annotations
@@ -17,12 +17,14 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 
 from embeddings import Embedder
-from recommender.articles import Article, content_hash
-from recommender.engine import Engine, IndexState
+from recommender import ranker
+from recommender.articles import Article
+from recommender.engine import Engine
 from recommender.errors import ArticleNotFound, NoIndex
-from recommender.precomputed import CachedItem, CachedList, RelatedLists
+from recommender.lists import CachedList, RelatedLists
 from recommender.ranking import Filters, RelatedItem
 from recommender.settings import Settings
+from recommender.state import IndexState
 from recommender.store import StoredArticle, UpsertResult
 
 log = logging.getLogger(__name__)
@@ -42,12 +44,6 @@ class Related:
     index_version: str
 
 
-@dataclass(frozen=True)
-class WriteResult:
-    id: str
-    status: str  # added | updated | unchanged | deleted
-
-
 class Counters:
     """What the service counts; the metrics endpoint reads it."""
 
@@ -62,7 +58,6 @@ class Service:
         self.settings = settings
         self._embedder = embedder
         self._write = threading.Lock()
-        self._embed = threading.Lock()  # the embedding engines are not documented as thread-safe
         self.counters = Counters()
         self._snapshot: Snapshot | None = None
         self._saved_seq = -1
@@ -77,8 +72,7 @@ class Service:
         try:
             state = engine.state()
         except NoIndex:
-            engine.embedder  # the model must load before the server says it is ready
-            state = engine.build_version(engine.versions.new_name(), activate=True)
+            state = engine.new_version()
         self._snapshot = Snapshot(engine, state, engine.lists_for(state))
         self._saved_seq = state.meta.applied_seq
 
@@ -89,10 +83,10 @@ class Service:
         while True:
             with self._write:
                 snap = self.snapshot
-                todo = snap.lists.missing_or_stale(n for n in snap.state.infos if n in snap.state.vectors)[:batch]
+                todo = snap.engine.upkeep.missing(snap.state, snap.lists)[:batch]
                 if not todo:
                     return done
-                done += snap.engine.compute_lists(snap.state, snap.lists, todo)
+                done += snap.engine.upkeep.compute(snap.state, snap.lists, todo)
 
     @property
     def ready(self) -> bool:
@@ -126,16 +120,16 @@ class Service:
             if current.state.meta.applied_seq == self._saved_seq:
                 return
             copy = current.state.clone()
-        current.engine.save(copy)
+        current.engine.indexes.save(copy)
         self._saved_seq = copy.meta.applied_seq
 
     def _advance(self) -> list[int]:
         """Apply committed changes to a copy of the state and swap it in (write lock held)."""
         current = self.snapshot
         state = current.state.clone()
-        changed = current.engine.catch_up(state)
+        changed = current.engine.indexes.catch_up(state)
         if changed:
-            current.engine.refresh_related(state, current.lists, changed)
+            current.engine.upkeep.refresh(state, current.lists, changed)
         self._snapshot = Snapshot(current.engine, state, current.lists)
         return changed
 
@@ -148,7 +142,7 @@ class Service:
         engine = Engine(settings, embedder)
         state = engine.state()
         lists = engine.lists_for(state)
-        engine.precompute_missing(state, lists)  # normally done by the job before activating
+        engine.upkeep.fill_missing(state, lists)  # normally done by the job before activating
         log.info("switched to index %s (%s)", version, meta.model)
         self._snapshot = Snapshot(engine, state, lists)
         self._saved_seq = state.meta.applied_seq
@@ -186,10 +180,10 @@ class Service:
         unfiltered = filters == Filters() and diversity is None
         if unfiltered and k <= self.settings.precompute_k:
             # Compute the full precomputed list once and keep it for the next view.
-            items = engine.rank(snap.state, seed, filters, engine.ranking(k=self.settings.precompute_k))
-            snap.lists.put_many({num: [CachedItem(snap.state.by_id[i.id], i.score, i.reason) for i in items]})
+            items = ranker.rank(snap.state, seed, filters, engine.ranking(k=self.settings.precompute_k))
+            snap.lists.put_many({num: engine.upkeep.cached_items(snap.state, items)})
             return items[:k]
-        return engine.rank(snap.state, seed, filters, engine.ranking(k=k, diversity=diversity))
+        return ranker.rank(snap.state, seed, filters, engine.ranking(k=k, diversity=diversity))
 
     def _from_cache(self, snap: Snapshot, num: int, cached: CachedList, k: int, filters: Filters,
                     strict: bool = True) -> list[RelatedItem] | None:
@@ -212,9 +206,8 @@ class Service:
     def related_to_text(self, title: str, body: str, k: int, filters: Filters, diversity: float | None,
                         published_at: datetime | None = None) -> Related:
         snap = self.snapshot
-        with self._embed:
-            seed = snap.engine.draft_seed(title, body, published_at)
-        items = snap.engine.rank(snap.state, seed, filters, snap.engine.ranking(k=k, diversity=diversity))
+        seed = snap.engine.draft_seed(title, body, published_at)
+        items = ranker.rank(snap.state, seed, filters, snap.engine.ranking(k=k, diversity=diversity))
         return Related(items, snap.engine.model, snap.state.version)
 
     def article(self, article_id: str) -> StoredArticle:
@@ -226,30 +219,20 @@ class Service:
     # --- writes ---------------------------------------------------------------
 
     def upsert(self, articles: list[Article]) -> list[UpsertResult]:
-        """Store and index articles; visible to readers when this returns."""
-        snap = self.snapshot
-        engine = snap.engine
-        prepared = [a.embed_text(self.settings.embed_chars) for a in articles]
-        hashes = [content_hash(p.text) for p in prepared]
-        missing = {h: p.text for h, p in zip(hashes, prepared) if engine.store.vector(engine.model, h) is None}
-        vectors = None
-        if missing:
-            with self._embed:
-                vectors = engine.embedder.embed(list(missing.values()))
+        """Store and index articles; visible to readers when this returns. The
+        embedding happens before the write lock is taken: reads and other
+        writers' swaps go on meanwhile."""
+        engine = self.snapshot.engine
+        written = engine.upsert(articles)
         with self._write:
-            with engine.store.transaction() as conn:
-                results = [engine.store.upsert(conn, a, self.settings.embed_chars, p) for a, p in zip(articles, prepared)]
-                if vectors is not None:
-                    engine.store.put_vectors(conn, engine.model, list(missing), vectors)
             self._advance()
-        return results
+        return written.results
 
     def delete(self, article_id: str) -> None:
         engine = self.snapshot.engine
+        if engine.delete([article_id]):
+            raise ArticleNotFound(article_id)
         with self._write:
-            with engine.store.transaction() as conn:
-                if engine.store.delete(conn, article_id) is None:
-                    raise ArticleNotFound(article_id)
             self._advance()
 
 

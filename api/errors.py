@@ -1,0 +1,36 @@
+"""Domain errors to HTTP answers, translated once, here. Bodies carry the
+message only: the CLI's hints (`RecommenderError.hint`) name commands a page
+backend cannot run."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from pydantic import ValidationError
+
+from recommender.articles import describe_validation_error
+from recommender.errors import (
+    ArticleNotFound, IndexMismatch, InvalidArticle, InvalidQuery, ModelError, NoIndex, RecommenderError,
+)
+
+STATUS = [  # most specific first: the first match wins
+    (ArticleNotFound, 404),
+    (InvalidArticle, 422),
+    (InvalidQuery, 422),
+    (NoIndex, 503),
+    (IndexMismatch, 503),
+    (ModelError, 503),
+    (RecommenderError, 400),
+]
+
+
+def add_error_handlers(app: FastAPI) -> None:
+    async def domain(request: Request, exc: RecommenderError) -> JSONResponse:
+        status = next(code for kind, code in STATUS if isinstance(exc, kind))
+        return JSONResponse({"detail": str(exc)}, status_code=status)
+
+    async def validation(request: Request, exc: ValidationError) -> JSONResponse:
+        return JSONResponse({"detail": describe_validation_error(exc)}, status_code=422)
+
+    app.add_exception_handler(RecommenderError, domain)
+    app.add_exception_handler(ValidationError, validation)

@@ -1,0 +1,21 @@
+"""A service answer as the API shows it: attributed URLs, JSON models, the HTML block."""
+
+from __future__ import annotations
+
+from api.render import attributed, render_block, safe_url
+from api.schemas import RelatedItemOut, RelatedOut
+from recommender.service import Related
+from recommender.settings import Settings
+
+
+def related_out(settings: Settings, article_id: str | None, related: Related) -> RelatedOut:
+    items = []
+    for pos, item in enumerate(related.items, start=1):
+        url = attributed(item.url, article_id or "draft", pos) if settings.attribution else safe_url(item.url)
+        items.append(RelatedItemOut(id=item.id, title=item.title, url=url, published_at=item.published_at,
+                                    section=item.section, score=item.score, reason=item.reason))
+    return RelatedOut(article_id=article_id, items=items, model=related.model, index_version=related.index_version)
+
+
+def block_html(settings: Settings, out: RelatedOut) -> str:
+    return render_block(out.items, [i.url for i in out.items], settings.css_class)

@@ -1,0 +1,31 @@
+"""Liveness, readiness and Prometheus metrics."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
+
+from api.deps import ServiceDep
+
+router = APIRouter(tags=["operations"])
+
+
+@router.get("/healthz")
+def healthz() -> dict:
+    return {"status": "alive"}
+
+
+@router.get("/readyz")
+def readyz(service: ServiceDep) -> JSONResponse:
+    if service.failure:
+        return JSONResponse({"status": "failed", "detail": service.failure}, status_code=503)
+    if not service.ready:
+        return JSONResponse({"status": "loading"}, status_code=503)
+    snap = service.snapshot
+    return JSONResponse({"status": "ready", "index_version": snap.state.version, "model": snap.engine.model,
+                         "articles": snap.state.vectors.count})
+
+
+@router.get("/metrics", response_class=PlainTextResponse)
+def prometheus(request: Request) -> Response:
+    return Response(request.app.state.metrics.render(), media_type="text/plain; version=0.0.4")

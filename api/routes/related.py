@@ -1,0 +1,35 @@
+"""Suggestions: for a stored article (JSON or a drop-in HTML block) and for a draft."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+from fastapi.responses import HTMLResponse
+
+from api.deps import ArticleId, RelatedQueryDep, ServiceDep, SettingsDep
+from api.present import block_html, related_out
+from api.schemas import DraftIn, RelatedOut
+
+router = APIRouter(tags=["related"])
+
+
+@router.get("/v1/articles/{article_id}/related", response_model=RelatedOut)
+def related(article_id: ArticleId, query: RelatedQueryDep, service: ServiceDep, settings: SettingsDep) -> RelatedOut:
+    """Suggestions for a stored article: precomputed when the request allows, live otherwise."""
+    answer = service.related(article_id, query.k, query.to_filters(), query.diversity)
+    return related_out(settings, article_id, answer)
+
+
+@router.get("/v1/articles/{article_id}/related.html", response_class=HTMLResponse)
+def related_html(article_id: ArticleId, query: RelatedQueryDep, service: ServiceDep,
+                 settings: SettingsDep) -> HTMLResponse:
+    """The same list as a drop-in "Citește și" block (every field escaped)."""
+    answer = service.related(article_id, query.k, query.to_filters(), query.diversity)
+    return HTMLResponse(block_html(settings, related_out(settings, article_id, answer)))
+
+
+@router.post("/v1/related", response_model=RelatedOut)
+def related_draft(draft: DraftIn, service: ServiceDep, settings: SettingsDep) -> RelatedOut:
+    """Suggestions for a draft that is not stored yet."""
+    answer = service.related_to_text(draft.title, draft.body, draft.k, draft.filters.to_filters(),
+                                     draft.diversity, draft.published_at)
+    return related_out(settings, None, answer)

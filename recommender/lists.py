@@ -1,0 +1,146 @@
+"""Related lists computed ahead of time, per article and index version, and their upkeep.
+
+A page view then costs a dictionary lookup instead of a nearest-neighbour
+search. Lists are computed at ingest and upsert with the default ranking, kept
+in memory and in the store (so a restarted server, or one fed by a CLI ingest,
+starts warm), and recomputed when an article they could contain changes.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from dataclasses import dataclass
+from typing import Iterable
+
+import numpy as np
+
+from recommender import ranker
+from recommender.ranking import Filters
+from recommender.settings import RankingSettings
+from recommender.state import IndexState
+from recommender.store import Store
+
+SAVE_EVERY = 500  # lists written to the store per transaction
+
+
+@dataclass(frozen=True)
+class CachedItem:
+    num: int
+    score: float
+    reason: str
+
+
+@dataclass(frozen=True)
+class CachedList:
+    items: tuple[CachedItem, ...]
+    fresh: bool
+
+
+class RelatedLists:
+    """The lists of one index version: in memory, backed by the store."""
+
+    def __init__(self, store: Store, version: str):
+        self.store = store
+        self.version = version
+        self._lists: dict[int, CachedList] = {}
+        self._containing: dict[int, set[int]] = {}  # item num -> lists that show it
+        self._lock = threading.Lock()
+        for num, items, fresh in store.list_rows(version):
+            self._remember(num, CachedList(tuple(CachedItem(*i) for i in json.loads(items)), fresh))
+
+    def _remember(self, num: int, cached: CachedList) -> None:
+        old = self._lists.get(num)
+        if old is not None:
+            for item in old.items:
+                self._containing.get(item.num, set()).discard(num)
+        self._lists[num] = cached
+        for item in cached.items:
+            self._containing.setdefault(item.num, set()).add(num)
+
+    def __len__(self) -> int:
+        return len(self._lists)
+
+    def get(self, num: int) -> CachedList | None:
+        return self._lists.get(num)
+
+    def put_many(self, lists: dict[int, list[CachedItem]]) -> None:
+        self.store.put_lists(self.version, {
+            num: json.dumps([[i.num, i.score, i.reason] for i in items], ensure_ascii=False)
+            for num, items in lists.items()})
+        with self._lock:
+            for num, items in lists.items():
+                self._remember(num, CachedList(tuple(items), True))
+
+    def containing(self, nums: Iterable[int]) -> set[int]:
+        with self._lock:
+            return {owner for n in nums for owner in self._containing.get(n, ())}
+
+    def missing_or_stale(self, nums: Iterable[int]) -> list[int]:
+        return [n for n in nums if (c := self._lists.get(n)) is None or not c.fresh]
+
+    def forget(self, nums: list[int]) -> None:
+        """Deleted articles: their own lists go (lists that show them are filtered at read time)."""
+        self.store.delete_lists(self.version, nums)
+        with self._lock:
+            for n in nums:
+                cached = self._lists.pop(n, None)
+                for item in cached.items if cached else ():
+                    self._containing.get(item.num, set()).discard(n)
+
+
+class ListUpkeep:
+    """Computes lists with the default ranking and keeps them current after writes."""
+
+    def __init__(self, store: Store, ranking: RankingSettings, precompute_k: int, embed: ranker.Embed):
+        self.store = store
+        self.options = ranker.ranking_options(ranking, k=precompute_k)
+        self.precompute_k = precompute_k
+        self.embed = embed
+
+    def affected(self, state: IndexState, lists: RelatedLists, changed: Iterable[int]) -> list[int]:
+        """The lists a change can touch: the changed articles' own, those of their
+        nearest neighbours (an earlier piece of a story must point to its
+        follow-up), and those that showed them. Deleted articles' lists are dropped."""
+        changed = set(changed)
+        lists.forget([n for n in changed if n not in state.infos])
+        affected = {n for n in changed if n in state.infos} | lists.containing(changed)
+        for num in list(affected & changed):
+            if num in state.vectors:
+                vector = state.vectors.reconstruct(np.array([num]))
+                _, near = state.vectors.search(vector, self.precompute_k + 1)
+                affected.update(int(n) for n in near[0] if n >= 0)
+        return sorted(n for n in affected if n in state.infos)
+
+    def refresh(self, state: IndexState, lists: RelatedLists, changed: Iterable[int], progress: bool = False) -> int:
+        return self.compute(state, lists, self.affected(state, lists, changed), progress)
+
+    def fill_missing(self, state: IndexState, lists: RelatedLists, progress: bool = False) -> int:
+        return self.compute(state, lists, self.missing(state, lists), progress)
+
+    @staticmethod
+    def missing(state: IndexState, lists: RelatedLists) -> list[int]:
+        return lists.missing_or_stale(n for n in state.infos if n in state.vectors)
+
+    def compute(self, state: IndexState, lists: RelatedLists, nums: list[int], progress: bool = False) -> int:
+        from tqdm import tqdm
+
+        batch: dict[int, list[CachedItem]] = {}
+        with tqdm(total=len(nums), unit="list", desc="precomputing related lists",
+                  disable=not progress or not nums) as bar:
+            for num in nums:
+                batch[num] = self.cached_items(state, self.list_for(state, num))
+                if len(batch) >= SAVE_EVERY:
+                    lists.put_many(batch)
+                    batch = {}
+                bar.update()
+        lists.put_many(batch)
+        return len(nums)
+
+    def list_for(self, state: IndexState, num: int):
+        seed = ranker.stored_seed(state, self.store, state.infos[num].id, self.embed)
+        return ranker.rank(state, seed, Filters(), self.options)
+
+    @staticmethod
+    def cached_items(state: IndexState, items) -> list[CachedItem]:
+        return [CachedItem(state.by_id[i.id], i.score, i.reason) for i in items]

@@ -1,0 +1,139 @@
+"""The serving index of one version: vectors, what ranking needs of each
+article, and BM25 statistics; and its lifecycle (open, build, catch up, save).
+
+Every writer goes through the store; an index follows the store's change log
+(`catch_up`), whichever process wrote. So a CLI ingest, an API write and a
+re-embedding job all reach a served index the same way.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field, replace
+from typing import Iterable
+
+import numpy as np
+
+from recommender.articles import ArticleInfo
+from recommender.errors import IndexMismatch, NoIndex
+from recommender.index import IndexMeta, VectorIndex, now_iso, read_meta
+from recommender.lexical import LexicalIndex
+from recommender.store import Store
+from recommender.versions import Versions
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class IndexState:
+    """One loaded index version with what ranking needs beside the vectors."""
+
+    version: str
+    meta: IndexMeta
+    vectors: VectorIndex
+    infos: dict[int, ArticleInfo] = field(default_factory=dict)
+    by_id: dict[str, int] = field(default_factory=dict)
+    lexical: LexicalIndex = field(default_factory=LexicalIndex)
+
+    def clone(self) -> "IndexState":
+        """A copy that can be changed while readers keep using this one."""
+        return IndexState(self.version, replace(self.meta), self.vectors.clone(), dict(self.infos),
+                          dict(self.by_id), self.lexical.clone())
+
+    def set_info(self, info: ArticleInfo, term_text: str) -> None:
+        old = self.infos.get(info.num)
+        if old is not None and old.id != info.id:
+            self.by_id.pop(old.id, None)
+        self.infos[info.num] = info
+        self.by_id[info.id] = info.num
+        self.lexical.add(info.num, term_text.split())
+
+    def apply(self, rows: Iterable[tuple[ArticleInfo, str, bytes | None]], gone: Iterable[int] = ()) -> None:
+        """Bring the given articles to their current state; `gone` were deleted."""
+        gone = list(gone)
+        for num in gone:
+            info = self.infos.pop(num, None)
+            if info is not None:
+                self.by_id.pop(info.id, None)
+            self.lexical.remove(num)
+        self.vectors.remove(np.asarray(gone, dtype=np.int64))
+        add_nums, add_vecs, drop = [], [], []
+        for info, term_text, vector in rows:
+            self.set_info(info, term_text)
+            if vector is None:
+                drop.append(info.num)
+            else:
+                add_nums.append(info.num)
+                add_vecs.append(np.frombuffer(vector, dtype=np.float32))
+        self.vectors.remove(np.asarray(drop, dtype=np.int64))
+        if add_nums:
+            self.vectors.upsert(np.asarray(add_nums, dtype=np.int64), np.vstack(add_vecs))
+
+
+class Indexes:
+    """The index versions of one model: open the active one, build, catch up, save."""
+
+    def __init__(self, store: Store, versions: Versions, model: str):
+        self.store = store
+        self.versions = versions
+        self.model = model
+
+    def active_meta(self) -> IndexMeta | None:
+        """The active version's sidecar; IndexMismatch if it was built with another model."""
+        meta = self.versions.active_meta()
+        if meta is not None and meta.model != self.model:
+            raise IndexMismatch(
+                f"the active index {meta.version} was built with model {meta.model!r}, not {self.model!r}",
+                hint=f"use --model {meta.model} (or RECOMMENDER_MODEL), or build and activate an index "
+                     f"for the new model with: recommender reembed --model {self.model}")
+        return meta
+
+    def open_active(self) -> IndexState:
+        meta = self.active_meta()
+        if meta is None:
+            raise NoIndex("no index yet: nothing has been ingested",
+                          hint="ingest articles first, e.g. recommender ingest articles.jsonl")
+        path = self.versions.path(meta.version)
+        try:
+            vectors, meta = VectorIndex.load(path)
+        except (IndexMismatch, RuntimeError, OSError, ValueError) as exc:
+            # The index is only a cache of the store's vectors, so a damaged file is rebuilt, not fatal.
+            log.warning("index %s unreadable (%s); rebuilding it from the store", meta.version, exc)
+            return self.build_version(meta.version, meta.dimension, activate=False)
+        state = IndexState(meta.version, meta, vectors)
+        for info, term_text, _ in self.store.index_rows(self.model, with_vectors=False):
+            state.set_info(info, term_text)
+        self.catch_up(state)
+        return state
+
+    def build_state(self, version: str, dimension: int) -> IndexState:
+        """A full in-memory index for this model from the store's vectors."""
+        meta = IndexMeta(version, self.model, dimension, 0, now_iso(), self.store.last_change())
+        state = IndexState(version, meta, VectorIndex(dimension))
+        state.apply(self.store.index_rows(self.model))
+        self.catch_up(state)
+        state.meta.random_pair_mean = state.vectors.random_pair_mean()
+        return state
+
+    def build_version(self, version: str, dimension: int, activate: bool) -> IndexState:
+        """build_state, saved as `version` on disk, and optionally made active."""
+        state = self.build_state(version, dimension)
+        self.save(state)
+        if activate:
+            self.versions.activate(version)
+        return state
+
+    def catch_up(self, state: IndexState) -> list[int]:
+        """Apply the store's changes since the index's last one; the nums changed."""
+        last, nums = self.store.changes_since(state.meta.applied_seq)
+        if nums:
+            rows = list(self.store.index_rows(self.model, nums))
+            present = {info.num for info, _, _ in rows}
+            state.apply(rows, gone=[n for n in nums if n not in present])
+        state.meta.applied_seq = last
+        return nums
+
+    def save(self, state: IndexState) -> None:
+        state.meta.random_pair_mean = state.vectors.random_pair_mean()
+        with self.versions.save_lock(state.version):
+            state.vectors.save(self.versions.path(state.version), state.meta)

@@ -1,0 +1,77 @@
+"""The vector cache: embed what the store has no vector for, in batches, and store it.
+
+Vectors are kept per (model, content hash), so unchanged text is never embedded
+twice. This is the one place that fills the cache: ingest, API writes, drafts'
+neighbours, re-embedding jobs and the evaluation all come through `fill`. Each
+batch is committed as it finishes, so an interrupted run keeps what it embedded.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Iterator, Sequence
+
+import numpy as np
+
+from embeddings import Embedder
+from recommender.articles import content_hash
+from recommender.store import Store
+
+LENGTH_WINDOW = 64  # batches whose texts are sorted by length together, to waste less padding
+
+Batch = list[tuple[str, str]]  # (content hash, text)
+Embedded = tuple[list[str], np.ndarray]  # (content hashes, their vectors)
+EmbedStream = Callable[[list[Batch]], Iterator[Embedded]]
+
+
+def split(batch: Batch) -> tuple[list[str], list[str]]:
+    return [h for h, _ in batch], [t for _, t in batch]
+
+
+def length_sorted_batches(items: Sequence[tuple[str, str]], batch_size: int) -> list[Batch]:
+    """Batches of similar length, so a batch's padding is small; windows keep the
+    order roughly that of the archive, so a resumed job continues where it was."""
+    batches: list[Batch] = []
+    window = batch_size * LENGTH_WINDOW
+    for start in range(0, len(items), window):
+        chunk = sorted(items[start:start + window], key=lambda item: len(item[1]))
+        batches += [chunk[i:i + batch_size] for i in range(0, len(chunk), batch_size)]
+    return batches
+
+
+def in_process(embedder: Embedder) -> EmbedStream:
+    def stream(batches: list[Batch]) -> Iterator[Embedded]:
+        for batch in batches:
+            hashes, texts = split(batch)
+            yield hashes, embedder.embed(texts)
+
+    return stream
+
+
+def fill(store: Store, model: str, pending: Sequence[tuple[str, str]], embed: EmbedStream, batch_size: int,
+         progress: bool = False, desc: str | None = None) -> int:
+    """Embed `pending` (content hash, text) pairs and commit each batch; the count embedded."""
+    from tqdm import tqdm
+
+    done = 0
+    with tqdm(total=len(pending), unit="doc", desc=desc or f"embedding ({model})",
+              disable=not progress or not pending) as bar:
+        for hashes, vectors in embed(length_sorted_batches(pending, batch_size)):
+            with store.transaction() as conn:
+                store.put_vectors(conn, model, hashes, vectors)
+            done += len(hashes)
+            bar.update(len(hashes))
+    return done
+
+
+def missing(store: Store, model: str, pairs: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
+    """The (hash, text) pairs, once each, whose hash has no vector under `model`."""
+    lacking = store.hashes_without_vectors(model, [h for h, _ in pairs])
+    unique = {h: t for h, t in pairs if h in lacking}
+    return list(unique.items())
+
+
+def embed_cached(store: Store, embedder: Embedder, texts: list[str], batch_size: int = 64) -> np.ndarray:
+    """Vectors for `texts` through the cache: a rerun embeds nothing."""
+    hashes = [content_hash(t) for t in texts]
+    fill(store, embedder.name, missing(store, embedder.name, list(zip(hashes, texts))), in_process(embedder), batch_size)
+    return np.vstack([store.vector(embedder.name, h) for h in hashes])

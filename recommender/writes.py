@@ -1,0 +1,43 @@
+"""The one write path: articles in, vectors for their new text, rows in the store.
+
+CLI ingest, every API write route and the tests all write through here; an
+index and its lists then follow the store's change log (`Indexes.catch_up`,
+`ListUpkeep.refresh`), whoever wrote.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from recommender import vectors
+from recommender.articles import Article, content_hash
+from recommender.store import Store, UpsertResult
+
+
+@dataclass
+class Written:
+    results: list[UpsertResult] = field(default_factory=list)
+    embedded: int = 0  # texts sent to the model
+
+
+def write_articles(store: Store, model: str, embed: vectors.EmbedStream, batch_size: int,
+                   articles: list[Article], embed_chars: int) -> Written:
+    """Embed the texts the cache lacks (committed batch by batch), then store the
+    articles in one transaction: an article is never stored without its vector
+    being at least on its way, and a crash keeps every finished batch."""
+    prepared = [a.embed_text(embed_chars) for a in articles]
+    pairs = [(content_hash(p.text), p.text) for p in prepared]
+    embedded = vectors.fill(store, model, vectors.missing(store, model, pairs), embed, batch_size)
+    with store.transaction() as conn:
+        results = [store.upsert(conn, a, embed_chars, p) for a, p in zip(articles, prepared)]
+    return Written(results, embedded)
+
+
+def delete_articles(store: Store, ids: list[str]) -> list[str]:
+    """Delete in one transaction; the ids that were not there."""
+    unknown = []
+    with store.transaction() as conn:
+        for article_id in ids:
+            if store.delete(conn, article_id) is None:
+                unknown.append(article_id)
+    return unknown

@@ -1,0 +1,102 @@
+"""The store's schema versions: an older store is migrated in place, without loss."""
+
+import sqlite3
+
+import pytest
+
+from recommender.errors import StoreError
+from recommender.store import SCHEMA_VERSION, Store
+from tests.conftest import STORY_ARTICLES
+
+PREVIOUS_SCHEMA = """  -- the store as released before schema versions (user_version 0)
+CREATE TABLE IF NOT EXISTS articles (
+    num INTEGER PRIMARY KEY AUTOINCREMENT,  -- the stable int64 id FAISS sees; never reused
+    id TEXT NOT NULL UNIQUE,
+    title TEXT NOT NULL,
+    body TEXT NOT NULL,
+    url TEXT,
+    published_at TEXT,                      -- ISO 8601, UTC
+    published_ts REAL,                      -- the same, as a Unix time, for filtering
+    section TEXT,
+    tags TEXT NOT NULL,                     -- JSON list
+    language TEXT NOT NULL,
+    meta TEXT NOT NULL,                     -- JSON object: every non-core input field
+    text TEXT NOT NULL,                     -- what the model embeds
+    terms TEXT NOT NULL,                    -- stemmed folded words of `text`, for BM25
+    content_hash TEXT NOT NULL,
+    record_hash TEXT NOT NULL,
+    updated_at TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS articles_content_hash ON articles(content_hash);
+CREATE TABLE IF NOT EXISTS vectors (
+    model TEXT NOT NULL,
+    content_hash TEXT NOT NULL,
+    vector BLOB NOT NULL,                   -- float32, L2-normalized
+    PRIMARY KEY (model, content_hash)
+) WITHOUT ROWID;
+-- Every change that can alter an index: an article written or deleted, or a
+-- vector stored for its text. An index records the last seq it applied and
+-- catches up from there, so no writer ever has to rebuild it.
+CREATE TABLE IF NOT EXISTS changes (seq INTEGER PRIMARY KEY AUTOINCREMENT, num INTEGER NOT NULL);
+-- Re-embedding jobs: an unfinished one for a model is resumed into the same version.
+CREATE TABLE IF NOT EXISTS reembed_jobs (
+    model TEXT PRIMARY KEY,
+    version TEXT NOT NULL,
+    started_at TEXT NOT NULL,
+    finished_at TEXT
+);
+"""
+
+# The related-lists table, which the first release created on first use.
+PREVIOUS_LISTS = """CREATE TABLE IF NOT EXISTS related_lists (
+    version TEXT NOT NULL, num INTEGER NOT NULL, items TEXT NOT NULL, fresh INTEGER NOT NULL,
+    PRIMARY KEY (version, num)) WITHOUT ROWID;"""
+
+
+def previous_store(path, engine, stories):
+    """An archive ingested by today's code, its tables copied into a file made by the old schema."""
+    engine.ingest([str(stories)])
+    old = sqlite3.connect(path)
+    old.executescript(PREVIOUS_SCHEMA + PREVIOUS_LISTS)
+    old.execute("ATTACH DATABASE ? AS new", (str(engine.settings.store_path),))
+    for table in ("articles", "vectors", "changes", "related_lists"):
+        old.execute(f"INSERT INTO {table} SELECT * FROM new.{table}")
+    old.commit()
+    old.execute("DETACH DATABASE new")
+    assert old.execute("PRAGMA user_version").fetchone()[0] == 0
+    old.close()
+
+
+def dump(path) -> dict:
+    conn = sqlite3.connect(path)
+    tables = ("articles", "vectors", "changes", "related_lists")
+    return {t: sorted(conn.execute(f"SELECT * FROM {t}").fetchall()) for t in tables}
+
+
+def test_a_store_of_the_previous_schema_is_migrated_without_loss(engine, stories, tmp_path):
+    path = tmp_path / "old.sqlite"
+    previous_store(path, engine, stories)
+    before = dump(path)
+    store = Store(path)
+    assert store.schema_version() == SCHEMA_VERSION
+    assert dump(path) == before
+    assert store.count() == len(STORY_ARTICLES)
+    assert store.get("ukr-2").article.title == STORY_ARTICLES[1]["title"]
+    assert Store(path).schema_version() == SCHEMA_VERSION  # reopening migrates nothing again
+
+
+def test_a_store_from_a_newer_version_is_refused(tmp_path):
+    path = tmp_path / "new.sqlite"
+    conn = sqlite3.connect(path)
+    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    conn.close()
+    with pytest.raises(StoreError, match="newer") as refused:
+        Store(path)
+    assert "upgrade" in refused.value.hint
+
+
+def test_a_file_that_is_not_a_store_is_refused(tmp_path):
+    path = tmp_path / "store.sqlite"
+    path.write_bytes(b"this is not a database, just some bytes" * 100)
+    with pytest.raises(StoreError, match="not a recommender store"):
+        Store(path)
