@@ -11,6 +11,7 @@ import threading
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi_offline import FastAPIOffline
 
 from api.errors import add_error_handlers
 from api.metrics import Metrics
@@ -40,15 +41,20 @@ def create_app(settings: Settings, embedder: Embedder | None = None, background:
         if service.ready:
             service.save()
 
-    app = FastAPI(title="recommender", version="0.1.0", lifespan=lifespan,
-                  description="Related articles from the publisher's own archive, for the 'Citește și' block.")
+    # /docs and /redoc with their scripts served from the fastapi-offline package, not a CDN:
+    # the API often runs where the browser reaching it has no internet.
+    app = FastAPIOffline(title="recommender", version="0.1.0", lifespan=lifespan,
+                         description="Related articles from the publisher's own archive, for the 'Citește și' block.")
     app.state.service = service
     app.state.metrics = Metrics(service)
-    app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
-    app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes)
     add_error_handlers(app)
-    for module in (related, articles, pages, operations):
-        app.include_router(module.router)
+    routers = [related.router, articles.router, pages.router, operations.router]
+    for router in routers:
+        app.include_router(router)
+    # The routes with their templates, for the metrics' labels: the app's own (docs) and the routers'.
+    templates = [r for r in app.router.routes if getattr(r, "path", None)] + [r for x in routers for r in x.routes]
+    app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes)
+    app.add_middleware(MetricsMiddleware, metrics=app.state.metrics, routes=templates)  # outermost: sees every answer
     return app
 
 

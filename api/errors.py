@@ -5,6 +5,7 @@ backend cannot run."""
 from __future__ import annotations
 
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 
@@ -32,5 +33,23 @@ def add_error_handlers(app: FastAPI) -> None:
     async def validation(request: Request, exc: ValidationError) -> JSONResponse:
         return JSONResponse({"detail": describe_validation_error(exc)}, status_code=422)
 
+    async def request_validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return JSONResponse({"detail": describe_request_errors(exc.errors())}, status_code=422)
+
     app.add_exception_handler(RecommenderError, domain)
     app.add_exception_handler(ValidationError, validation)
+    app.add_exception_handler(RequestValidationError, request_validation)
+
+
+def describe_request_errors(errors) -> str:
+    """One line, the same shape as every other 4xx. The offending input is not
+    echoed: it may be huge, or not representable in JSON (NaN)."""
+    parts = []
+    for err in errors:
+        if err.get("type") == "json_invalid":
+            parts.append(f"malformed JSON body: {err.get('ctx', {}).get('error', 'cannot be parsed')}")
+            continue
+        where = [str(p) for p in err.get("loc", ()) if p not in ("body", "query", "path", "header")]
+        field = ".".join(where) or "body"
+        parts.append(f"{field}: {'is required' if err.get('type') == 'missing' else err.get('msg', 'invalid')}")
+    return "; ".join(parts) or "invalid request"

@@ -52,15 +52,20 @@ class BodyLimitMiddleware:
 
 
 class MetricsMiddleware:
-    def __init__(self, app, metrics: Metrics):
+    """Counts every answer, including those given before routing (413, 401),
+    labelled by route template; paths that match no route share one label."""
+
+    def __init__(self, app, metrics: Metrics, routes: list):
         self.app = app
         self.metrics = metrics
+        self.routes = routes  # every route with its template, in matching order
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         started = time.perf_counter()
         status = 500
+        route = route_template(self.routes, scope)  # before routing rewrites the scope
 
         async def record(message):
             nonlocal status
@@ -71,6 +76,21 @@ class MetricsMiddleware:
         try:
             await self.app(scope, receive, record)
         finally:
-            route = scope.get("route")
-            self.metrics.observe(getattr(route, "path", "unmatched"), scope["method"], status,
-                                 time.perf_counter() - started)
+            self.metrics.observe(route, scope["method"], status, time.perf_counter() - started)
+
+
+def route_template(routes, scope) -> str:
+    """The template of the route a request matches ("/v1/articles/{article_id}"), not its
+    path, so that ids do not explode the metric's labels."""
+    from starlette.routing import Match
+
+    partial = None
+    for candidate in routes:
+        match, _ = candidate.matches(scope)
+        if match == Match.NONE:
+            continue
+        path = getattr(candidate, "path", None)
+        if match == Match.FULL:
+            return path or "unmatched"
+        partial = partial or path  # the path matched, the method did not (405)
+    return partial or "unmatched"

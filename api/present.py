@@ -13,7 +13,8 @@ def related_out(settings: Settings, article_id: str | None, related: Related) ->
     for pos, item in enumerate(related.items, start=1):
         url = attributed(item.url, article_id or "draft", pos) if settings.attribution else safe_url(item.url)
         items.append(RelatedItemOut(id=item.id, title=item.title, url=url, published_at=item.published_at,
-                                    section=item.section, score=item.score, reason=item.reason))
+                                    section=item.section, relevance=item.relevance,
+                                    rank_score=item.rank_score, reason=item.reason))
     return RelatedOut(article_id=article_id, items=items, model=related.model, index_version=related.index_version)
 
 

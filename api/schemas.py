@@ -17,7 +17,12 @@ class RelatedItemOut(BaseModel):
                             examples=["https://www.example.ro/externe/istanbul?ref=related&from=kiev-talks&pos=1"])
     published_at: datetime | None = None
     section: str | None = Field(None, examples=["externe"])
-    score: float = Field(examples=[0.61])
+    relevance: float = Field(examples=[0.61], description=(
+        "How related: 0 is a random pair of the archive, 1 the same text. Never below the minimum "
+        "score (RECOMMENDER_RANKING__MIN_SCORE, default 0.15)."))
+    rank_score: float = Field(examples=[0.55], description=(
+        "relevance after the time prior (closer in time ranks higher): what the list is ordered by, "
+        "with diversity applied"))
     reason: str = Field(examples=["shared terms: convorbiri, istanbul; 6 days later"])
 
 

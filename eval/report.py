@@ -86,6 +86,8 @@ def write_report(evaluation: Evaluation, out: Path) -> list[Path]:
     intro = (f"Dataset `{evaluation.dataset}`: {evaluation.queries} queries, labels used: "
              f"{', '.join(evaluation.kinds)} (same-label field: {evaluation.label_field or 'none'}); "
              f"{evaluation.rejected} lines rejected at ingest.")
+    note = ceiling_note(evaluation, dataset)
+    intro += f" {note}" if note else ""
     md = ["# Evaluation report", "", intro, ""]
     for title, rows in sections:
         md += [f"## {title}", "", markdown_table(rows), ""]
@@ -118,7 +120,7 @@ def plot_metrics(evaluation: Evaluation, path: Path) -> Path | None:
     ax.set_xticks(np.arange(len(at_k)) + width * (len(names) - 1) / 2, labels, fontsize=8)
     ax.set_ylim(0, 1)
     ax.set_title(f"Quality by strategy at k={k} (95% bootstrap CI)")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))  # beside the bars, never over them
     return _save(fig, path)
 
 
@@ -126,21 +128,52 @@ def plot_p_at_k(evaluation: Evaluation, dataset: Dataset, path: Path) -> Path | 
     if "label" not in evaluation.kinds:
         return None
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = plt.subplots(figsize=(7.5, 4))
     top = max(evaluation.ks)
-    for run in evaluation.runs:
+    ks = range(1, top + 1)
+    for n, run in enumerate(evaluation.runs):
         curve = []
-        for k in range(1, top + 1):
+        for k in ks:
             hits = [sum(dataset.articles[i].label == dataset.articles[q].label for i in ranked[:k]) / k
                     for q, ranked in run.lists.items() if dataset.articles[q].label]
             curve.append(np.mean(hits))
-        ax.plot(range(1, top + 1), curve, marker="o", label=f"{run.strategy} ({run.model})")
+        # Each run its own marker and dash, drawn thinner on top: equal curves stay visible.
+        ax.plot(ks, curve, marker=MARKERS[n % len(MARKERS)], linestyle=DASHES[n % len(DASHES)],
+                linewidth=2.5 - 1.5 * n / max(len(evaluation.runs), 1), markersize=7 - 3 * n / max(len(evaluation.runs), 1),
+                label=f"{run.strategy} ({run.model})")
+    queries = next(iter(evaluation.runs)).lists if evaluation.runs else {}
+    ceiling = [p_at_k_ceiling(dataset, list(queries), k) for k in ks]
+    ax.plot(ks, ceiling, color="grey", linestyle=":", label="best possible (few relevant)")
     ax.set_xlabel("k")
     ax.set_ylabel(f"same-{evaluation.label_field} precision P@k")
-    ax.set_ylim(0, 1)
-    ax.legend(fontsize=7)
+    ax.set_ylim(0, 1.02)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))
     ax.set_title("P@k against k")
     return _save(fig, path)
+
+
+MARKERS = ("o", "s", "^", "D", "v", "x", "P", "*")
+DASHES = ("-", "--", "-.", ":")
+
+
+def p_at_k_ceiling(dataset: Dataset, queries: list[str], k: int) -> float:
+    """The best P@k any ranker can reach: a query with fewer than k relevant articles cannot fill k."""
+    values = [min(len(dataset.relevant("label", q)), k) / k for q in queries if dataset.articles[q].label]
+    return float(np.mean(values)) if values else 1.0
+
+
+def ceiling_note(evaluation: Evaluation, dataset: Dataset) -> str:
+    """Say when P@k cannot reach 1, and how high it can go."""
+    if "label" not in evaluation.kinds or not evaluation.runs:
+        return ""
+    queries = [q for q in evaluation.runs[0].lists if dataset.articles[q].label]
+    notes = []
+    for k in evaluation.ks:
+        short = sum(1 for q in queries if len(dataset.relevant("label", q)) < k)
+        if short:
+            notes.append(f"P@{k} cannot reach 1: {short} of {len(queries)} queries have fewer than {k} articles "
+                         f"with their label; the best possible P@{k} is {p_at_k_ceiling(dataset, queries, k):.3f}.")
+    return " ".join(notes)
 
 
 def plot_score_distribution(dataset: Dataset, states: dict[str, IndexState], path: Path,

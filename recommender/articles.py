@@ -4,17 +4,76 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
+import re
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timezone, tzinfo
+from email.utils import parsedate_to_datetime
 from functools import cached_property
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from recommender.errors import InvalidArticle
 from recommender.text import clean_text, fold, normalize
 
 RAW_BODY_LIMIT = 200_000
+# Dates outside this range are typos or placeholders (0001-01-01), never news.
+EARLIEST_YEAR, LATEST_YEAR = 1800, 2200
+DATE_FORMS = "ISO 8601, dd.mm.yyyy[ HH:MM], RFC 2822 (RSS) or Unix seconds"
+_DOTTED = re.compile(r"^(\d{1,2})\.(\d{1,2})\.(\d{4})(?:[ T,]+(\d{1,2}):(\d{2})(?::(\d{2}))?)?$")
+_NUMBER = re.compile(r"^-?\d+(?:\.\d+)?$")
+
+
+def parse_date(value: Any, timezone_: tzinfo = timezone.utc) -> datetime:
+    """A publication date in any form Romanian CMS exports carry, as an aware UTC
+    datetime. Times without an offset are in `timezone_` (the archive's zone).
+    ValueError quotes the value and names the accepted forms."""
+    parsed = _parse_date(value)
+    if parsed is None:
+        raise ValueError(f"{_shown(value)} is not a date; use {DATE_FORMS}")
+    if not EARLIEST_YEAR <= parsed.year <= LATEST_YEAR:
+        raise ValueError(f"{_shown(value)} is outside the years {EARLIEST_YEAR}-{LATEST_YEAR}")
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=timezone_)
+    return parsed.astimezone(timezone.utc)
+
+
+def _parse_date(value: Any) -> datetime | None:
+    if isinstance(value, datetime):
+        return value
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return _from_unix(value)
+    if not isinstance(value, str) or len(value) > 100:
+        return None
+    text = value.strip()
+    if _NUMBER.match(text):
+        return _from_unix(float(text))
+    try:
+        return datetime.fromisoformat(text)
+    except ValueError:
+        pass
+    if match := _DOTTED.match(text):
+        day, month, year, hour, minute, second = (int(g) if g else 0 for g in match.groups())
+        try:
+            return datetime(year, month, day, hour, minute, second)
+        except ValueError:
+            return None
+    try:
+        return parsedate_to_datetime(text)
+    except (TypeError, ValueError, IndexError):
+        return None
+
+
+def _from_unix(seconds: float) -> datetime | None:
+    if not math.isfinite(seconds) or not 0 <= seconds < 7.3e9:  # 1970 to about 2200
+        return None
+    return datetime.fromtimestamp(seconds, timezone.utc)
+
+
+def _shown(value: Any) -> str:
+    shown = repr(value)
+    return shown if len(shown) <= 60 else shown[:57] + "..."
 
 
 @dataclass(frozen=True)
@@ -53,7 +112,9 @@ class Article(BaseModel):
     title: str = Field(min_length=1, examples=["Kievul cere garanții de securitate"])
     body: str = Field("", description="Plain text or HTML; boilerplate is dropped before embedding.")
     url: str | None = Field(None, examples=["https://www.example.ro/externe/kiev-talks"])
-    published_at: datetime | None = Field(None, description="ISO 8601; without an offset it is taken as UTC.")
+    published_at: datetime | None = Field(None, description=(
+        "ISO 8601, dd.mm.yyyy[ HH:MM], RFC 2822 or Unix seconds; without an offset, in the archive's "
+        "time zone (RECOMMENDER_TIMEZONE, default UTC)."))
     section: str | None = Field(None, examples=["externe"])
     tags: list[str] = Field(default_factory=list)
     language: str = "ro"
@@ -76,14 +137,12 @@ class Article(BaseModel):
     def _null_is_empty(cls, value: Any) -> Any:
         return "" if value is None else value
 
-    @field_validator("published_at")
+    @field_validator("published_at", mode="before")
     @classmethod
-    def _aware(cls, value: datetime | None) -> datetime | None:
-        if value is None:
+    def _date(cls, value: Any, info: ValidationInfo) -> datetime | None:
+        if value is None or value == "":
             return None
-        if value.tzinfo is None:
-            value = value.replace(tzinfo=timezone.utc)
-        return value.astimezone(timezone.utc)
+        return parse_date(value, (info.context or {}).get("timezone", timezone.utc))
 
     @field_validator("tags", mode="before")
     @classmethod
@@ -109,17 +168,25 @@ class Article(BaseModel):
         return hashlib.sha256(json.dumps(payload, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
 
 
+def iso(value: datetime | None) -> str | None:
+    """The one ISO 8601 form every output uses: UTC with a Z, as the API's JSON has it."""
+    if value is None:
+        return None
+    return value.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
+
+
 def content_hash(text: str) -> str:
     """Changes only when the embedded text changes: the key of the vector cache."""
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def parse_article(obj: Any) -> Article:
-    """Validate one decoded JSON value; raise InvalidArticle with a readable reason."""
+def parse_article(obj: Any, timezone_: tzinfo = timezone.utc) -> Article:
+    """Validate one decoded JSON value; raise InvalidArticle with a readable reason.
+    Dates without an offset are in `timezone_`, the archive's time zone."""
     if not isinstance(obj, dict):
         raise InvalidArticle(f"expected a JSON object, got {type(obj).__name__}")
     try:
-        return Article.model_validate(obj)
+        return Article.model_validate(obj, context={"timezone": timezone_})
     except ValidationError as exc:
         raise InvalidArticle(describe_validation_error(exc)) from exc
 
@@ -128,7 +195,7 @@ def describe_validation_error(exc: ValidationError) -> str:
     parts = []
     for err in exc.errors():
         field = ".".join(str(p) for p in err["loc"]) or "article"
-        msg = err["msg"]
+        msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "missing":
             msg = "is required"
         parts.append(f"{field} {msg}")

@@ -72,6 +72,20 @@ def common_options(func):
     return wrapper
 
 
+def to_json(value) -> str:
+    """JSON as the API writes it: dates in the one ISO 8601 form (UTC, Z)."""
+    from datetime import datetime
+
+    from recommender.articles import iso
+
+    def default(obj):
+        if isinstance(obj, datetime):
+            return iso(obj)
+        raise TypeError(f"{type(obj).__name__} is not JSON serializable")
+
+    return json.dumps(value, default=default, ensure_ascii=False, indent=2)
+
+
 def load_settings(**overrides):
     from recommender.settings import Settings
 
@@ -100,31 +114,48 @@ def main() -> None:
     """
 
 
+def progress_option(func):
+    return click.option("--progress/--no-progress", default=None,
+                        help="Progress bars. [default: on when standard error is a terminal, so logs stay clean]")(func)
+
+
+def show_progress(flag: bool | None) -> bool:
+    return sys.stderr.isatty() if flag is None else flag
+
+
 @main.command()
 @click.argument("files", nargs=-1, required=True)
 @common_options
+@click.option("--timezone", default=None,
+              help="The archive's time zone, for dates written without an offset (an IANA name, e.g. "
+                   "Europe/Bucharest). [env RECOMMENDER_TIMEZONE; default UTC]")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-@click.option("--progress/--no-progress", default=True, help="Progress bar while embedding (on a terminal).")
+@progress_option
 @click.option("--precompute/--no-precompute", default=True,
               help="Recompute the related lists the new articles touch (a running server fills missing ones anyway).")
-def ingest(files, settings, as_json, progress, precompute):
+def ingest(files, settings, timezone, as_json, progress, precompute):
     """Add or update articles from JSONL files ('-' reads standard input).
 
     Each line is one article: required "id" and "title"; optional "body" (text or
-    HTML), "url", "published_at" (ISO 8601), "section", "tags", "language";
-    other fields are kept as metadata. Bad lines are reported by number and
-    skipped; the rest is stored. Unchanged articles are not re-embedded.
+    HTML), "url", "published_at", "section", "tags", "language"; other fields are
+    kept as metadata. Dates: ISO 8601, dd.mm.yyyy[ HH:MM], RFC 2822 (as in RSS)
+    or Unix seconds; a date without an offset is in the archive's time zone
+    (--timezone). Bad lines are reported by number and skipped; the rest is
+    stored. Unchanged articles are not re-embedded.
 
     Exit status: 0, or 3 if any line was rejected (the good ones are stored).
 
     \b
     Examples:
       recommender ingest archive.jsonl
+      recommender ingest --timezone Europe/Bucharest export.jsonl
       recommender ingest --model hashing:256 --data-dir /tmp/try sample.jsonl
       cat today.jsonl | recommender ingest -
     """
+    if timezone:
+        settings = load_settings(**settings.model_dump(exclude_unset=True), timezone=timezone)
     engine = open_engine(settings)
-    report = engine.ingest(list(files), progress=progress, precompute=precompute)
+    report = engine.ingest(list(files), progress=show_progress(progress), precompute=precompute)
     if as_json:
         from dataclasses import asdict
 
@@ -180,7 +211,7 @@ def ranking_options(func):
 @click.option("--body", default="", help="Draft body, text or HTML (with --title).")
 @common_options
 @ranking_options
-@click.option("--json", "as_json", is_flag=True, help="Print a JSON array of {id, title, url, published_at, section, score, reason}.")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON array of {id, title, url, published_at, section, relevance, rank_score, reason}.")
 def related(article_id, title, body, settings, filters, options, as_json):
     """Suggestions for a stored article, or for a draft given by --title/--body.
 
@@ -200,14 +231,44 @@ def related(article_id, title, body, settings, filters, options, as_json):
     if as_json:
         from dataclasses import asdict
 
-        click.echo(json.dumps([asdict(i) for i in items], default=str, ensure_ascii=False, indent=2))
+        click.echo(to_json([asdict(i) for i in items]))
         return
     if not items:
         click.echo("no suggestions above the minimum score")
     for pos, item in enumerate(items, 1):
         date = item.published_at.date().isoformat() if item.published_at else "undated"
-        click.echo(f"{pos}. [{item.score:.3f}] {item.title}  ({item.section or '-'}, {date}, id {item.id})")
+        click.echo(f"{pos}. [{item.relevance:.3f}] {item.title}  ({item.section or '-'}, {date}, id {item.id})")
         click.echo(f"   {item.reason}")
+
+
+@main.command()
+@click.argument("ids", nargs=-1)
+@click.option("--from-file", "from_file", type=click.File("r", encoding="utf-8"), default=None,
+              help="Also delete the ids in this file, one a line ('-' reads standard input).")
+@common_options
+def delete(ids, from_file, settings):
+    """Delete articles by id: gone from the store, the index and every related list,
+    as DELETE /v1/articles/{id} does. A running server follows within a second.
+
+    Exit status: 0, or 3 if any id was not in the archive (the others are deleted).
+
+    \b
+    Examples:
+      recommender delete 2025-03-14-kiev-talks
+      recommender delete --from-file retracted.txt
+      grep -l draft ids.txt | recommender delete --from-file -
+    """
+    wanted = list(ids) + ([line.strip() for line in from_file if line.strip()] if from_file else [])
+    if not wanted:
+        raise click.UsageError("give ids to delete, or --from-file")
+    if not settings.store_path.exists():
+        raise CliError(f"no store in {settings.data_dir}", hint="check --data-dir")
+    unknown = open_engine(settings).delete_and_sync(list(dict.fromkeys(wanted)))
+    click.echo(f"deleted {len(set(wanted)) - len(unknown)}" + (f"; not found {len(unknown)}" if unknown else ""))
+    for article_id in unknown:
+        click.echo(f"not found: {article_id!r}", err=True)
+    if unknown:
+        sys.exit(EXIT_REJECTED)
 
 
 @main.command()
@@ -226,18 +287,22 @@ def stats(settings, as_json):
         raise CliError(f"no store in {settings.data_dir}", hint="ingest articles first, e.g. recommender ingest articles.jsonl")
     from recommender.versions import Versions
 
-    data = Store(settings.store_path).stats()
+    from dataclasses import asdict
+
+    from recommender.articles import iso
+
+    found = Store(settings.store_path).stats()
     versions = Versions(settings.index_dir)
-    data["active_version"] = versions.active()
-    data["versions"] = [m.__dict__ for m in versions.metas()]
+    active = versions.active()
     if as_json:
-        click.echo(json.dumps(data, indent=2, ensure_ascii=False))
+        data = asdict(found) | {"active_version": active, "versions": [asdict(m) for m in versions.metas()]}
+        click.echo(to_json(data))
         return
-    click.echo(f"articles: {data['articles']}  ({data['first_published']} .. {data['last_published']})")
-    for model, count in data["vectors_by_model"].items():
+    click.echo(f"articles: {found.articles}  ({iso(found.first_published)} .. {iso(found.last_published)})")
+    for model, count in found.vectors_by_model.items():
         click.echo(f"vectors: {count} by {model}")
-    click.echo("sections: " + ", ".join(f"{s or '(none)'} {n}" for s, n in data["sections"].items()))
-    click.echo(f"active index: {data['active_version'] or 'none'}")
+    click.echo("sections: " + ", ".join(f"{s or '(none)'} {n}" for s, n in found.sections.items()))
+    click.echo(f"active index: {active or 'none'}")
 
 
 @main.command()
@@ -284,7 +349,7 @@ def serve(settings, host, port, log_level):
 @click.option("--activate/--no-activate", default=True, help="Switch to the new version when it is ready.")
 @click.option("--ray", "ray_address", default=None,
               help="Embed shards as Ray tasks: a cluster address (ray://host:10001, auto) or 'local'.")
-@click.option("--progress/--no-progress", default=True)
+@progress_option
 def reembed(data_dir, model, device, batch_size, workers, limit, resume, activate, ray_address, progress):
     """Re-embed the archive with MODEL into a new index version, next to the active one.
 
@@ -312,7 +377,8 @@ def reembed(data_dir, model, device, batch_size, workers, limit, resume, activat
     if not settings.store_path.exists():
         raise CliError(f"no store in {settings.data_dir}", hint="ingest articles first")
     result = run_reembed(settings, ReembedOptions(model, device, batch_size, workers, limit, activate,
-                                                  ray_address, progress), echo=lambda m: click.echo(m, err=True))
+                                                  ray_address, show_progress(progress)),
+                         echo=lambda m: click.echo(m, err=True))
     click.echo(f"{result.version}: embedded {result.embedded} texts in {result.seconds:.1f} s "
                f"({result.docs_per_second:.1f} docs/s), reused {result.reused}"
                + ("; active" if result.activated else ""))
@@ -421,7 +487,7 @@ def index_prune(data_dir, keep):
 @click.option("--lexical-weight", type=click.FloatRange(0, 1), default=None,
               help="BM25 share for 'hybrid' and 'default' (default ranking: the engine's setting).")
 @click.option("--json", "as_json", is_flag=True, help='Print {"dataset", "queries", "results": [...]} to stdout.')
-@click.option("--progress/--no-progress", default=True, help="Progress bar while embedding.")
+@progress_option
 def eval_command(dataset, ks, strategies, models, past_only, limit_queries, out_dir, data_dir, ann,
                  lexical_weight, as_json, progress):
     """Score suggestion strategies and models on a labelled JSONL dataset.
@@ -445,6 +511,7 @@ def eval_command(dataset, ks, strategies, models, past_only, limit_queries, out_
 
     base = (out_dir or default_out_dir(dataset))
     settings = load_settings(data_dir=data_dir or base / "data")
+    progress = show_progress(progress)
     log = (lambda msg: click.echo(msg, err=True)) if not as_json or progress else (lambda msg: None)
     options = {"lexical_weight": lexical_weight} if lexical_weight is not None else {}
     evaluation = evaluate(dataset, settings, list(models) or [settings.model or DEFAULT_MODEL],

@@ -33,7 +33,7 @@ def run_demo(settings: Settings, echo: Callable[[str], None] = print) -> None:
     echo('After - "Citește și" from the publisher\'s own archive:')
     for item in engine.related(DEMO_ARTICLE):
         date = item.published_at.strftime("%Y-%m-%d") if item.published_at else "undated"
-        echo(f"  - {item.title}  [{item.section}, {date}, score {item.score:.2f}]")
+        echo(f"  - {item.title}  [{item.section}, {date}, relevance {item.relevance:.2f}]")
         echo(f"      {item.reason}")
     echo("")
     echo(f"Try: recommender related {DEMO_ARTICLE} --data-dir {settings.data_dir} --json")

@@ -93,6 +93,23 @@ class Engine:
         """Delete articles; the ids that were not stored."""
         return delete_articles(self.store, ids)
 
+    def delete_and_sync(self, ids: list[str]) -> list[str]:
+        """Delete, then bring the active index and its lists up to date; the ids not found."""
+        unknown = self.delete(ids)
+        if self.indexes.active_meta() is not None:
+            self.sync(self.state())
+        return unknown
+
+    def sync(self, state: IndexState, progress: bool = False) -> None:
+        """Apply the store's changes to the index, save it, and recompute the lists
+        of every change the lists have not followed yet (this run's, or those of
+        an earlier run that stopped between the two)."""
+        self.indexes.catch_up(state)
+        self.indexes.save(state)
+        lists = self.lists_for(state)
+        self.upkeep.catch_up(state, lists, progress)
+        self.upkeep.fill_missing(state, lists, progress)
+
     def embed_missing(self, progress: bool = False) -> int:
         """Embed every stored text this model has no vector for (an interrupted run's leftovers)."""
         return vectors.fill(self.store, self.model, self.store.texts_missing_vectors(self.model),
@@ -115,20 +132,21 @@ class Engine:
                 bar.update(len(articles))
                 return written.results
 
-            ingest_sources(sources, write, report)
+            ingest_sources(sources, write, report, self.settings.tzinfo)
         report.embedded += self.embed_missing(progress)
         if not index:
             return report
         if state is None:
             state = self.new_version()
-            changed = list(state.infos)
+            if precompute:
+                lists = self.lists_for(state)
+                self.upkeep.fill_missing(state, lists, progress)
+                self.upkeep.catch_up(state, lists)  # records that the lists are current
+        elif precompute:
+            self.sync(state, progress)
         else:
-            changed = self.indexes.catch_up(state)
+            self.indexes.catch_up(state)
             self.indexes.save(state)
-        if precompute:
-            lists = self.lists_for(state)
-            self.upkeep.refresh(state, lists, changed, progress)
-            self.upkeep.fill_missing(state, lists, progress)
         return report
 
     # --- reads --------------------------------------------------------------

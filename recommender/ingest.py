@@ -9,6 +9,7 @@ the good lines around it.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import timezone, tzinfo
 from typing import Callable
 
 from recommender.articles import Article
@@ -44,8 +45,10 @@ class IngestReport:
 Write = Callable[[list[Article]], list[UpsertResult]]
 
 
-def ingest_sources(sources: list[str], write: Write, report: IngestReport) -> None:
-    """Read every source and write its valid articles in chunks of WRITE_CHUNK."""
+def ingest_sources(sources: list[str], write: Write, report: IngestReport,
+                   timezone_: tzinfo = timezone.utc) -> None:
+    """Read every source and write its valid articles in chunks of WRITE_CHUNK;
+    dates without an offset are in `timezone_`."""
     seen: dict[str, str] = {}
     counted: set[str] = set()
     for source in sources:
@@ -56,7 +59,7 @@ def ingest_sources(sources: list[str], write: Write, report: IngestReport) -> No
             continue
         chunk: dict[str, tuple[str, Article]] = {}
         with stream:
-            for number, item in read_jsonl(stream, name):
+            for number, item in read_jsonl(stream, name, timezone_):
                 if isinstance(item, Rejection):
                     report.rejected.append(item)
                     continue

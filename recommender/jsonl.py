@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from datetime import timezone, tzinfo
 from pathlib import Path
 from typing import IO, Iterator
 
@@ -22,8 +23,10 @@ class Rejection:
         return f"{self.source}:{self.line}: {self.reason}"
 
 
-def read_jsonl(stream: IO[bytes], source: str) -> Iterator[tuple[int, Article | Rejection]]:
-    """Yield (line number, article or rejection); blank lines are skipped."""
+def read_jsonl(stream: IO[bytes], source: str,
+               timezone_: tzinfo = timezone.utc) -> Iterator[tuple[int, Article | Rejection]]:
+    """Yield (line number, article or rejection); blank lines are skipped. Dates
+    without an offset are in `timezone_`."""
     for number, raw in enumerate(stream, start=1):
         try:
             text = raw.decode("utf-8")
@@ -39,7 +42,7 @@ def read_jsonl(stream: IO[bytes], source: str) -> Iterator[tuple[int, Article | 
             yield number, Rejection(source, number, f"malformed JSON: {exc.msg} at column {exc.colno}")
             continue
         try:
-            yield number, parse_article(obj)
+            yield number, parse_article(obj, timezone_)
         except InvalidArticle as exc:
             yield number, Rejection(source, number, str(exc))
 

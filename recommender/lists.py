@@ -27,8 +27,16 @@ SAVE_EVERY = 500  # lists written to the store per transaction
 @dataclass(frozen=True)
 class CachedItem:
     num: int
-    score: float
+    relevance: float
+    rank_score: float
     reason: str
+
+    @classmethod
+    def from_json(cls, row: list) -> "CachedItem":
+        if len(row) == 3:  # stored before rank_score existed: one score, the ranking's
+            num, score, reason = row
+            return cls(num, score, score, reason)
+        return cls(*row)
 
 
 @dataclass(frozen=True)
@@ -47,7 +55,7 @@ class RelatedLists:
         self._containing: dict[int, set[int]] = {}  # item num -> lists that show it
         self._lock = threading.Lock()
         for num, items, fresh in store.list_rows(version):
-            self._remember(num, CachedList(tuple(CachedItem(*i) for i in json.loads(items)), fresh))
+            self._remember(num, CachedList(tuple(CachedItem.from_json(i) for i in json.loads(items)), fresh))
 
     def _remember(self, num: int, cached: CachedList) -> None:
         old = self._lists.get(num)
@@ -66,7 +74,7 @@ class RelatedLists:
 
     def put_many(self, lists: dict[int, list[CachedItem]]) -> None:
         self.store.put_lists(self.version, {
-            num: json.dumps([[i.num, i.score, i.reason] for i in items], ensure_ascii=False)
+            num: json.dumps([[i.num, i.relevance, i.rank_score, i.reason] for i in items], ensure_ascii=False)
             for num, items in lists.items()})
         with self._lock:
             for num, items in lists.items():
@@ -115,6 +123,23 @@ class ListUpkeep:
     def refresh(self, state: IndexState, lists: RelatedLists, changed: Iterable[int], progress: bool = False) -> int:
         return self.compute(state, lists, self.affected(state, lists, changed), progress)
 
+    def catch_up(self, state: IndexState, lists: RelatedLists, progress: bool = False) -> int:
+        """Recompute the lists touched by every change the index has applied and the
+        lists have not followed yet, whoever applied it and whenever; then record it.
+        A version with no record yet (a store from before records) counts as current."""
+        done = self.store.lists_refreshed_seq(lists.version)
+        applied = state.meta.applied_seq
+        if done is not None and done < applied:
+            count = self.refresh(state, lists, self.store.changed_between(done, applied), progress)
+        else:
+            count = 0
+        self.record(state, lists)
+        return count
+
+    def record(self, state: IndexState, lists: RelatedLists) -> None:
+        """The lists follow every change the index has applied."""
+        self.store.mark_lists_refreshed(lists.version, state.meta.applied_seq)
+
     def fill_missing(self, state: IndexState, lists: RelatedLists, progress: bool = False) -> int:
         return self.compute(state, lists, self.missing(state, lists), progress)
 
@@ -143,4 +168,4 @@ class ListUpkeep:
 
     @staticmethod
     def cached_items(state: IndexState, items) -> list[CachedItem]:
-        return [CachedItem(state.by_id[i.id], i.score, i.reason) for i in items]
+        return [CachedItem(state.by_id[i.id], i.relevance, i.rank_score, i.reason) for i in items]

@@ -107,7 +107,7 @@ def rank(state: IndexState, seed: Seed, filters: Filters, opts: RankingSettings)
     sims = rescale(vectors @ vectors.T, state.meta.random_pair_mean)
     chosen = [pool[i] for i in mmr_select(score[pool], sims, opts.k, opts.diversity, opts.duplicate_threshold)]
     explain = Explainer(state.lexical, seed.text)
-    return [_item(state, explain, int(nums[i]), float(score[i]), deltas[i]) for i in chosen]
+    return [_item(state, explain, int(nums[i]), float(relevance_[i]), float(score[i]), deltas[i]) for i in chosen]
 
 
 def relevance(state: IndexState, seed: Seed, filters: Filters, k: int,
@@ -167,9 +167,10 @@ def _deltas(state: IndexState, nums: np.ndarray, reference: datetime) -> np.ndar
     ])
 
 
-def _item(state: IndexState, explain: Explainer, num: int, score: float, delta: float) -> RelatedItem:
+def _item(state: IndexState, explain: Explainer, num: int, relevance_: float, score: float,
+          delta: float) -> RelatedItem:
     info = state.infos[num]
     reason = explain.reason(num)
     when = age_phrase(None if np.isnan(delta) else delta)
-    return RelatedItem(info.id, info.title, info.url, info.published_at, info.section, round(score, 4),
-                       f"{reason}; {when}" if when else reason)
+    return RelatedItem(info.id, info.title, info.url, info.published_at, info.section, round(relevance_, 4),
+                       round(score, 4), f"{reason}; {when}" if when else reason)

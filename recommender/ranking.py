@@ -124,7 +124,11 @@ class RelatedItem:
     url: str | None
     published_at: datetime | None
     section: str | None
-    score: float
+    # How related, 0 (a random pair of the archive) to 1 (the same text): what
+    # `min_score` applies to and what people are shown.
+    relevance: float
+    # `relevance` after the time prior: what the list is ordered by (in MMR order).
+    rank_score: float
     reason: str
 
 

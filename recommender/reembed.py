@@ -130,7 +130,9 @@ def _build(engine, version: str, embedder, result: ReembedResult, progress: bool
         state = engine.indexes.build_state(version, embedder.dimension)
         result.checks = validate(engine, state, embedder)
         engine.indexes.save(state)
-        engine.upkeep.fill_missing(state, engine.lists_for(state), progress)
+        lists = engine.lists_for(state)
+        engine.upkeep.fill_missing(state, lists, progress)
+        engine.upkeep.catch_up(state, lists)  # records that the lists are current
     except (sqlite3.OperationalError, OSError) as exc:
         raise _failure(f"could not write index version {version}", engine, exc) from None
     return state

@@ -73,7 +73,9 @@ class Service:
             state = engine.state()
         except NoIndex:
             state = engine.new_version()
-        self._snapshot = Snapshot(engine, state, engine.lists_for(state))
+        lists = engine.lists_for(state)
+        engine.upkeep.catch_up(state, lists)  # changes applied before a crash, never followed by their lists
+        self._snapshot = Snapshot(engine, state, lists)
         self._saved_seq = state.meta.applied_seq
 
     def precompute_missing(self, batch: int = 200) -> int:
@@ -129,7 +131,10 @@ class Service:
         state = current.state.clone()
         changed = current.engine.indexes.catch_up(state)
         if changed:
+            # Every change this snapshot applies, whoever wrote it: another process may
+            # have stored new lists already, but this server's copy in memory is older.
             current.engine.upkeep.refresh(state, current.lists, changed)
+            current.engine.upkeep.record(state, current.lists)
         self._snapshot = Snapshot(current.engine, state, current.lists)
         return changed
 
@@ -143,6 +148,7 @@ class Service:
         state = engine.state()
         lists = engine.lists_for(state)
         engine.upkeep.fill_missing(state, lists)  # normally done by the job before activating
+        engine.upkeep.catch_up(state, lists)
         log.info("switched to index %s (%s)", version, meta.model)
         self._snapshot = Snapshot(engine, state, lists)
         self._saved_seq = state.meta.applied_seq
@@ -197,7 +203,7 @@ class Service:
             if info is None or not filters.accepts(info, reference):
                 continue
             out.append(RelatedItem(info.id, info.title, info.url, info.published_at, info.section,
-                                   item.score, item.reason))
+                                   item.relevance, item.rank_score, item.reason))
         exhaustive = len(cached.items) < self.settings.precompute_k and len(out) == len(cached.items)
         if strict and len(out) < k and not exhaustive:
             return None

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from datetime import tzinfo
 from pathlib import Path
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -41,6 +43,9 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="RECOMMENDER_", env_nested_delimiter="__", extra="ignore")
 
     data_dir: Path = Path("data")
+    # The archive's time zone: dates written without an offset ("20.05.2025 14:30") are read
+    # in it. An IANA name, e.g. Europe/Bucharest.
+    timezone: str = "UTC"
     # None: the active index's model, or e5-small-q4 when there is no index yet. Naming
     # a model that differs from the active index's is refused (see Engine).
     model: str | None = None
@@ -67,6 +72,19 @@ class Settings(BaseSettings):
     save_seconds: float = Field(60.0, gt=0)
     # Fill lists that are missing (say, after a bulk load without them) once the server is up.
     precompute_on_start: bool = True
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {value!r}; use an IANA name such as Europe/Bucharest or UTC") from None
+        return value
+
+    @property
+    def tzinfo(self) -> tzinfo:
+        return ZoneInfo(self.timezone)
 
     @property
     def api_key_list(self) -> list[str]:

@@ -73,6 +73,16 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (version, num)
     ) WITHOUT ROWID;
     """,
+    # 2: how far each version's lists have followed the change log. An index may
+    # apply changes (any process, any restart) before their lists are refreshed;
+    # the gap between the two is refreshed on the next run, so a crash in between
+    # never leaves lists stale for good.
+    """
+    CREATE TABLE IF NOT EXISTS list_progress (
+        version TEXT PRIMARY KEY,
+        refreshed_seq INTEGER NOT NULL  -- every change up to this seq has its lists recomputed
+    ) WITHOUT ROWID;
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -96,6 +106,15 @@ class UpsertResult:
     num: int
     status: str  # "added" | "updated" | "unchanged"
     text: EmbedText
+
+
+@dataclass(frozen=True)
+class StoreStats:
+    articles: int
+    vectors_by_model: dict[str, int]
+    sections: dict[str, int]
+    first_published: datetime | None
+    last_published: datetime | None
 
 
 class Store:
@@ -280,15 +299,14 @@ class Store:
         ).fetchone()
         return np.frombuffer(row[0], dtype=np.float32).copy() if row else None
 
-    def stats(self) -> dict[str, object]:
+    def stats(self) -> StoreStats:
         conn = self.conn
         by_model = dict(conn.execute("SELECT model, COUNT(*) FROM vectors GROUP BY model").fetchall())
         sections = dict(conn.execute(
             "SELECT COALESCE(section, ''), COUNT(*) FROM articles GROUP BY section ORDER BY COUNT(*) DESC"
         ).fetchall())
-        first, last = conn.execute("SELECT MIN(published_at), MAX(published_at) FROM articles").fetchone()
-        return {"articles": self.count(), "vectors_by_model": by_model, "sections": sections,
-                "first_published": first, "last_published": last}
+        first, last = conn.execute("SELECT MIN(published_ts), MAX(published_ts) FROM articles").fetchone()
+        return StoreStats(self.count(), by_model, sections, _from_ts(first), _from_ts(last))
 
     # --- precomputed lists ----------------------------------------------------
 
@@ -310,6 +328,23 @@ class Store:
     def drop_lists(self, version: str) -> None:
         with self.transaction() as conn:
             conn.execute("DELETE FROM related_lists WHERE version = ?", (version,))
+            conn.execute("DELETE FROM list_progress WHERE version = ?", (version,))
+
+    def lists_refreshed_seq(self, version: str) -> int | None:
+        row = self.conn.execute("SELECT refreshed_seq FROM list_progress WHERE version = ?", (version,)).fetchone()
+        return row[0] if row else None
+
+    def mark_lists_refreshed(self, version: str, seq: int) -> None:
+        """Record that lists follow the change log up to `seq` (never moving it back)."""
+        with self.transaction() as conn:
+            conn.execute("""INSERT INTO list_progress (version, refreshed_seq) VALUES (?, ?)
+                            ON CONFLICT(version) DO UPDATE SET refreshed_seq = MAX(refreshed_seq, excluded.refreshed_seq)""",
+                         (version, seq))
+
+    def changed_between(self, after: int, upto: int) -> list[int]:
+        """Nums of the articles changed with after < seq <= upto."""
+        return [r[0] for r in self.conn.execute(
+            "SELECT DISTINCT num FROM changes WHERE seq > ? AND seq <= ?", (after, upto))]
 
     # --- re-embedding jobs ----------------------------------------------------
 
@@ -364,6 +399,10 @@ def _statements(script: str) -> list[str]:
             parts.append(current.strip())
             current = ""
     return [p for p in parts if p]
+
+
+def _from_ts(value: float | None) -> datetime | None:
+    return datetime.fromtimestamp(value, timezone.utc) if value is not None else None
 
 
 def _parse_time(value: str | None) -> datetime | None:

@@ -36,7 +36,7 @@ def test_related_json_shape_and_attribution(client):
     body = response.json()
     assert body["article_id"] == "ukr-2" and body["model"] == "hashing:256" and body["index_version"] == "v1"
     assert [i["id"] for i in body["items"]] == ["ukr-3", "ukr-old"]
-    assert set(body["items"][0]) == {"id", "title", "url", "published_at", "section", "score", "reason"}
+    assert set(body["items"][0]) == {"id", "title", "url", "published_at", "section", "relevance", "rank_score", "reason"}
 
 
 def test_click_attribution_on_urls_and_its_switch(api_settings, tmp_path):
@@ -174,8 +174,8 @@ def test_block_template_escapes_every_field_and_links_only_http():
     from api.render import attributed, render_block
     from recommender.ranking import RelatedItem
 
-    items = [RelatedItem("a", XSS_TITLE, "javascript:alert(1)", datetime.now(timezone.utc), '"><b>s</b>', 0.5, "r"),
-             RelatedItem("b", "Bun", 'https://ok.ro/a?x=<b>&y="q"', None, None, 0.4, "r")]
+    items = [RelatedItem("a", XSS_TITLE, "javascript:alert(1)", datetime.now(timezone.utc), '"><b>s</b>', 0.5, 0.5, "r"),
+             RelatedItem("b", "Bun", 'https://ok.ro/a?x=<b>&y="q"', None, None, 0.4, 0.4, "r")]
     urls = [attributed(i.url, 'seed"<', n) for n, i in enumerate(items, 1)]
     html = render_block(items, urls, "citeste-si")
     assert urls[0] is None and "javascript:" not in html

@@ -9,7 +9,7 @@ from click.testing import CliRunner
 from recommender.cli import main
 from tests.conftest import HASHING, article, write_jsonl
 
-COMMANDS = ["ingest", "related", "stats", "demo", "serve", "reembed", "eval", "eval-sts", "index list",
+COMMANDS = ["ingest", "related", "delete", "stats", "demo", "serve", "reembed", "eval", "eval-sts", "index list",
             "index activate", "index prune"]
 
 
@@ -65,7 +65,7 @@ def test_related_json_and_text(run, stories):
     assert result.exit_code == 0
     items = json.loads(result.stdout)
     assert isinstance(items, list) and 1 <= len(items) <= 2
-    assert {"id", "score", "title", "url", "published_at", "section", "reason"} <= set(items[0])
+    assert {"id", "relevance", "rank_score", "title", "url", "published_at", "section", "reason"} <= set(items[0])
     assert items[0]["id"] == "ukr-3"
     text = run("related", "ukr-2")
     assert text.exit_code == 0 and "1. [" in text.stdout and "shared terms" in text.stdout

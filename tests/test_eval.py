@@ -10,6 +10,7 @@ from recommender.errors import NoLabels
 from eval.metrics import bootstrap_ci, hit_at_k, ndcg_at_k, precision_at_k, recall_at_k, reciprocal_rank
 from eval.runner import evaluate
 from eval.strategies import STRATEGIES
+from recommender.settings import Settings
 from recommender.cli import main
 from recommender.errors import InvalidQuery
 from tests.conftest import HASHING, STORY_ARTICLES, write_jsonl
@@ -167,5 +168,59 @@ def test_eval_sts_spearman_and_cache(tmp_path):
     assert row["pairs"] == 3 and row["model"] == "hashing:512" and -1 <= row["spearman"] <= 1
     assert row["spearman"] == pytest.approx(1.0)  # word overlap orders these three pairs right
     assert json.loads(runner.invoke(main, args).stdout) == [row]
-    bad = runner.invoke(main, ["eval-sts", str(tmp_path / "missing.tsv"), "--model", "hashing:8"])
+    bad = runner.invoke(main, ["eval-sts", str(tmp_path / "missing.tsv"), "--model", "hashing:8",
+                               "--data-dir", str(tmp_path / "c")])
     assert bad.exit_code != 0 and "Traceback" not in bad.output
+
+
+def test_an_explicit_lexical_weight_of_zero_is_kept(labelled, tmp_path, monkeypatch):
+    from eval import strategies
+    from eval.runner import evaluate as run_eval
+
+    weights = []
+    real = strategies.ranker.relevance
+
+    def spy(state, seed, filters, k, lexical_weight=0.0):
+        weights.append(lexical_weight)
+        return real(state, seed, filters, k, lexical_weight)
+
+    monkeypatch.setattr(strategies.ranker, "relevance", spy)
+    settings = Settings(data_dir=tmp_path / "z", model=HASHING)
+    run_eval(str(labelled), settings, [HASHING], ["hybrid"], [3], options={"lexical_weight": 0.0})
+    assert set(weights) == {0.0}
+    weights.clear()
+    run_eval(str(labelled), settings, [HASHING], ["hybrid"], [3])
+    assert set(weights) == {strategies.HYBRID_WEIGHT}
+
+
+def test_report_says_when_p_at_k_cannot_reach_one_and_keeps_every_curve_and_bar_visible(labelled, tmp_path,
+                                                                                         monkeypatch):
+    from matplotlib.transforms import Bbox
+
+    from eval import report
+    from eval.runner import evaluate as run_eval
+
+    figures = {}
+
+    def keep(fig, path):
+        fig.canvas.draw()
+        figures[path.name] = fig
+        return path
+
+    monkeypatch.setattr(report, "_save", keep)
+    evaluation = run_eval(str(labelled), Settings(data_dir=tmp_path / "d", model=HASHING), [HASHING],
+                          ["dense", "hybrid", "default"], [3, 5])
+    report.write_report(evaluation, tmp_path / "out")
+    text = (tmp_path / "out" / "report.md").read_text()
+    # sections of 4 (externe), 2 (sport) and 1 (lifestyle, arhiva): P@5 cannot reach 1
+    assert "P@5 cannot reach 1" in text and "best possible P@5" in text
+
+    bars_fig = figures["metrics_by_strategy.png"]
+    ax = bars_fig.axes[0]
+    legend = ax.get_legend().get_window_extent()
+    bars = [p.get_window_extent() for p in ax.patches]
+    assert not any(Bbox.intersection(legend, b) for b in bars if b.width and b.height), "legend over bars"
+
+    lines = [line for line in figures["p_at_k.png"].axes[0].get_lines() if line.get_label().startswith(("dense", "hybrid", "default"))]
+    styles = {(line.get_marker(), line.get_linestyle()) for line in lines}
+    assert len(styles) == len(lines) == 3, "equal curves must still be told apart"

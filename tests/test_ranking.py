@@ -62,7 +62,7 @@ def test_items_carry_fields_score_and_reason(loaded):
     item = loaded.related("ukr-1")[0]
     assert item.title and item.url == f"https://www.exemplu.ro/externe/{item.id}" and item.section == "externe"
     assert item.published_at.tzinfo is not None
-    assert 0 < item.score <= 1
+    assert 0 < item.rank_score <= item.relevance <= 1
     assert item.reason.startswith("shared terms: ") and "cereale" in item.reason
     assert item.reason.endswith("days later")
 
@@ -122,12 +122,22 @@ def test_absolute_date_range(loaded):
 
 
 def test_time_prior_moves_old_articles_down_and_can_be_switched_off(loaded):
-    with_prior = {i.id: i.score for i in loaded.related("ukr-2", k=10, diversity=0)}
-    without = {i.id: i.score for i in loaded.related("ukr-2", k=10, diversity=0, time_prior=False)}
+    with_prior = {i.id: i.rank_score for i in loaded.related("ukr-2", k=10, diversity=0)}
+    without = {i.id: i.rank_score for i in loaded.related("ukr-2", k=10, diversity=0, time_prior=False)}
     # Two years away, ukr-old keeps only the floor (half) of its relevance; a week away, ukr-1 keeps most.
     assert with_prior["ukr-old"] == pytest.approx(without["ukr-old"] * 0.5, rel=1e-3)
     assert with_prior["ukr-1"] == pytest.approx(without["ukr-1"] * (0.5 + 0.5 * 0.5 ** (7 / 30)), rel=1e-3)
 
+
+
+def test_the_shown_relevance_is_the_one_the_minimum_applies_to(loaded):
+    """A two-year-old piece keeps half its relevance under the time prior; the number
+    people see (relevance) still never falls below min_score."""
+    items = loaded.related("ukr-2", k=10, diversity=0, min_score=0.15)
+    old = next(i for i in items if i.id == "ukr-old")
+    assert old.rank_score == pytest.approx(old.relevance * 0.5, rel=1e-3)
+    assert all(i.relevance >= 0.15 for i in items)
+    assert min(i.rank_score for i in items) < 0.15 <= min(i.relevance for i in items)
 
 
 def test_related_to_a_draft(loaded):
@@ -150,8 +160,8 @@ def test_default_relevance_blends_in_bm25(loaded):
     from recommender.settings import RankingSettings
 
     assert RankingSettings().lexical_weight == 0.3
-    dense = {i.id: i.score for i in loaded.related("ukr-2", k=10, time_prior=False, diversity=0)}
-    blended = {i.id: i.score for i in loaded.related("ukr-2", k=10, time_prior=False, diversity=0, lexical_weight=0.3)}
+    dense = {i.id: i.relevance for i in loaded.related("ukr-2", k=10, time_prior=False, diversity=0)}
+    blended = {i.id: i.relevance for i in loaded.related("ukr-2", k=10, time_prior=False, diversity=0, lexical_weight=0.3)}
     assert dense.keys() == blended.keys() and dense != blended
     state = loaded.state()
     seed = loaded.seed(state, "ukr-2")

@@ -174,3 +174,22 @@ def test_reembed_beside_a_running_server_swaps_without_failing_a_request(server,
     assert readers.models == {"hashing:256", "hashing:64"}
     after = server.get("/v1/articles/ukr-2/related").json()
     assert after["model"] == "hashing:64" and after["index_version"] == "v2" and after["items"]
+
+
+@pytest.mark.skipif(not BROWSER and not os.environ.get("RECOMMENDER_REQUIRE_BROWSER"),
+                    reason="Debian's chromium is not installed (CI installs it and sets RECOMMENDER_REQUIRE_BROWSER)")
+def test_docs_render_their_operations_with_the_network_off(server, tmp_path):
+    """/docs loads Swagger UI from the installed package: with every host but the
+    server unresolvable (no CDN), the page still lists the API's operations."""
+    from bs4 import BeautifulSoup
+
+    assert BROWSER, "chromium is required here"
+    dom = subprocess.run(
+        [BROWSER, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+         "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={tmp_path / 'profile'}",
+         "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1", "--virtual-time-budget=10000",
+         "--dump-dom", f"{server.base_url}/docs"],
+        capture_output=True, text=True, timeout=120,
+    ).stdout
+    paths = {p.get_text(strip=True).replace("\u200b", "") for p in BeautifulSoup(dom, "html.parser").select(".opblock-summary-path")}
+    assert {"/v1/articles/{article_id}/related", "/v1/rewrite", "/v1/articles:bulk"} <= paths

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+from datetime import tzinfo
 from typing import Annotated
 
 from fastapi import APIRouter, Body, Request
 from starlette.concurrency import run_in_threadpool
 
-from api.deps import ArticleId, ServiceDep, WriteAccess
+from api.deps import ArticleId, ServiceDep, SettingsDep, WriteAccess
 from api.schemas import ArticleOut, BulkItemOut, BulkOut, WriteOut
 from recommender.articles import Article, parse_article
 from recommender.errors import InvalidArticle, InvalidQuery
@@ -31,21 +32,21 @@ def get_article(article_id: ArticleId, service: ServiceDep) -> ArticleOut:
 
 @router.put("/v1/articles/{article_id}", response_model=WriteOut, dependencies=[WriteAccess])
 def put_article(article_id: ArticleId, payload: Annotated[dict, Body(openapi_examples=ARTICLE_EXAMPLE)],
-                service: ServiceDep) -> WriteOut:
+                service: ServiceDep, settings: SettingsDep) -> WriteOut:
     """Add or replace one article (the JSONL fields); visible in related lists when this returns."""
     if "id" in payload and str(payload["id"]) != article_id:
         raise InvalidArticle(f"id in the body ({payload['id']!r}) differs from the path ({article_id!r})")
-    article = parse_article({**payload, "id": article_id})
+    article = parse_article({**payload, "id": article_id}, settings.tzinfo)
     (result,) = service.upsert([article])
     return WriteOut(id=article_id, status=result.status)
 
 
 @router.post("/v1/articles:bulk", response_model=BulkOut, dependencies=[WriteAccess])
-async def bulk(request: Request, service: ServiceDep) -> BulkOut:
+async def bulk(request: Request, service: ServiceDep, settings: SettingsDep) -> BulkOut:
     """Many articles at once: a JSON array, or JSONL (one article a line). Bad items are
     rejected one by one with their position; the others are stored."""
     entries = bulk_entries(await request.body(), request.headers.get("content-type", ""))
-    return await run_in_threadpool(bulk_write, service, entries)
+    return await run_in_threadpool(bulk_write, service, entries, settings.tzinfo)
 
 
 @router.delete("/v1/articles/{article_id}", response_model=WriteOut, dependencies=[WriteAccess])
@@ -81,7 +82,7 @@ def bulk_entries(raw: bytes, content_type: str) -> list[tuple[int, object]]:
     return entries
 
 
-def bulk_write(service: Service, entries: list[tuple[int, object]]) -> BulkOut:
+def bulk_write(service: Service, entries: list[tuple[int, object]], timezone_: tzinfo) -> BulkOut:
     results: list[BulkItemOut] = []
     valid: dict[str, tuple[int, Article]] = {}
     for index, value in entries:
@@ -89,7 +90,7 @@ def bulk_write(service: Service, entries: list[tuple[int, object]]) -> BulkOut:
             results.append(BulkItemOut(index=index, status="rejected", error=value))
             continue
         try:
-            article = parse_article(value)
+            article = parse_article(value, timezone_)
         except InvalidArticle as exc:
             aid = value.get("id") if isinstance(value, dict) and isinstance(value.get("id"), str) else None
             results.append(BulkItemOut(index=index, id=aid, status="rejected", error=str(exc)))
