@@ -50,5 +50,15 @@ def render_block(items: Sequence[RelatedItem], urls: Sequence[str | None], css_c
     return template.render(items=list(zip(items, urls)), css_class=css_class, heading=heading)
 
 
+def render_link(item) -> str:
+    """One suggestion as an inline link, for a teaser ("Citește și: <a>...</a>"); its URL
+    already made safe (and attributed) by the caller."""
+    from markupsafe import escape
+
+    if not item.url:
+        return str(escape(item.title))
+    return f'<a href="{escape(item.url)}">{escape(item.title)}</a>'
+
+
 def render_template(name: str, **context) -> str:
     return _environment().get_template(name).render(**context)

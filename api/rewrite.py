@@ -1,84 +1,217 @@
-"""Find a page's "Citește și" blocks and put the related block in their place.
+"""Find a page's "Citește și" blocks and splice suggestions in their place,
+keeping every other byte of the page as it came.
 
-A block is a label ("Citește și", "Citeste si", "Vezi și", ...) followed by
-links: either a container holding little else than the label and its links,
-or the label element and the link lists right after it.
+A block is a label ("Citește și", "Vezi și", "Recomandări", ...: the shared
+list in `recommender.text`) and the links that follow it, up to the first
+content that is not a link; or an element that holds nothing but such a
+label and its links. Never a container with other content. Inside script,
+style, textarea, template, noscript, comments and iframe fallbacks nothing is
+touched: a browser does not render them as the page.
+
+One list per page: the last list block gets the full list, other list blocks
+are removed, and each inline teaser ("<p><b>Citește și:</b> <a>X</a></p>")
+gets one different suggestion in its own form, or is removed when none is left.
 """
 
 from __future__ import annotations
 
-import re
-from typing import Callable
+from dataclasses import dataclass, field
+from typing import Callable, Sequence, TypeVar
 
-from recommender.text import fold
+from recommender.markup import INERT, RAW_TEXT, RCDATA, Element, Text, parse
+from recommender.text import is_related_label
 
-LABEL = re.compile(r"^(?:citeste si|cititi si|vezi si|citeste mai mult|va recomandam)\s*[:\-–—]?$")
-NEVER_BLOCK = {"html", "body", "main", "article", "[document]"}
-MAX_FOREIGN_TEXT = 40  # characters of non-link text a container may hold besides its label
+T = TypeVar("T")
 
-
-def _own_text(element) -> str:
-    return fold(element.get_text(" ", strip=True)).strip()
-
-
-def _link_text(element) -> int:
-    return sum(len(a.get_text(" ", strip=True)) for a in element.find_all("a", href=True))
+NEVER_BLOCK = frozenset(("#root", "html", "body", "main", "article", "head"))
+NOT_RENDERED = RAW_TEXT | RCDATA | INERT | {"script"}
+INLINE_LABEL = frozenset(("b", "strong", "em", "i", "span", "u", "small", "font", "label"))
+SEPARATORS = frozenset(("", "|", "·", "•", ",", "-", "–", "—", "/", ";"))
+MAX_FOREIGN_TEXT = 40  # characters of non-link text a link line may hold (an outlet's name, say)
+SHORT = 80  # longest text an element may have to be a label
 
 
-def _mostly_links(element, label_len: int = 0) -> bool:
-    if element.name is None or not element.find("a", href=True):
-        return False
-    text = len(element.get_text(" ", strip=True))
-    return text - _link_text(element) - label_len <= MAX_FOREIGN_TEXT + text // 3
+@dataclass
+class _Stats:
+    text: int = 0  # visible characters
+    link_text: int = 0  # of which inside <a href>
+    links: int = 0
+    short: str | None = ""  # the text while it is at most SHORT characters
 
 
-def _labels(soup) -> list:
-    found = []
-    for element in soup.find_all(True):
-        if element.name in ("script", "style") or any(element in parent.descendants for parent in found):
+@dataclass
+class Block:
+    start: int
+    end: int
+    inline: bool
+    links: list[Element] = field(default_factory=list)  # the suggestion links it holds
+
+
+@dataclass
+class Plan:
+    """What replaces each block: the page's byte ranges and their new markup."""
+
+    replacements: list[tuple[int, int, str]]
+
+    def apply(self, page: str) -> str:
+        out, pos = [], 0
+        for start, end, markup in self.replacements:
+            out += [page[pos:start], markup]
+            pos = end
+        return "".join(out) + page[pos:]
+
+
+def find_blocks(page: str, cancelled: Callable[[], bool] = lambda: False) -> list[Block]:
+    root = parse(page, cancelled)
+    stats = _stats(root)
+    blocks: list[Block] = []
+    covered = -1
+    for node in root.iter():
+        if node.start < covered or not _rendered(node):
             continue
-        text = _own_text(element)
-        if LABEL.match(text):
-            found.append(element)
-        elif element.find("a", href=True) and LABEL.match(_inline_label(element)):
-            found.append(element)  # "Citește și: <a>...</a>" in one paragraph
-    return found
+        label = _label_start(node, stats)
+        if label is None:
+            continue
+        block = _block(node, label, stats)
+        if block is not None:
+            blocks.append(block)
+            covered = block.end
+    return blocks
 
 
-def _inline_label(element) -> str:
-    parts = [s for s in element.find_all(string=True, recursive=False)]
-    return fold(" ".join(p.strip() for p in parts if p.strip())).strip()
+def rewrite(page: str, suggestions: Callable[[int], Sequence[T]], render_list: Callable[[Sequence[T]], str],
+            render_link: Callable[[T], str], k: int = 5,
+            cancelled: Callable[[], bool] = lambda: False) -> tuple[str, int]:
+    """(page with its blocks replaced, how many). `suggestions(n)` is asked once, for
+    as many as the page needs; it is not called when the page has no block."""
+    plan = plan_rewrite(page, suggestions, render_list, render_link, k, cancelled)
+    return plan.apply(page), len(plan.replacements)
 
 
-def _block_for(label) -> list:
-    """The elements that make up the block that `label` opens."""
-    if label.find("a", href=True):
-        return [label]
-    label_len = len(label.get_text(" ", strip=True))
-    parent = label.parent
-    if parent is not None and parent.name not in NEVER_BLOCK and _mostly_links(parent, label_len):
-        return [parent]
-    block = [label]
-    for sibling in label.find_next_siblings(True):
-        if not _mostly_links(sibling):
-            break
-        block.append(sibling)
-    return block if len(block) > 1 else []
-
-
-def rewrite(page: str, make_block: Callable[[], str]) -> tuple[str, int]:
-    """(page with every block replaced by make_block(), how many). The page comes
-    back byte for byte, and make_block is not called, when there is no block."""
-    from bs4 import BeautifulSoup
-
-    soup = BeautifulSoup(page, "html.parser")
-    blocks = [b for b in (_block_for(label) for label in _labels(soup)) if b]
+def plan_rewrite(page: str, suggestions: Callable[[int], Sequence[T]], render_list: Callable[[Sequence[T]], str],
+                 render_link: Callable[[T], str], k: int = 5,
+                 cancelled: Callable[[], bool] = lambda: False) -> Plan:
+    """Which byte ranges of the page are replaced, and by what."""
+    blocks = find_blocks(page, cancelled)
     if not blocks:
-        return page, 0
-    new_block_html = make_block()
-    for elements in blocks:
-        replacement = BeautifulSoup(new_block_html, "html.parser")
-        elements[0].replace_with(replacement)
-        for extra in elements[1:]:
-            extra.decompose()
-    return str(soup), len(blocks)
+        return Plan([])
+    lists = [b for b in blocks if not b.inline]
+    teasers = [b for b in blocks if b.inline]
+    items = list(suggestions(min(k * bool(lists) + len(teasers), 50)))
+    shown, rest = (items[:k], items[k:]) if lists else ([], items)
+    replacements = []
+    for block in blocks:
+        if not block.inline:
+            markup = render_list(shown) if block is lists[-1] else ""
+        elif rest:
+            markup = _inline(page, block, render_link(rest.pop(0)))
+        else:
+            markup = ""
+        replacements.append((block.start, block.end, markup))
+    return Plan(replacements)
+
+
+def _inline(page: str, block: Block, link: str) -> str:
+    """The teaser as it was, with its link swapped for the new one."""
+    (old,) = block.links
+    return page[block.start:old.start] + link + page[old.end:block.end]
+
+
+def _rendered(node: Element | Text) -> bool:
+    parent = node.parent
+    if isinstance(node, Element) and (node.inert or node.tag in NOT_RENDERED):
+        return False
+    return parent is None or not (parent.inert or parent.tag in NOT_RENDERED)
+
+
+def _stats(root: Element) -> dict[int, _Stats]:
+    """Text and link statistics of every element, bottom-up in one pass."""
+    nodes = list(root.iter())
+    stats: dict[int, _Stats] = {id(root): _Stats()}
+    for node in nodes:
+        if isinstance(node, Element):
+            stats[id(node)] = _Stats()
+    for node in reversed(nodes):  # children before their parents
+        parent = stats[id(node.parent)]
+        if isinstance(node, Text):
+            if _rendered(node):
+                _add_text(parent, node.text, node.parent.tag == "a")
+            continue
+        own = stats[id(node)]
+        if node.tag == "a" and "href" in node.attrs:
+            own.links += 1
+            own.link_text = own.text
+        if _rendered(node):
+            parent.links += own.links
+            parent.link_text += own.link_text
+            _add_text(parent, own.short if own.short is not None else "x" * (SHORT + 1), False, own.text)
+    return stats
+
+
+def _add_text(stats: _Stats, text: str, in_link: bool, length: int | None = None) -> None:
+    size = len(text.strip()) if length is None else length
+    stats.text += size
+    if in_link:
+        stats.link_text += size
+    if stats.short is not None:
+        joined = f"{stats.short} {text}" if stats.short else text
+        stats.short = joined if len(joined) <= SHORT and (length is None or length <= SHORT) else None
+
+
+def _label_start(node: Element | Text, stats: dict[int, _Stats]) -> int | None:
+    """Where the label starts, if `node` is one."""
+    if isinstance(node, Text):
+        text = node.text
+        if not text.strip() or not is_related_label(text):
+            return None
+        return node.start + len(node.raw) - len(node.raw.lstrip())
+    own = stats[id(node)]
+    if node.tag in NEVER_BLOCK or own.short is None or not is_related_label(own.short):
+        return None
+    return node.start
+
+
+def _block(label: Element | Text, start: int, stats: dict[int, _Stats]) -> Block | None:
+    """The label and the links after it; widened to its container when that holds nothing else."""
+    links, end, members = _links_after(label, stats)
+    if not links:
+        return None
+    inline = (len(links) == 1 and links[0].tag == "a" and links[0].parent is label.parent
+              and (isinstance(label, Text) or label.tag in INLINE_LABEL))
+    suggestion_links = [links[0]] if inline else links
+    container = label.parent
+    while (container is not None and container.tag not in NEVER_BLOCK and not container.inert
+           and all(_blank(c) or c in members for c in container.children)):
+        start, end, members = container.start, container.end, {container}
+        container = container.parent
+    return Block(start, end, inline, suggestion_links)
+
+
+def _links_after(label: Element | Text, stats: dict[int, _Stats]) -> tuple[list[Element], int, set]:
+    siblings = label.parent.children
+    members: set = {label}
+    links: list[Element] = []
+    pending: list = []  # blanks and separators: part of the block only if a link follows
+    end = label.end
+    for node in siblings[siblings.index(label) + 1:]:
+        if _blank(node) or (isinstance(node, Element) and node.tag == "br"):
+            pending.append(node)
+            continue
+        if not isinstance(node, Element) or not _mostly_links(node, stats):
+            break
+        members.update(pending, {node})
+        pending = []
+        links.append(node)
+        end = node.end
+    return links, end, members
+
+
+def _blank(node: Element | Text) -> bool:
+    return isinstance(node, Text) and node.text.strip() in SEPARATORS
+
+
+def _mostly_links(element: Element, stats: dict[int, _Stats]) -> bool:
+    own = stats[id(element)]
+    if own.links == 0:
+        return False
+    return own.text - own.link_text <= MAX_FOREIGN_TEXT + own.text // 3

@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 import unicodedata
 from functools import lru_cache
+from html import unescape
 
 # Romanian has two visually similar forms of ș/ț: the legacy cedilla (ş ţ, from
 # ISO-8859-2 days) and the correct comma-below. Old archives mix both.
@@ -21,15 +22,27 @@ _WORD = re.compile(r"\w+", re.UNICODE)
 _SPACES = re.compile(r"[ \t\u00a0\u200b]+")
 _HTML_HINT = re.compile(r"<\s*(?:/?[a-zA-Z][a-zA-Z0-9]*\b[^>]*|!--)>?")
 
-# Labels that open a block of links unrelated to the article body.
-_BLOCK_LABELS = (
-    "citeste si", "citeste mai mult", "cititi si", "vezi si", "vezi mai mult",
-    "recomandarea video", "recomandari", "va recomandam", "iti recomandam",
-    "articole similare", "articole recomandate", "mai multe stiri",
+# Labels that open a block of links to other stories ("Citește și" and its
+# kin), folded: the page rewrite replaces such blocks, and ingest drops them
+# from the text it embeds. One list for both.
+RELATED_LABELS = (
+    "citeste si", "cititi si", "vezi si", "citeste mai mult", "vezi mai mult", "va recomandam", "iti recomandam",
+    "recomandari", "articole similare", "articole recomandate", "pe aceeasi tema", "te-ar putea interesa",
+    "mai multe stiri",
 )
-_LABEL_LINE = re.compile(
-    r"^(?:" + "|".join(re.escape(label) for label in _BLOCK_LABELS) + r")\b\s*[:\-–—]?\s*(?P<rest>.*)$"
-)
+# Other page slots that are not the article: dropped at ingest, never rewritten.
+_OTHER_LABELS = ("recomandarea video",)
+_LABEL = "(?:" + "|".join(re.escape(label) for label in RELATED_LABELS + _OTHER_LABELS) + ")"
+# The label alone, or followed by a separator and the inline teaser ("Citește și: X").
+_LABEL_LINE = re.compile(rf"^{_LABEL}\s*(?:[:\-–—»]\s*(?P<rest>.*))?$")
+_RELATED_LABEL = re.compile(r"^(?:" + "|".join(re.escape(label) for label in RELATED_LABELS) + r")\s*[:\-–—»]?$")
+
+
+def is_related_label(text: str) -> bool:
+    """'Citește și', 'CITITI SI:', 'Vă recomandăm' ...: any case, with or without
+    diacritics and a colon."""
+    folded = " ".join(fold(text).split())
+    return len(folded) <= 40 and bool(_RELATED_LABEL.match(folded))
 _JUNK_LINE = re.compile(
     r"^(?:distribuie|share|foto|video|sursa foto|urmareste[- ]ne\b.*|aboneaza[- ]te\b.*"
     r"|comentarii|publicitate|advertisement)\s*:?\s*$"
@@ -37,8 +50,9 @@ _JUNK_LINE = re.compile(
 _BREADCRUMB_SEP = re.compile(r"\s(?:»|›|>|/|\|)\s")
 _BREADCRUMB_HOME = ("prima pagina", "acasa", "home", "stiri")
 _BLOCK_ITEM_MAX_WORDS = 20
-_BLOCK_TAGS = ["p", "div", "li", "ul", "ol", "h1", "h2", "h3", "h4", "h5", "h6", "br", "tr", "section", "article",
-               "header", "footer", "aside", "blockquote", "figure", "figcaption", "table", "title", "dt", "dd"]
+_BLOCK_TAG_SET = frozenset(["p", "div", "li", "ul", "ol", "h1", "h2", "h3", "h4", "h5", "h6", "br", "tr", "section",
+                            "article", "header", "footer", "aside", "blockquote", "figure", "figcaption", "table",
+                            "title", "dt", "dd"])
 
 _STOPWORDS_RAW = """
 a acea aceasta această aceea acei aceia acel acela acele acelea acest acesta aceste acestea acestei
@@ -70,30 +84,75 @@ def looks_like_html(text: str) -> bool:
     return bool(_HTML_HINT.search(text))
 
 
-def html_to_text(html: str) -> str:
-    """Visible text of an HTML fragment or page, one line per block element."""
-    from bs4 import BeautifulSoup  # bs4 is slow to import; keep `--help` instant
+def html_to_text(html: str, cancelled=lambda: False) -> str:
+    """Visible text of an HTML fragment or page, one line per block element, in one
+    linear pass (`recommender.markup`): link-only teaser paragraphs, scripts,
+    navigation and the like dropped."""
+    from recommender.markup import TooDeep, parse
 
-    soup = BeautifulSoup(html, "lxml")
-    for tag in soup(["script", "style", "noscript", "template", "iframe", "svg", "head", "nav"]):
-        tag.decompose()
-    for block in soup(["p", "li", "div"]):
-        if _is_link_teaser(block):
-            block.decompose()
-    for block in soup(_BLOCK_TAGS):
-        block.insert_before("\n")
-        block.append("\n")
+    try:
+        root = parse(html, cancelled)
+    except TooDeep:  # not a page a browser would build either: keep its words, drop its tags
+        return _lines(unescape(_TAGS.sub("\n", html)))
+    skipped = _link_teasers(root)
+    out: list[str] = []
+    stack: list = [(child, False) for child in reversed(root.children)]
+    while stack:
+        node, leaving = stack.pop()
+        if leaving:
+            out.append("\n")
+            continue
+        if not hasattr(node, "tag"):
+            out.append(node.text)
+            continue
+        if node.tag in _HIDDEN_TAGS or node.inert or id(node) in skipped:
+            continue
+        block = node.tag in _BLOCK_TAG_SET
+        if block:
+            out.append("\n")
+            stack.append((node, True))
+        stack.extend((child, False) for child in reversed(node.children))
+    return _lines("".join(out))
+
+
+def _lines(text: str) -> str:
     # Markup, not blank lines, separates HTML paragraphs; dropping the blank lines
     # keeps a "Citește și" heading and its links in one block.
-    lines = (_SPACES.sub(" ", line).strip() for line in soup.get_text("").splitlines())
+    lines = (_SPACES.sub(" ", line).strip() for line in text.splitlines())
     return "\n".join(line for line in lines if line)
 
 
-def _is_link_teaser(element) -> bool:
-    """A short paragraph that is nothing but a link: a teaser for another story."""
-    text = element.get_text(" ", strip=True)
-    links = " ".join(a.get_text(" ", strip=True) for a in element.find_all("a"))
-    return bool(text) and text == links and len(text.split()) <= _BLOCK_ITEM_MAX_WORDS
+_TAGS = re.compile(r"<[^>]*>")
+_HIDDEN_TAGS = frozenset(("script", "style", "noscript", "template", "iframe", "svg", "head", "nav", "textarea",
+                          "title", "xmp", "noembed", "noframes"))
+_TEASER_TAGS = frozenset(("p", "li", "div"))
+
+
+def _link_teasers(root) -> set[int]:
+    """Ids of short p/li/div elements that are nothing but a link: teasers for other
+    stories. Bottom-up word counts, so the cost stays linear however deep the page."""
+    nodes = list(root.iter())
+    words: dict[int, int] = {}  # element id -> visible words
+    linked: dict[int, int] = {}  # element id -> of which inside <a>
+    teasers: set[int] = set()
+    for node in reversed(nodes):  # children before their parents
+        parent = id(node.parent)
+        if not hasattr(node, "tag"):
+            count = len(node.text.split())
+            words[parent] = words.get(parent, 0) + count
+            if node.parent.tag == "a":
+                linked[parent] = linked.get(parent, 0) + count
+            continue
+        if node.tag in _HIDDEN_TAGS:
+            continue
+        own_words, own_linked = words.get(id(node), 0), linked.get(id(node), 0)
+        if node.tag == "a":
+            own_linked = own_words
+        if node.tag in _TEASER_TAGS and own_words and own_words == own_linked and own_words <= _BLOCK_ITEM_MAX_WORDS:
+            teasers.add(id(node))
+        words[parent] = words.get(parent, 0) + own_words
+        linked[parent] = linked.get(parent, 0) + own_linked
+    return teasers
 
 
 def _is_breadcrumb(folded: str) -> bool:

@@ -280,3 +280,23 @@ def test_demo_page_shows_old_and_new_blocks(api_settings, tmp_path):
     old, new = html.split('id="new-block"')
     assert "Cât costă o vacanță all inclusive în Grecia" in old
     assert new.count('class="citeste-si__link"') == 5
+
+
+def test_rewrite_refuses_a_page_nested_past_the_limit_with_a_422(client):
+    deep = "<div>" * 5_000 + "Citește și <a href=/x>x</a>" + "</div>" * 5_000
+    response = client.post("/v1/rewrite", json={"html": deep})
+    assert response.status_code == 422 and "nests elements more than 512 deep" in response.json()["detail"]
+
+
+def test_rewrite_removes_an_inline_teaser_when_the_list_took_every_suggestion(client):
+    page = ("<article><h1>Kievul propune un armistițiu</h1><p>Text.</p>"
+            "<p><strong>CITEȘTE ȘI:</strong> <a href='/vechi'>Ceva vechi</a></p><p>Mai mult text.</p>"
+            + PAGE.split("<body>")[1].split("<footer>")[0].split('<div class="video">')[1].split("</div>", 1)[1]
+            + "</article>")
+    body = client.post("/v1/rewrite", json={"html": page, "article_id": "ukr-1"}).json()
+    assert body["replaced"] == 2 and body["html"].count("<aside") == 1
+    # ukr-1 has three related articles here: the end-of-article list shows them all,
+    # so the teaser, which may not repeat one, is removed
+    listed = re.findall(r'href="([^"]+)"', body["html"].split("<aside")[1])
+    assert len(listed) == 3 and "CITEȘTE ȘI" not in body["html"] and "Ceva vechi" not in body["html"]
+    assert "<p>Text.</p><p>Mai mult text.</p>" in body["html"]

@@ -2,37 +2,59 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
-from fastapi.responses import HTMLResponse
+import asyncio
+import threading
+
+from fastapi import APIRouter, Request
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from starlette.concurrency import run_in_threadpool
 
 from api.deps import ArticleId, ServiceDep, SettingsDep
 from api.present import block_html, related_out
-from api.render import render_template
+from api.render import render_block, render_link, render_template
 from api.rewrite import rewrite
-from api.schemas import RewriteIn, RewriteOut
+from api.schemas import RelatedItemOut, RewriteIn, RewriteOut
+from recommender.errors import InvalidQuery
+from recommender.markup import Cancelled, Element, TooDeep, parse
 from recommender.ranking import Filters
-from recommender.text import clean_text
+from recommender.text import clean_text, html_to_text
 
 router = APIRouter()
 
 
 @router.post("/v1/rewrite", response_model=RewriteOut, tags=["related"])
-def rewrite_page(body: RewriteIn, service: ServiceDep, settings: SettingsDep) -> RewriteOut:
-    """Replace the page's "Citește și" block(s) with related suggestions; the page comes
-    back unchanged, with replaced 0, when it has none."""
+async def rewrite_page(body: RewriteIn, request: Request, service: ServiceDep, settings: SettingsDep) -> Response:
+    """Replace the page's "Citește și" blocks with related suggestions, keeping every
+    other byte of the page; it comes back unchanged, with replaced 0, when it has none.
+    The end-of-article block gets the list; each inline teaser one other suggestion."""
     if body.article_id:
         service.article(body.article_id)  # an unknown id is a 404 even on a page without a block
+    cancel = threading.Event()
 
-    def make_block() -> str:
+    def suggest(n: int) -> list[RelatedItemOut]:
         if body.article_id:
-            answer = service.related(body.article_id, 5, Filters())
+            answer = service.related(body.article_id, n, Filters())
         else:
-            title, text = page_title_and_text(body.html)
-            answer = service.related_to_text(title, text, 5, Filters(), None)
-        return block_html(settings, related_out(settings, body.article_id, answer))
+            title, text = page_title_and_text(body.html, cancel.is_set)
+            answer = service.related_to_text(title, text, n, Filters(), None)
+        return related_out(settings, body.article_id, answer).items
 
-    html, replaced = rewrite(body.html, make_block)
-    return RewriteOut(html=html, replaced=replaced)
+    def work() -> tuple[str, int]:
+        return rewrite(body.html, suggest, lambda items: render_block(items, [i.url for i in items], settings.css_class),
+                       render_link, cancelled=cancel.is_set)
+
+    job = asyncio.ensure_future(run_in_threadpool(work))
+    while not job.done():
+        await asyncio.wait({job}, timeout=0.2)
+        if not job.done() and await request.is_disconnected():
+            cancel.set()  # the client left: the worker stops at its next check
+    try:
+        html, replaced = job.result()
+    except Cancelled:
+        return Response(status_code=499)
+    except TooDeep as exc:
+        raise InvalidQuery(str(exc)) from None
+    return JSONResponse(RewriteOut(html=html, replaced=replaced).model_dump())
 
 
 @router.get("/demo/{article_id}", response_class=HTMLResponse, tags=["demo"])
@@ -47,11 +69,11 @@ def demo(article_id: ArticleId, service: ServiceDep, settings: SettingsDep) -> H
         paragraphs=clean_text(stored.body, stored.title).splitlines(), old=old, block=block_html(settings, out)))
 
 
-def page_title_and_text(html: str) -> tuple[str, str]:
-    from bs4 import BeautifulSoup
-
-    soup = BeautifulSoup(html, "html.parser")
-    heading = soup.find("h1") or soup.find("title")
-    text = clean_text(html)
-    title = heading.get_text(" ", strip=True) if heading else (text.splitlines() or ["pagină"])[0]
-    return title[:500] or "pagină", text
+def page_title_and_text(page: str, cancelled=lambda: False) -> tuple[str, str]:
+    """The page's headline (its first h1, else its title, else its first line) and its text."""
+    root = parse(page, cancelled)
+    heading = next((n for n in root.iter() if isinstance(n, Element) and n.tag == "h1"), None) or next(
+        (n for n in root.iter() if isinstance(n, Element) and n.tag == "title"), None)
+    title = " ".join(html_to_text(page[heading.open_end:heading.end]).split()) if heading else ""
+    text = clean_text(page, title)
+    return (title or (text.splitlines() or ["pagină"])[0])[:500], text
