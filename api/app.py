@@ -15,7 +15,7 @@ from fastapi_offline import FastAPIOffline
 
 from api.errors import add_error_handlers
 from api.metrics import Metrics
-from api.middleware import BodyLimitMiddleware, MetricsMiddleware
+from api.middleware import BodyLimitMiddleware, MetricsMiddleware, WriteAuthMiddleware
 from api.routes import articles, operations, pages, related
 from embeddings import Embedder
 from recommender.errors import RecommenderError
@@ -38,6 +38,7 @@ def create_app(settings: Settings, embedder: Embedder | None = None, background:
             _start(service, refresher)
         yield
         refresher.stop()
+        service.stop()
         if service.ready:
             service.save()
 
@@ -53,7 +54,9 @@ def create_app(settings: Settings, embedder: Embedder | None = None, background:
         app.include_router(router)
     # The routes with their templates, for the metrics' labels: the app's own (docs) and the routers'.
     templates = [r for r in app.router.routes if getattr(r, "path", None)] + [r for x in routers for r in x.routes]
+    app.state.heavy_slots = threading.BoundedSemaphore(settings.max_concurrent_drafts)
     app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes)
+    app.add_middleware(WriteAuthMiddleware, keys=settings.api_key_list)  # before the body is read
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics, routes=templates)  # outermost: sees every answer
     return app
 
@@ -66,5 +69,3 @@ def _start(service: Service, refresher: Refresher) -> None:
         service.failure = str(exc)
         return
     refresher.start()
-    if service.settings.precompute_on_start:
-        service.precompute_missing()

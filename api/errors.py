@@ -51,5 +51,6 @@ def describe_request_errors(errors) -> str:
             continue
         where = [str(p) for p in err.get("loc", ()) if p not in ("body", "query", "path", "header")]
         field = ".".join(where) or "body"
-        parts.append(f"{field}: {'is required' if err.get('type') == 'missing' else err.get('msg', 'invalid')}")
+        message = "is required" if err.get("type") == "missing" else err.get("msg", "invalid").removeprefix("Value error, ")
+        parts.append(f"{field}: {message}")
     return "; ".join(parts) or "invalid request"

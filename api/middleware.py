@@ -51,6 +51,35 @@ class BodyLimitMiddleware:
         await send({"type": "http.response.body", "body": payload})
 
 
+class WriteAuthMiddleware:
+    """401 for a write without a valid key, before its body is read or parsed: a
+    malformed body from a stranger gets the same answer as a good one."""
+
+    def __init__(self, app, keys: list[str]):
+        self.app = app
+        self.keys = keys
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http" and _is_write(scope["method"], scope["path"]):
+            from api.deps import key_problem
+
+            headers = dict(scope.get("headers") or [])
+            problem = key_problem(headers.get(b"authorization", b"").decode("latin-1"), self.keys)
+            if problem:
+                payload = json.dumps({"detail": problem}).encode()
+                await send({"type": "http.response.start", "status": 401, "headers": [
+                    (b"content-type", b"application/json"), (b"www-authenticate", b"Bearer"),
+                    (b"content-length", str(len(payload)).encode())]})
+                await send({"type": "http.response.body", "body": payload})
+                return
+        await self.app(scope, receive, send)
+
+
+def _is_write(method: str, path: str) -> bool:
+    return (method in ("PUT", "DELETE") and path.startswith("/v1/articles/")) or (
+        method == "POST" and path == "/v1/articles:bulk")
+
+
 class MetricsMiddleware:
     """Counts every answer, including those given before routing (413, 401),
     labelled by route template; paths that match no route share one label."""

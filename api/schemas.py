@@ -5,7 +5,9 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from recommender.articles import parse_date
 
 from recommender.ranking import FilterParams
 
@@ -41,8 +43,14 @@ class DraftIn(BaseModel):
     title: str = Field(min_length=1, max_length=2000)
     body: str = ""
     k: int = Field(5, ge=1, le=50)
-    published_at: datetime | None = Field(None, description="The draft's date; default now")
+    published_at: datetime | None = Field(None, description="The draft's date, in any form an article's may take; default now")
     diversity: float | None = Field(None, ge=0, le=1, allow_inf_nan=False)
+
+    @field_validator("published_at", mode="before")
+    @classmethod
+    def _date(cls, value: Any) -> datetime | None:
+        return None if value in (None, "") else parse_date(value)
+
     filters: FilterParams = Field(default_factory=FilterParams)
 
 

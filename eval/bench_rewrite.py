@@ -15,7 +15,7 @@ import statistics
 import time
 from dataclasses import dataclass
 
-from api.rewrite import rewrite
+from recommender.rewrite import rewrite
 from recommender.markup import MAX_DEPTH
 
 PARAGRAPH = ("<p>Guvernul a aprobat ieri bugetul pentru anul viitor, cu un deficit de 3,5&nbsp;% din PIB, "

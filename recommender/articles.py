@@ -12,12 +12,15 @@ from email.utils import parsedate_to_datetime
 from functools import cached_property
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from recommender.errors import InvalidArticle
 from recommender.text import clean_text, fold, normalize
 
 RAW_BODY_LIMIT = 200_000
+MAX_ID_LENGTH = 512
+MAX_META_DEPTH = 16  # metadata nested deeper is a mistake or an attack, never an article
+_ID_FORBIDDEN = re.compile(r"[/\x00-\x1f\x7f]")
 # Dates outside this range are typos or placeholders (0001-01-01), never news.
 EARLIEST_YEAR, LATEST_YEAR = 1800, 2200
 DATE_FORMS = "ISO 8601, dd.mm.yyyy[ HH:MM], RFC 2822 (RSS) or Unix seconds"
@@ -108,7 +111,8 @@ class Article(BaseModel):
 
     model_config = ConfigDict(extra="allow")
 
-    id: str = Field(min_length=1, max_length=512, examples=["2025-03-14-kiev-talks"])
+    id: str = Field(min_length=1, max_length=MAX_ID_LENGTH, examples=["2025-03-14-kiev-talks"],
+                    description="1 to 512 characters; no '/', no control characters, no surrounding spaces")
     title: str = Field(min_length=1, examples=["Kievul cere garanții de securitate"])
     body: str = Field("", description="Plain text or HTML; boilerplate is dropped before embedding.")
     url: str | None = Field(None, examples=["https://www.example.ro/externe/kiev-talks"])
@@ -125,7 +129,13 @@ class Article(BaseModel):
         # CMS exports often carry numeric ids; the id is the publisher's string either way.
         if isinstance(value, int) and not isinstance(value, bool):
             return str(value)
-        return value.strip() if isinstance(value, str) else value
+        return check_id(value) if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _shallow_meta(self) -> "Article":
+        if _depth(self.model_extra or {}) > MAX_META_DEPTH:
+            raise ValueError(f"metadata nested deeper than {MAX_META_DEPTH} levels")
+        return self
 
     @field_validator("title", "url", "section", "language", mode="before")
     @classmethod
@@ -166,6 +176,29 @@ class Article(BaseModel):
         """Changes when anything about the article changes, metadata included."""
         payload = self.model_dump(mode="json")
         return hashlib.sha256(json.dumps(payload, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
+
+
+def check_id(value: str) -> str:
+    """The one rule for ids, the same at ingest, in bulk and on every route: what
+    the URL of /v1/articles/{id} can carry back unchanged."""
+    if value != value.strip():
+        raise ValueError(f"{_shown(value)} has surrounding spaces; send it without them")
+    if _ID_FORBIDDEN.search(value):
+        raise ValueError(f"{_shown(value)} contains '/' or a control character, which a URL path cannot carry")
+    return value
+
+
+def _depth(value: Any, level: int = 0) -> int:
+    """How deep a decoded JSON value nests (iterative: a hostile value cannot exhaust the stack)."""
+    deepest, stack = level, [(value, level)]
+    while stack:
+        item, depth = stack.pop()
+        deepest = max(deepest, depth)
+        if deepest > MAX_META_DEPTH:
+            return deepest
+        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else ()
+        stack.extend((child, depth + 1) for child in children)
+    return deepest
 
 
 def iso(value: datetime | None) -> str | None:

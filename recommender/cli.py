@@ -291,18 +291,23 @@ def stats(settings, as_json):
 
     from recommender.articles import iso
 
-    found = Store(settings.store_path).stats()
+    store = Store(settings.store_path)
+    found = store.stats()
     versions = Versions(settings.index_dir)
     active = versions.active()
+    refreshed = store.lists_refreshed_seq(active) if active else None
+    behind = len(store.changed_between(refreshed, found.last_change)) if refreshed is not None else 0
     if as_json:
-        data = asdict(found) | {"active_version": active, "versions": [asdict(m) for m in versions.metas()]}
+        data = asdict(found) | {"active_version": active, "versions": [asdict(m) for m in versions.metas()],
+                                "lists_pending": behind}
         click.echo(to_json(data))
         return
     click.echo(f"articles: {found.articles}  ({iso(found.first_published)} .. {iso(found.last_published)})")
     for model, count in found.vectors_by_model.items():
         click.echo(f"vectors: {count} by {model}")
     click.echo("sections: " + ", ".join(f"{s or '(none)'} {n}" for s, n in found.sections.items()))
-    click.echo(f"active index: {active or 'none'}")
+    click.echo(f"active index: {active or 'none'}"
+               + (f"; related lists not yet recomputed for {behind} changed articles" if behind else ""))
 
 
 @main.command()
@@ -331,7 +336,8 @@ def serve(settings, host, port, log_level):
     if not settings.api_key_list:
         click.echo("warning: RECOMMENDER_API_KEYS is empty: writes are refused", err=True)
     Engine(settings).check_model()  # a model that does not match the active index is refused here
-    uvicorn.run(create_app(settings), host=host, port=port, log_level=log_level)
+    # SIGTERM: requests in flight get a few seconds, then the server stops whatever runs.
+    uvicorn.run(create_app(settings), host=host, port=port, log_level=log_level, timeout_graceful_shutdown=3)
 
 
 @main.command()

@@ -41,10 +41,19 @@ def read_jsonl(stream: IO[bytes], source: str,
         except json.JSONDecodeError as exc:
             yield number, Rejection(source, number, f"malformed JSON: {exc.msg} at column {exc.colno}")
             continue
+        except (ValueError, RecursionError) as exc:  # an integer of thousands of digits, nesting past the limit
+            yield number, Rejection(source, number, f"JSON this program refuses: {_reason(exc)}")
+            continue
         try:
             yield number, parse_article(obj, timezone_)
         except InvalidArticle as exc:
             yield number, Rejection(source, number, str(exc))
+
+
+def _reason(exc: Exception) -> str:
+    if isinstance(exc, RecursionError):
+        return "nested too deep"
+    return str(exc).split(";")[0]
 
 
 def open_source(path: str) -> tuple[IO[bytes], str]:

@@ -3,9 +3,12 @@
 Readers take the current `Snapshot` (engine, index state, precomputed lists)
 by reference and finish on it. A writer goes through the engine's one write
 path (embed, commit to SQLite), then, under the one write lock, applies the
-store's changes to a *copy* of the index state, recomputes the lists they touch
-and swaps the snapshot in. The same swap brings in changes made by other
-processes (a CLI ingest) and a newly activated index version.
+store's changes to a *copy* of the index state and swaps the snapshot in: a
+short critical section, whatever the archive's size. The lists those changes
+touch are recomputed afterwards by one background worker (`ListWorker`),
+outside the lock, newest state winning; reads serve the old lists meanwhile.
+The same swap brings in changes made by other processes (a CLI ingest) and a
+newly activated index version.
 """
 
 from __future__ import annotations
@@ -62,33 +65,29 @@ class Service:
         self._snapshot: Snapshot | None = None
         self._saved_seq = -1
         self.failure: str | None = None  # why start() failed, for /readyz
+        self.lists = ListWorker(self)
 
     # --- lifecycle ------------------------------------------------------------
 
     def start(self) -> None:
         """Open the active version, or create an empty one; then the server is ready.
-        Lists still missing are served live until `precompute_missing` fills them."""
+        Lists still missing are served live until the list worker fills them."""
         engine = Engine(self.settings, self._embedder)
         try:
             state = engine.state()
         except NoIndex:
             state = engine.new_version()
         lists = engine.lists_for(state)
-        engine.upkeep.catch_up(state, lists)  # changes applied before a crash, never followed by their lists
         self._snapshot = Snapshot(engine, state, lists)
         self._saved_seq = state.meta.applied_seq
+        # Changes applied before a crash and never followed by their lists: the worker's first job.
+        done = engine.store.lists_refreshed_seq(state.version)
+        if done is not None and done < state.meta.applied_seq:
+            self.lists.enqueue(engine.store.changed_between(done, state.meta.applied_seq))
+        self.lists.start(fill_missing=self.settings.precompute_on_start)
 
-    def precompute_missing(self, batch: int = 200) -> int:
-        """Fill missing lists in small batches under the write lock, so a write in
-        between is never overwritten by a list computed from an older snapshot."""
-        done = 0
-        while True:
-            with self._write:
-                snap = self.snapshot
-                todo = snap.engine.upkeep.missing(snap.state, snap.lists)[:batch]
-                if not todo:
-                    return done
-                done += snap.engine.upkeep.compute(snap.state, snap.lists, todo)
+    def stop(self) -> None:
+        self.lists.stop()
 
     @property
     def ready(self) -> bool:
@@ -126,17 +125,18 @@ class Service:
         self._saved_seq = copy.meta.applied_seq
 
     def _advance(self) -> list[int]:
-        """Apply committed changes to a copy of the state and swap it in (write lock held)."""
+        """Apply committed changes to a copy of the state and swap it in (write lock
+        held). Every change it applies goes to the list worker, whoever wrote it:
+        another process may have stored new lists already, but this server's copy
+        in memory is older."""
         current = self.snapshot
         state = current.state.clone()
         changed = current.engine.indexes.catch_up(state)
-        if changed:
-            # Every change this snapshot applies, whoever wrote it: another process may
-            # have stored new lists already, but this server's copy in memory is older.
-            current.engine.upkeep.refresh(state, current.lists, changed)
-            current.engine.upkeep.record(state, current.lists)
-        self._snapshot = Snapshot(current.engine, state, current.lists)
+        self.lists.swap(Snapshot(current.engine, state, current.lists), changed)
         return changed
+
+    def _set_snapshot(self, snapshot: Snapshot) -> None:
+        self._snapshot = snapshot
 
     def _switch_version(self, version: str) -> None:
         from recommender.index import read_meta
@@ -147,10 +147,9 @@ class Service:
         engine = Engine(settings, embedder)
         state = engine.state()
         lists = engine.lists_for(state)
-        engine.upkeep.fill_missing(state, lists)  # normally done by the job before activating
-        engine.upkeep.catch_up(state, lists)
         log.info("switched to index %s (%s)", version, meta.model)
-        self._snapshot = Snapshot(engine, state, lists)
+        self.lists.swap(Snapshot(engine, state, lists), [])
+        self.lists.request_fill()  # normally done by the job before activating; until then, served live
         self._saved_seq = state.meta.applied_seq
 
     # --- reads ----------------------------------------------------------------
@@ -242,6 +241,121 @@ class Service:
             self._advance()
 
 
+class ListWorker:
+    """One background thread that recomputes the lists writes touched, outside the
+    write lock. It always works on the newest snapshot, so the newest state wins;
+    reads serve the old lists meanwhile. When idle it fills lists still missing."""
+
+    BATCH = 200  # lists per step: a stop or a newer change is seen between steps
+
+    def __init__(self, service: "Service"):
+        self.service = service
+        self._lock = threading.Lock()  # guards the snapshot swap together with the queue
+        self._pending: set[int] = set()
+        self._busy = 0
+        self._fill = False
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self, fill_missing: bool) -> None:
+        self._fill = fill_missing
+        self._thread = threading.Thread(target=self._run, name="recommender-lists", daemon=True)
+        self._thread.start()
+        self._wake.set()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    def swap(self, snapshot: Snapshot, changed: list[int]) -> None:
+        """Serve `snapshot` from now on, and queue the lists its changes touch. One
+        step under one lock: the worker never sees the new snapshot without its changes."""
+        with self._lock:
+            self.service._set_snapshot(snapshot)
+            self._pending.update(changed)
+        if changed:
+            self._wake.set()
+
+    def enqueue(self, nums: list[int]) -> None:
+        with self._lock:
+            self._pending.update(nums)
+        self._wake.set()
+
+    def request_fill(self) -> None:
+        self._fill = True
+        self._wake.set()
+
+    @property
+    def backlog(self) -> int:
+        """Changed articles whose lists are not recomputed yet."""
+        with self._lock:
+            return len(self._pending) + self._busy
+
+    def wait_idle(self, timeout: float = 30.0) -> bool:
+        """For tests and benchmarks: until nothing is queued (True) or the timeout."""
+        deadline = time.monotonic() + timeout
+        while self.backlog or self._fill:
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.01)
+        return True
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self._wake.wait(1.0)
+            self._wake.clear()
+            try:
+                while not self._stop.is_set() and (self._step() or self._fill_step()):
+                    pass
+            except Exception:  # keep serving the old lists; the next change retries
+                log.exception("recomputing related lists failed")
+
+    def _step(self) -> bool:
+        with self._lock:
+            batch, self._pending = self._pending, set()
+            self._busy = len(batch)
+            snap = self.service._snapshot
+        if not batch:
+            return False
+        try:
+            upkeep = snap.engine.upkeep
+            affected = upkeep.affected(snap.state, snap.lists, batch)
+            for start in range(0, len(affected), self.BATCH):
+                if self._stop.is_set():
+                    return False
+                upkeep.compute(snap.state, snap.lists, affected[start:start + self.BATCH])
+            with self._lock:
+                caught_up = not self._pending
+            if caught_up:  # every change this snapshot holds has its lists
+                upkeep.record(snap.state, snap.lists)
+        except Exception:
+            with self._lock:  # tried again after the next wake-up, a second at most
+                self._pending |= batch
+            raise
+        finally:
+            with self._lock:
+                self._busy = 0
+        return True
+
+    def _fill_step(self) -> bool:
+        if not self._fill:
+            return False
+        snap = self.service._snapshot
+        todo = snap.engine.upkeep.missing(snap.state, snap.lists)[: self.BATCH]
+        if not todo:
+            self._fill = False
+            with self._lock:
+                caught_up = not self._pending
+            if caught_up:
+                snap.engine.upkeep.record(snap.state, snap.lists)
+            return False
+        snap.engine.upkeep.compute(snap.state, snap.lists, todo)
+        return True
+
+
 class Refresher:
     """Background thread: picks up other processes' writes and saves the index now and then."""
 
@@ -257,7 +371,7 @@ class Refresher:
 
     def stop(self) -> None:
         self._stop.set()
-        self._thread.join(timeout=10)
+        self._thread.join(timeout=2)
 
     def _run(self) -> None:
         last_save = time.monotonic()

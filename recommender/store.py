@@ -115,6 +115,7 @@ class StoreStats:
     sections: dict[str, int]
     first_published: datetime | None
     last_published: datetime | None
+    last_change: int
 
 
 class Store:
@@ -306,7 +307,7 @@ class Store:
             "SELECT COALESCE(section, ''), COUNT(*) FROM articles GROUP BY section ORDER BY COUNT(*) DESC"
         ).fetchall())
         first, last = conn.execute("SELECT MIN(published_ts), MAX(published_ts) FROM articles").fetchone()
-        return StoreStats(self.count(), by_model, sections, _from_ts(first), _from_ts(last))
+        return StoreStats(self.count(), by_model, sections, _from_ts(first), _from_ts(last), self.last_change())
 
     # --- precomputed lists ----------------------------------------------------
 

@@ -6,7 +6,7 @@ import html5lib
 import pytest
 from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
 
-from api.rewrite import plan_rewrite, rewrite
+from recommender.rewrite import plan_rewrite, rewrite
 from recommender.markup import MAX_DEPTH, Cancelled, TooDeep
 from recommender.text import RELATED_LABELS, is_related_label, strip_boilerplate
 

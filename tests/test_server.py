@@ -32,23 +32,26 @@ def server(settings, stories):
     proc = subprocess.Popen([sys.executable, "-m", "recommender.cli", "serve", "--port", str(port), "--log-level", "warning"],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
-                break
-        except httpx.TransportError:
-            pass
-        if proc.poll() is not None:
-            pytest.fail(f"server exited: {proc.stdout.read()}")
-        time.sleep(0.2)
-    else:
-        proc.kill()
-        pytest.fail("server never became ready")
+    wait_until_ready(base, proc)
     with httpx.Client(base_url=base, timeout=10) as client:
         yield client
     proc.terminate()
     proc.wait(timeout=10)
+
+
+def wait_until_ready(base: str, proc: subprocess.Popen, seconds: float = 60) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        if proc.poll() is not None:
+            pytest.fail(f"server exited: {proc.stdout.read() if proc.stdout else proc.returncode}")
+        time.sleep(0.2)
+    proc.kill()
+    pytest.fail("server never became ready")
 
 
 class Readers:
@@ -93,7 +96,10 @@ def test_put_related_delete_related(server):
                         "2025-04-05T10:00:00+00:00")
     put = server.put("/v1/articles/ukr-4", json=follow_up, headers={"Authorization": f"Bearer {KEY}"})
     assert put.status_code == 200 and put.json()["status"] == "added"
-    assert "ukr-4" in related_ids(server, "ukr-3")
+    deadline = time.monotonic() + 1.0  # the documented freshness: lists follow a write within a second
+    while "ukr-4" not in related_ids(server, "ukr-3"):
+        assert time.monotonic() < deadline, "the follow-up never reached the older piece's list"
+        time.sleep(0.02)
     assert server.delete("/v1/articles/ukr-4", headers={"Authorization": f"Bearer {KEY}"}).status_code == 200
     assert "ukr-4" not in related_ids(server, "ukr-3")
     assert server.get("/v1/articles/ukr-4/related").status_code == 404

@@ -57,7 +57,7 @@ def delete_article(article_id: ArticleId, service: ServiceDep) -> WriteOut:
 
 
 def bulk_entries(raw: bytes, content_type: str) -> list[tuple[int, object]]:
-    """(index, decoded JSON or an error string) per item."""
+    """(index, decoded JSON or an error string) per item: one bad item never costs the others."""
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
@@ -65,21 +65,59 @@ def bulk_entries(raw: bytes, content_type: str) -> list[tuple[int, object]]:
     stripped = text.lstrip()
     if "ndjson" not in content_type and "jsonl" not in content_type and stripped.startswith("["):
         try:
-            values = json.loads(text)
+            return list(enumerate(json.loads(text)))
         except json.JSONDecodeError as exc:
             raise InvalidQuery(f"malformed JSON array: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
-        return list(enumerate(values))
-    entries: list[tuple[int, object]] = []
-    for index, line in enumerate(text.splitlines()):
-        if not line.strip():
-            continue
-        try:
-            entries.append((index, json.loads(line)))
-        except json.JSONDecodeError as exc:
-            entries.append((index, f"malformed JSON: {exc.msg} at column {exc.colno}"))
+        except (ValueError, RecursionError):  # one hostile item: decode the items one by one
+            items = split_json_array(stripped)
+            if items is None:
+                raise InvalidQuery("malformed JSON array") from None
+    else:
+        items = [line if line.strip() else None for line in text.splitlines()]
+    entries = [(index, decode_item(item)) for index, item in enumerate(items) if item is not None]
     if not entries:
         raise InvalidQuery("no articles in the body: send a JSON array or JSONL")
     return entries
+
+
+def decode_item(text: str) -> object:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        return f"malformed JSON: {exc.msg} at column {exc.colno}"
+    except RecursionError:
+        return "JSON nested too deep"
+    except ValueError as exc:  # an integer of thousands of digits
+        return f"JSON this program refuses: {str(exc).split(';')[0]}"
+
+
+def split_json_array(text: str) -> list[str] | None:
+    """The top-level items of a JSON array as source text, in one linear pass that
+    only tracks strings and depth; None if the text is not one array."""
+    items, depth, start, in_string, escaped = [], 0, 1, False, False
+    for pos, char in enumerate(text):
+        if in_string:
+            if escaped:
+                escaped = False
+            elif char == "\\":
+                escaped = True
+            elif char == '"':
+                in_string = False
+        elif char == '"':
+            in_string = True
+        elif char in "[{":
+            depth += 1
+        elif char in "]}":
+            depth -= 1
+            if depth == 0:
+                last = text[start:pos].strip()
+                if last:
+                    items.append(last)
+                return items if not text[pos + 1:].strip() else None
+        elif char == "," and depth == 1:
+            items.append(text[start:pos].strip())
+            start = pos + 1
+    return None
 
 
 def bulk_write(service: Service, entries: list[tuple[int, object]], timezone_: tzinfo) -> BulkOut:

@@ -23,7 +23,8 @@ def readyz(service: ServiceDep) -> JSONResponse:
         return JSONResponse({"status": "loading"}, status_code=503)
     snap = service.snapshot
     return JSONResponse({"status": "ready", "index_version": snap.state.version, "model": snap.engine.model,
-                         "articles": snap.state.vectors.count})
+                         "articles": snap.state.vectors.count,
+                         "lists_pending": service.lists.backlog})  # changed articles whose lists are being recomputed
 
 
 @router.get("/metrics", response_class=PlainTextResponse)

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
-from api.deps import ArticleId, ServiceDep, SettingsDep
+from api.deps import ArticleId, HeavySlot, ServiceDep, SettingsDep
 from api.present import block_html, related_out
 from api.render import render_block, render_link, render_template
-from api.rewrite import rewrite
+from recommender.rewrite import rewrite
 from api.schemas import RelatedItemOut, RewriteIn, RewriteOut
 from recommender.errors import InvalidQuery
 from recommender.markup import Cancelled, Element, TooDeep, parse
@@ -22,7 +23,7 @@ from recommender.text import clean_text, html_to_text
 router = APIRouter()
 
 
-@router.post("/v1/rewrite", response_model=RewriteOut, tags=["related"])
+@router.post("/v1/rewrite", response_model=RewriteOut, tags=["related"], dependencies=[HeavySlot])
 async def rewrite_page(body: RewriteIn, request: Request, service: ServiceDep, settings: SettingsDep) -> Response:
     """Replace the page's "Citește și" blocks with related suggestions, keeping every
     other byte of the page; it comes back unchanged, with replaced 0, when it has none.
@@ -44,13 +45,17 @@ async def rewrite_page(body: RewriteIn, request: Request, service: ServiceDep, s
                        render_link, cancelled=cancel.is_set)
 
     job = asyncio.ensure_future(run_in_threadpool(work))
+    deadline = time.monotonic() + settings.request_budget_seconds
     while not job.done():
         await asyncio.wait({job}, timeout=0.2)
-        if not job.done() and await request.is_disconnected():
-            cancel.set()  # the client left: the worker stops at its next check
+        if not job.done() and (time.monotonic() > deadline or await request.is_disconnected()):
+            cancel.set()  # the client left, or the budget is spent: the worker stops at its next check
     try:
         html, replaced = job.result()
     except Cancelled:
+        if time.monotonic() > deadline:
+            raise InvalidQuery(f"the page took longer than the {settings.request_budget_seconds:g} s budget "
+                               "to rewrite; send a smaller page") from None
         return Response(status_code=499)
     except TooDeep as exc:
         raise InvalidQuery(str(exc)) from None

@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 from fastapi.responses import HTMLResponse
 
-from api.deps import ArticleId, RelatedQueryDep, ServiceDep, SettingsDep
+from api.deps import ArticleId, HeavySlot, RelatedQueryDep, ServiceDep, SettingsDep
 from api.present import block_html, related_out
 from api.schemas import DraftIn, RelatedOut
 
@@ -27,7 +27,7 @@ def related_html(article_id: ArticleId, query: RelatedQueryDep, service: Service
     return HTMLResponse(block_html(settings, related_out(settings, article_id, answer)))
 
 
-@router.post("/v1/related", response_model=RelatedOut)
+@router.post("/v1/related", response_model=RelatedOut, dependencies=[HeavySlot])
 def related_draft(draft: DraftIn, service: ServiceDep, settings: SettingsDep) -> RelatedOut:
     """Suggestions for a draft that is not stored yet."""
     answer = service.related_to_text(draft.title, draft.body, draft.k, draft.filters.to_filters(),
