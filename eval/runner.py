@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Callable
 
@@ -73,7 +74,10 @@ def validate(strategies: list[str], ks: list[int]) -> None:
 
 def evaluate(dataset_path: str, settings: Settings, models: list[str], strategies: list[str], ks: list[int],
              past_only: bool = False, limit_queries: int | None = None, options: dict | None = None,
-             ann: bool = False, progress: bool = False, log: Callable[[str], None] = lambda _: None) -> Evaluation:
+             ann: bool = False, progress: bool = False, log: Callable[[str], None] = lambda _: None,
+             since: datetime | None = None) -> Evaluation:
+    """`since`: score only queries published on or after it (the whole file stays the
+    candidate pool), so "learned on the past, scored on the future" is one flag."""
     validate(strategies, ks)
     from recommender.models import model_name
 
@@ -89,7 +93,7 @@ def evaluate(dataset_path: str, settings: Settings, models: list[str], strategie
         engine.ingest([dataset_path], progress=progress, index=False)
         state = engine.indexes.build_state("eval", engine.embedder.dimension)
         evaluation.states[engine.model] = state
-        queries = pick_queries(dataset, state, limit_queries)
+        queries = pick_queries(dataset, state, limit_queries, since)
         evaluation.queries = len(queries)
         for strategy in strategies:
             log(f"{model}: {strategy} over {len(queries)} queries")
@@ -106,8 +110,10 @@ def evaluate(dataset_path: str, settings: Settings, models: list[str], strategie
     return evaluation
 
 
-def pick_queries(dataset: Dataset, state: IndexState, limit: int | None) -> list[str]:
+def pick_queries(dataset: Dataset, state: IndexState, limit: int | None, since: datetime | None = None) -> list[str]:
     queries = [q for q in dataset.queries() if q in state.by_id and state.by_id[q] in state.vectors]
+    if since is not None:
+        queries = [q for q in queries if (when := dataset.articles[q].published_at) is not None and when >= since]
     if limit and limit < len(queries):
         keep = set(np.random.default_rng(0).choice(len(queries), size=limit, replace=False).tolist())
         queries = [q for i, q in enumerate(queries) if i in keep]

@@ -72,6 +72,12 @@ def common_options(func):
     return wrapper
 
 
+def _utc(value):
+    from datetime import timezone
+
+    return value.replace(tzinfo=timezone.utc) if value is not None else None
+
+
 def to_json(value) -> str:
     """JSON as the API writes it: dates in the one ISO 8601 form (UTC, Z)."""
     from datetime import datetime
@@ -485,6 +491,9 @@ def index_prune(data_dir, keep):
 @click.option("--model", "models", multiple=True, help="Model string (repeatable). [default: RECOMMENDER_MODEL or e5-small-q4]")
 @click.option("--past-only", is_flag=True, help="Candidates are only articles published at or before the query.")
 @click.option("--limit-queries", type=click.IntRange(min=1), default=None, help="Score a fixed random sample of N queries.")
+@click.option("--since", type=click.DateTime(formats=["%Y-%m-%d"]), default=None,
+              help="Score only queries published on or after this date (UTC); every article stays a candidate. "
+                   "With --past-only: learned on the past, scored on the future.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Write report.md, report.html, plots and worst_queries.csv here.")
 @click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
@@ -494,7 +503,7 @@ def index_prune(data_dir, keep):
               help="BM25 share for 'hybrid' and 'default' (default ranking: the engine's setting).")
 @click.option("--json", "as_json", is_flag=True, help='Print {"dataset", "queries", "results": [...]} to stdout.')
 @progress_option
-def eval_command(dataset, ks, strategies, models, past_only, limit_queries, out_dir, data_dir, ann,
+def eval_command(dataset, ks, strategies, models, past_only, limit_queries, since, out_dir, data_dir, ann,
                  lexical_weight, as_json, progress):
     """Score suggestion strategies and models on a labelled JSONL dataset.
 
@@ -510,6 +519,7 @@ def eval_command(dataset, ks, strategies, models, past_only, limit_queries, out_
       recommender eval labelled.jsonl --out eval-out/labelled
       recommender eval labelled.jsonl --strategy lexical --strategy default --k 5 --json
       recommender eval moroco.jsonl --model e5-small-q4 --model hashing:512 --limit-queries 500
+      recommender eval zf-2020-2021.jsonl --since 2021-01-01 --past-only --k 10
     """
     from embeddings import DEFAULT_MODEL
     from eval.runner import default_out_dir, evaluate
@@ -522,7 +532,8 @@ def eval_command(dataset, ks, strategies, models, past_only, limit_queries, out_
     options = {"lexical_weight": lexical_weight} if lexical_weight is not None else {}
     evaluation = evaluate(dataset, settings, list(models) or [settings.model or DEFAULT_MODEL],
                           list(strategies) or list(STRATEGIES),
-                          list(ks), past_only, limit_queries, options, ann, progress, log)
+                          list(ks), past_only, limit_queries, options, ann, progress, log,
+                          since=_utc(since))
     if out_dir is not None:
         from eval.report import write_report
 

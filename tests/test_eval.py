@@ -224,3 +224,19 @@ def test_report_says_when_p_at_k_cannot_reach_one_and_keeps_every_curve_and_bar_
     lines = [line for line in figures["p_at_k.png"].axes[0].get_lines() if line.get_label().startswith(("dense", "hybrid", "default"))]
     styles = {(line.get_marker(), line.get_linestyle()) for line in lines}
     assert len(styles) == len(lines) == 3, "equal curves must still be told apart"
+
+
+def test_since_scores_only_later_queries_and_keeps_every_candidate(labelled, tmp_path):
+    from datetime import datetime, timezone
+
+    from eval.runner import evaluate as run_eval
+
+    settings = Settings(data_dir=tmp_path / "s", model=HASHING)
+    since = datetime(2025, 3, 5, tzinfo=timezone.utc)
+    later = run_eval(str(labelled), settings, [HASHING], ["dense"], [3], since=since)
+    (run,) = later.runs
+    assert set(run.lists) == {"ukr-2", "ukr-3", "fot-2", "vac-1"}
+    assert "ukr-1" in run.lists["ukr-2"]  # an earlier article is still a candidate
+    result = CliRunner().invoke(main, ["eval", str(labelled), "--model", HASHING, "--since", "2025-03-05",
+                                       "--strategy", "dense", "--data-dir", str(tmp_path / "c"), "--json"])
+    assert result.exit_code == 0 and json.loads(result.stdout)["queries"] == 4
