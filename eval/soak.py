@@ -102,7 +102,6 @@ def drafter(base: str, stop: threading.Event, tally: Tally) -> None:
 
 
 def run(args) -> dict:
-    import httpx
 
     workdir = Path(tempfile.mkdtemp(prefix="soak-"))
     data = workdir / "data"

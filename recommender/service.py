@@ -254,6 +254,7 @@ class ListWorker:
         self._pending: set[int] = set()
         self._busy = 0
         self._fill = False
+        self._todo: list[int] | None = None  # lists still to fill, taken once per fill
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -285,6 +286,7 @@ class ListWorker:
         self._wake.set()
 
     def request_fill(self) -> None:
+        self._todo = None
         self._fill = True
         self._wake.set()
 
@@ -341,19 +343,25 @@ class ListWorker:
         return True
 
     def _fill_step(self) -> bool:
+        """Compute a batch of the lists still missing; the list of them is taken once
+        per fill, not per batch, so filling stays linear in the archive."""
         if not self._fill:
             return False
         snap = self.service._snapshot
-        todo = snap.engine.upkeep.missing(snap.state, snap.lists)[: self.BATCH]
-        if not todo:
-            self._fill = False
-            with self._lock:
-                caught_up = not self._pending
-            if caught_up:
-                snap.engine.upkeep.record(snap.state, snap.lists)
-            return False
-        snap.engine.upkeep.compute(snap.state, snap.lists, todo)
-        return True
+        if self._todo is None:
+            self._todo = snap.engine.upkeep.missing(snap.state, snap.lists)
+        batch, self._todo = self._todo[: self.BATCH], self._todo[self.BATCH:]
+        batch = snap.lists.missing_or_stale(n for n in batch if n in snap.state.infos)
+        if batch:
+            snap.engine.upkeep.compute(snap.state, snap.lists, batch)
+        if self._todo:
+            return True
+        self._fill, self._todo = False, None
+        with self._lock:
+            caught_up = not self._pending
+        if caught_up:
+            snap.engine.upkeep.record(snap.state, snap.lists)
+        return False
 
 
 class Refresher:

@@ -16,7 +16,7 @@ import numpy as np
 
 from recommender.articles import ArticleInfo
 from recommender.errors import IndexMismatch, NoIndex
-from recommender.index import IndexMeta, VectorIndex, now_iso, read_meta
+from recommender.index import IndexMeta, VectorIndex, now_iso
 from recommender.lexical import LexicalIndex
 from recommender.store import Store
 from recommender.versions import Versions
