@@ -178,6 +178,9 @@ def ingest(files, settings, timezone, as_json, progress, precompute):
             extra.append(f"{report.truncated} longer than {settings.embed_chars} characters (embedded from the beginning)")
         click.echo(report.summary() + (f"; duplicates {len(report.duplicates)}" if report.duplicates else ""))
         click.echo(f"embedded {report.embedded} new texts with {engine.model}" + ("; " + "; ".join(extra) if extra else ""))
+        if report.lists_left_to_server:
+            click.echo("a server is serving this data dir: it recomputes the related lists as it picks the "
+                       "articles up (/readyz shows how many are pending)")
     if report.rejected:
         sys.exit(EXIT_REJECTED)
 

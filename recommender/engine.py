@@ -136,6 +136,9 @@ class Engine:
         report.embedded += self.embed_missing(progress)
         if not index:
             return report
+        if precompute and self.versions.served():
+            report.lists_left_to_server = True  # it recomputes them as it catches up; doing it twice costs both
+            precompute = False
         if state is None:
             state = self.new_version()
             if precompute:

@@ -36,6 +36,7 @@ class IngestReport:
     empty_bodies: int = 0
     truncated: int = 0  # longer than the embedding window: embedded from the beginning
     embedded: int = 0  # texts sent to the model in this run
+    lists_left_to_server: bool = False  # a server serves the data dir and recomputes the lists itself
 
     def summary(self) -> str:
         return (f"added {self.added}, updated {self.updated}, unchanged {self.unchanged}, "

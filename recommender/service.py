@@ -14,6 +14,7 @@ newly activated index version.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from dataclasses import dataclass
@@ -65,6 +66,7 @@ class Service:
         self._snapshot: Snapshot | None = None
         self._saved_seq = -1
         self.failure: str | None = None  # why start() failed, for /readyz
+        self._serving: int | None = None  # the serving lock's descriptor
         self.lists = ListWorker(self)
 
     # --- lifecycle ------------------------------------------------------------
@@ -80,6 +82,7 @@ class Service:
         lists = engine.lists_for(state)
         self._snapshot = Snapshot(engine, state, lists)
         self._saved_seq = state.meta.applied_seq
+        self._serving = engine.versions.hold_serving()  # a CLI ingest leaves the lists to this server
         # Changes applied before a crash and never followed by their lists: the worker's first job.
         done = engine.store.lists_refreshed_seq(state.version)
         if done is not None and done < state.meta.applied_seq:
@@ -88,6 +91,9 @@ class Service:
 
     def stop(self) -> None:
         self.lists.stop()
+        if self._serving is not None:
+            os.close(self._serving)
+            self._serving = None
 
     @property
     def ready(self) -> bool:

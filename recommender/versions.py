@@ -73,6 +73,28 @@ class Versions:
                                 hint="wait for it to finish") from None
             yield
 
+    def hold_serving(self) -> int:
+        """A server holds this shared lock while it serves the data dir (released by the
+        OS when the process dies); the descriptor to close when it stops."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.root / ".serving.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        fcntl.flock(fd, fcntl.LOCK_SH)
+        return fd
+
+    def served(self) -> bool:
+        """Whether a server is serving this data dir now."""
+        path = self.root / ".serving.lock"
+        if not path.exists():
+            return False
+        fd = os.open(path, os.O_RDWR)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        finally:
+            os.close(fd)
+        return False
+
     @contextmanager
     def save_lock(self, version: str) -> Iterator[None]:
         """Serialises writers of one version's files across processes (blocking)."""

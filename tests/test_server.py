@@ -112,8 +112,9 @@ def test_a_cli_ingest_beside_the_server_shows_up_without_a_restart(server, setti
         "fot-3", "Dinamo și FCSB, din nou în derby", "FCSB și Dinamo joacă derby-ul din Superliga.",
         "2025-03-16T18:00:00+00:00", section="sport")])
     env = dict(os.environ, RECOMMENDER_DATA_DIR=str(settings.data_dir), RECOMMENDER_MODEL=settings.model)
-    subprocess.run([sys.executable, "-m", "recommender.cli", "ingest", str(extra)], env=env, check=True,
-                   capture_output=True)
+    cli = subprocess.run([sys.executable, "-m", "recommender.cli", "ingest", str(extra)], env=env, check=True,
+                         capture_output=True, text=True)
+    assert "a server is serving this data dir" in cli.stdout  # the lists are left to it: not computed twice
     deadline = time.monotonic() + 5
     while "fot-3" not in related_ids(server, "fot-2"):
         assert time.monotonic() < deadline, "the server never saw the CLI's article"
