@@ -105,18 +105,26 @@ class Service:
             raise NoIndex("the index is still loading")
         return self._snapshot
 
+    CATCH_UP_CHUNK = 500  # changes applied per hold of the write lock when catching up others' writes
+
     def refresh(self) -> bool:
-        """Bring in other processes' writes and version switches; True if anything changed."""
+        """Bring in other processes' writes and version switches; True if anything changed.
+        A large backlog (a CLI ingest) is applied in chunks, the write lock released in
+        between, so the CMS's own writes never queue behind all of it."""
         with self._write:
             current = self.snapshot
             active = current.engine.versions.active()
             if active and active != current.state.version:
                 self._switch_version(active)
                 return True
-            if current.engine.store.last_change() > current.state.meta.applied_seq:
-                self._advance()
-                return True
-        return False
+        moved = False
+        while True:
+            with self._write:
+                current = self.snapshot
+                if current.engine.store.last_change() <= current.state.meta.applied_seq:
+                    return moved
+                self._advance(self.CATCH_UP_CHUNK)
+                moved = True
 
     def save(self) -> None:
         """Persist the index when it moved since the last save (the store is always
@@ -130,14 +138,14 @@ class Service:
         current.engine.indexes.save(copy)
         self._saved_seq = copy.meta.applied_seq
 
-    def _advance(self) -> list[int]:
+    def _advance(self, limit: int | None = None) -> list[int]:
         """Apply committed changes to a copy of the state and swap it in (write lock
         held). Every change it applies goes to the list worker, whoever wrote it:
         another process may have stored new lists already, but this server's copy
         in memory is older."""
         current = self.snapshot
         state = current.state.clone()
-        changed = current.engine.indexes.catch_up(state)
+        changed = current.engine.indexes.catch_up(state, limit)
         self.lists.swap(Snapshot(current.engine, state, current.lists), changed)
         return changed
 

@@ -123,9 +123,10 @@ class Indexes:
             self.versions.activate(version)
         return state
 
-    def catch_up(self, state: IndexState) -> list[int]:
-        """Apply the store's changes since the index's last one; the nums changed."""
-        last, nums = self.store.changes_since(state.meta.applied_seq)
+    def catch_up(self, state: IndexState, limit: int | None = None) -> list[int]:
+        """Apply the store's changes since the index's last one (the next `limit` of
+        them, with a limit); the nums changed."""
+        last, nums = self.store.changes_since(state.meta.applied_seq, limit)
         if nums:
             rows = list(self.store.index_rows(self.model, nums))
             present = {info.num for info, _, _ in rows}

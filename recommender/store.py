@@ -102,6 +102,31 @@ class StoredArticle:
 
 
 @dataclass(frozen=True)
+class ArticleRow:
+    """An article ready to store: its columns computed, so a write transaction is short."""
+
+    article: Article
+    text: EmbedText
+    record_hash: str
+    content_hash: str
+    values: tuple  # the articles columns from id to record_hash
+
+    @classmethod
+    def of(cls, article: Article, prepared: EmbedText) -> "ArticleRow":
+        published = article.published_at
+        record_hash, chash = article.record_hash(), content_hash(prepared.text)
+        values = (
+            article.id, article.title, article.body, article.url or None,
+            published.isoformat() if published else None,
+            published.timestamp() if published else None,
+            article.section or None, json.dumps(article.tags, ensure_ascii=False), article.language,
+            json.dumps(article.meta, ensure_ascii=False, default=str), prepared.text,
+            " ".join(terms(prepared.text)), chash, record_hash,
+        )
+        return cls(article, prepared, record_hash, chash, values)
+
+
+@dataclass(frozen=True)
 class UpsertResult:
     num: int
     status: str  # "added" | "updated" | "unchanged"
@@ -173,25 +198,14 @@ class Store:
 
     # --- writes -------------------------------------------------------------
 
-    def upsert(self, conn: sqlite3.Connection, article: Article, embed_chars: int,
-               prepared: EmbedText | None = None) -> UpsertResult:
-        """Insert or replace one article inside the caller's transaction."""
-        record_hash = article.record_hash()
-        prepared = prepared or article.embed_text(embed_chars)
-        text = prepared.text
-        chash = content_hash(text)
+    def upsert(self, conn: sqlite3.Connection, row: "ArticleRow") -> UpsertResult:
+        """Insert or replace one article inside the caller's transaction. The row is
+        prepared beforehand (`article_row`): stemming and hashing stay outside the
+        transaction, which other writers wait for."""
+        article, prepared = row.article, row.text
         old = conn.execute("SELECT num, record_hash, content_hash FROM articles WHERE id = ?", (article.id,)).fetchone()
-        if old is not None and old[1] == record_hash and old[2] == chash:
+        if old is not None and old[1] == row.record_hash and old[2] == row.content_hash:
             return UpsertResult(old[0], "unchanged", prepared)
-        published = article.published_at
-        row = (
-            article.id, article.title, article.body, article.url or None,
-            published.isoformat() if published else None,
-            published.timestamp() if published else None,
-            article.section or None, json.dumps(article.tags, ensure_ascii=False), article.language,
-            json.dumps(article.meta, ensure_ascii=False, default=str), text, " ".join(terms(text)),
-            chash, record_hash, _now(),
-        )
         num = conn.execute(
             """INSERT INTO articles (id, title, body, url, published_at, published_ts, section, tags,
                    language, meta, text, terms, content_hash, record_hash, updated_at)
@@ -204,7 +218,7 @@ class Store:
                    content_hash=excluded.content_hash, record_hash=excluded.record_hash,
                    updated_at=excluded.updated_at
                RETURNING num""",
-            row,
+            row.values + (_now(),),
         ).fetchone()[0]
         conn.execute("INSERT INTO changes (num) VALUES (?)", (num,))
         return UpsertResult(num, "added" if old is None else "updated", prepared)
@@ -230,14 +244,21 @@ class Store:
     def last_change(self) -> int:
         return self.conn.execute("SELECT COALESCE(MAX(seq), 0) FROM changes").fetchone()[0]
 
-    def changes_since(self, seq: int) -> tuple[int, list[int]]:
-        """(last seq, nums of the articles changed after `seq`), from one snapshot."""
+    def changes_since(self, seq: int, limit: int | None = None) -> tuple[int, list[int]]:
+        """(last seq, nums of the articles changed after `seq`), from one snapshot; with
+        `limit`, only the next `limit` changes."""
         conn = self.conn
         conn.execute("BEGIN")
         try:
-            last = self.last_change()
-            nums = [r[0] for r in conn.execute(
-                "SELECT DISTINCT num FROM changes WHERE seq > ? AND seq <= ?", (seq, last))]
+            if limit is None:
+                last = self.last_change()
+                nums = [r[0] for r in conn.execute(
+                    "SELECT DISTINCT num FROM changes WHERE seq > ? AND seq <= ?", (seq, last))]
+            else:
+                rows = conn.execute("SELECT seq, num FROM changes WHERE seq > ? ORDER BY seq LIMIT ?",
+                                    (seq, limit)).fetchall()
+                last = rows[-1][0] if rows else seq
+                nums = list(dict.fromkeys(num for _, num in rows))
         finally:
             conn.execute("COMMIT")
         return last, nums

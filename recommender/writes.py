@@ -10,8 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from recommender import vectors
-from recommender.articles import Article, content_hash
-from recommender.store import Store, UpsertResult
+from recommender.articles import Article
+from recommender.store import ArticleRow, Store, UpsertResult
 
 
 @dataclass
@@ -25,11 +25,11 @@ def write_articles(store: Store, model: str, embed: vectors.EmbedStream, batch_s
     """Embed the texts the cache lacks (committed batch by batch), then store the
     articles in one transaction: an article is never stored without its vector
     being at least on its way, and a crash keeps every finished batch."""
-    prepared = [a.embed_text(embed_chars) for a in articles]
-    pairs = [(content_hash(p.text), p.text) for p in prepared]
+    rows = [ArticleRow.of(a, a.embed_text(embed_chars)) for a in articles]
+    pairs = [(row.content_hash, row.text.text) for row in rows]
     embedded = vectors.fill(store, model, vectors.missing(store, model, pairs), embed, batch_size)
     with store.transaction() as conn:
-        results = [store.upsert(conn, a, embed_chars, p) for a, p in zip(articles, prepared)]
+        results = [store.upsert(conn, row) for row in rows]
     return Written(results, embedded)
 
 
