@@ -105,7 +105,7 @@ class Service:
             raise NoIndex("the index is still loading")
         return self._snapshot
 
-    CATCH_UP_CHUNK = 500  # changes applied per hold of the write lock when catching up others' writes
+    CATCH_UP_CHUNK = 200  # changes applied per hold of the write lock when catching up others' writes
 
     def refresh(self) -> bool:
         """Bring in other processes' writes and version switches; True if anything changed.
