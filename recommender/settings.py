@@ -73,7 +73,8 @@ class Settings(BaseSettings):
     # Fill lists that are missing (say, after a bulk load without them) once the server is up.
     precompute_on_start: bool = True
     # Open routes that parse and embed text (POST /v1/related, /v1/rewrite) at once; more get a 429.
-    max_concurrent_drafts: int = Field(2, ge=1, le=64)
+    # One: on a 2-core box a second one only slows the CMS's writes and the page views.
+    max_concurrent_drafts: int = Field(1, ge=1, le=64)
     # A page rewrite that runs longer is stopped with a 422.
     request_budget_seconds: float = Field(10.0, gt=0, le=600)
 
