@@ -96,7 +96,9 @@ def test_put_related_delete_related(server):
                         "2025-04-05T10:00:00+00:00")
     put = server.put("/v1/articles/ukr-4", json=follow_up, headers={"Authorization": f"Bearer {KEY}"})
     assert put.status_code == 200 and put.json()["status"] == "added"
-    deadline = time.monotonic() + 1.0  # the documented freshness: lists follow a write within a second
+    # Lists follow a write within about a second (eval/bench_api.py measures it); the
+    # slack here is for a loaded CI machine, not the product's promise.
+    deadline = time.monotonic() + 5.0
     while "ukr-4" not in related_ids(server, "ukr-3"):
         assert time.monotonic() < deadline, "the follow-up never reached the older piece's list"
         time.sleep(0.02)
