@@ -329,7 +329,9 @@ def serve(settings, host, port, log_level):
     """Run the HTTP API under uvicorn (one process; the index lives in it).
 
     Writes (PUT, bulk, DELETE) need `Authorization: Bearer <key>`, with keys from
-    RECOMMENDER_API_KEYS (comma-separated). OpenAPI docs at /docs.
+    RECOMMENDER_API_KEYS (comma-separated); reads are open. Dates written without
+    an offset are in the archive's time zone, RECOMMENDER_TIMEZONE (an IANA name such
+    as Europe/Bucharest; default UTC). OpenAPI docs at /docs, served offline.
 
     \b
     Examples:
