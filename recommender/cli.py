@@ -265,7 +265,7 @@ def delete(ids, from_file, settings):
     Examples:
       recommender delete 2025-03-14-kiev-talks
       recommender delete --from-file retracted.txt
-      grep -l draft ids.txt | recommender delete --from-file -
+      cut -f1 retracted.tsv | recommender delete --from-file -
     """
     wanted = list(ids) + ([line.strip() for line in from_file if line.strip()] if from_file else [])
     if not wanted:
