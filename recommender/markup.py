@@ -34,7 +34,7 @@ IMPLIED_BY = {  # a start tag closes an open element of these kinds first
 
 _TAG_NAME = re.compile(r"[A-Za-z][^\t\n\f\r />]*")
 _ATTR = re.compile(r"""[\t\n\f\r /]*([^\t\n\f\r />][^\t\n\f\r /=>]*)(?:[\t\n\f\r ]*=[\t\n\f\r ]*(?:"([^"]*)"?|'([^']*)'?|([^\t\n\f\r >]*)))?""")
-_TAG_END = re.compile(r"""[^>"']*(?:(?:"[^"]*"|'[^']*')[^>"']*)*>""")
+_BETWEEN_ATTRS = re.compile(r"[\t\n\f\r /]*")
 _SCRIPT_TOKENS = re.compile(r"<!--|-->|</script(?=[\t\n\f\r />])|<script(?=[\t\n\f\r />])", re.IGNORECASE)
 
 
@@ -124,12 +124,12 @@ def _markup(page: str, lt: int, stack: list[Element]) -> int:
     if name is None:
         _add(stack[-1], Text(lt, lt + 1, "<"))
         return lt + 1
-    closing = _TAG_END.match(page, name.end())
-    if closing is None:  # an unterminated tag swallows the rest of the page, as in a browser
+    parsed = _attributes(page, name.end())
+    if parsed is None:  # an unterminated tag swallows the rest of the page, as in a browser
         return len(page)
-    open_end = closing.end()
+    open_end, attrs = parsed
     tag = name.group().lower()
-    element = Element(tag, lt, open_end, _attributes(page[name.end():open_end - 1]))
+    element = Element(tag, lt, open_end, attrs)
     _open(stack, element)
     if tag in VOID or tag in RAW_TEXT or tag in RCDATA or tag == "script":
         stack.pop()
@@ -144,14 +144,26 @@ def _markup(page: str, lt: int, stack: list[Element]) -> int:
     return open_end
 
 
-def _attributes(source: str) -> dict[str, str]:
+def _attributes(page: str, pos: int) -> tuple[int, dict[str, str]] | None:
+    """The attributes of a start tag whose name ends at `pos`, and the offset after its
+    ">"; None if the page ends first. As in a browser, a quote opens a value only right
+    after "=", and the first of a duplicate attribute wins."""
     attrs: dict[str, str] = {}
-    for match in _ATTR.finditer(source):
-        name = match.group(1).lower().rstrip("/")
-        if name and name not in attrs:  # browsers keep the first of a duplicate attribute
+    while True:
+        pos = _BETWEEN_ATTRS.match(page, pos).end()
+        if pos >= len(page):
+            return None
+        if page[pos] == ">":
+            return pos + 1, attrs
+        match = _ATTR.match(page, pos)
+        name = match.group(1).lower()
+        if name not in attrs:
             value = next((g for g in match.group(2, 3, 4) if g is not None), "")
             attrs[name] = html.unescape(value)
-    return attrs
+        pos = match.end()
+        if match.group(2) is not None and not page.startswith('"', pos - 1) or (
+                match.group(3) is not None and not page.startswith("'", pos - 1)):
+            return None  # a quoted value that never closes runs to the end of the page
 
 
 def _add(parent: Element, node: Element | Text) -> None:
