@@ -606,7 +606,7 @@ def demo(data_dir, model):
     """
     from recommender.demo import run_demo
 
-    run_demo(load_settings(data_dir=data_dir, model=model), echo=click.echo)
+    run_demo(load_settings(data_dir=data_dir, model=model), echo=click.echo, progress=show_progress(None))
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -14,12 +14,12 @@ def demo_corpus_path() -> str:
     return str(resources.files("recommender") / "data" / "demo.jsonl")
 
 
-def run_demo(settings: Settings, echo: Callable[[str], None] = print) -> None:
+def run_demo(settings: Settings, echo: Callable[[str], None] = print, progress: bool = False) -> None:
     from recommender.engine import Engine
 
     engine = Engine(settings)
     echo(f"Ingesting the sample archive into {settings.data_dir} with {engine.model} ...")
-    report = engine.ingest([demo_corpus_path()], progress=True)
+    report = engine.ingest([demo_corpus_path()], progress=progress)
     echo(report.summary() + f"; embedded {report.embedded}")
     seed = engine.store.get(DEMO_ARTICLE).article
     echo("")
