@@ -19,6 +19,7 @@ import threading
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from typing import Iterator
 
 from embeddings import Embedder
 from recommender import ranker
@@ -268,7 +269,7 @@ class ListWorker:
         self._pending: set[int] = set()
         self._busy = 0
         self._fill = False
-        self._todo: list[int] | None = None  # lists still to fill, taken once per fill
+        self._todo: Iterator[int] | None = None  # lists still to fill, listed once per fill
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -363,12 +364,11 @@ class ListWorker:
             return False
         snap = self.service._snapshot
         if self._todo is None:
-            self._todo = snap.engine.upkeep.missing(snap.state, snap.lists)
-        batch, self._todo = self._todo[: self.BATCH], self._todo[self.BATCH:]
-        batch = snap.lists.missing_or_stale(n for n in batch if n in snap.state.infos)
-        if batch:
-            snap.engine.upkeep.compute(snap.state, snap.lists, batch)
-        if self._todo:
+            self._todo = iter(snap.engine.upkeep.missing(snap.state, snap.lists))
+        taken = [n for _, n in zip(range(self.BATCH), self._todo)]
+        if taken:
+            todo = snap.lists.missing_or_stale(n for n in taken if n in snap.state.infos)  # a read may have filled some
+            snap.engine.upkeep.compute(snap.state, snap.lists, todo)
             return True
         self._fill, self._todo = False, None
         with self._lock:
