@@ -57,8 +57,6 @@ def test_dates_as_romanian_cms_exports_carry_them(env, tmp_path, given, stored):
     path = write_jsonl(tmp_path / "a.jsonl", [article("d", "Titlu", date=given)])
     result = cli(env, "ingest", "--timezone", "Europe/Bucharest", str(path))
     assert result.exit_code == 0, result.output
-    shown = json.loads(cli({**env, "RECOMMENDER_MODEL": HASHING}, "related", "--title", "Titlu", "--json").stdout)
-    assert shown == [] or True  # one article: nothing to suggest; the stored date is what matters
     from recommender.store import Store
 
     assert Store(tmp_path / "data" / "store.sqlite").get("d").article.published_at.isoformat().replace(
