@@ -17,7 +17,7 @@ import numpy as np
 from embeddings import DEFAULT_MODEL, Embedder
 from recommender import ranker, vectors
 from recommender.ingest import IngestReport, ingest_sources
-from recommender.lists import ListUpkeep, RelatedLists
+from recommender.lists import ListUpkeep, RelatedLists, stored_list
 from recommender.models import load_model, model_name
 from recommender.ranking import Filters, RelatedItem
 from recommender.settings import RankingSettings, Settings
@@ -164,8 +164,16 @@ class Engine:
         return ranker.draft_seed(title, body, published_at, self.settings.embed_chars, self.embed)
 
     def related(self, article_id: str, filters: Filters = Filters(), **options) -> list[RelatedItem]:
+        opts = self.ranking(**options)
+        plain = filters == Filters() and all(v is None for name, v in options.items() if name != "k")
+        meta = self.indexes.active_meta()
+        if plain and meta is not None and opts.k <= self.settings.precompute_k:
+            # The list the API would serve, from the store alone: no index to load.
+            cached = stored_list(self.store, meta.version, article_id, opts.k)
+            if cached is not None:
+                return cached
         state = self.state()
-        return ranker.rank(state, self.seed(state, article_id), filters, self.ranking(**options))
+        return ranker.rank(state, self.seed(state, article_id), filters, opts)
 
     def related_to_text(self, title: str, body: str = "", published_at: datetime | None = None,
                         filters: Filters = Filters(), **options) -> list[RelatedItem]:

@@ -16,7 +16,7 @@ from typing import Iterable
 import numpy as np
 
 from recommender import ranker
-from recommender.ranking import Filters
+from recommender.ranking import Filters, RelatedItem
 from recommender.settings import RankingSettings
 from recommender.state import IndexState
 from recommender.store import Store
@@ -95,6 +95,23 @@ class RelatedLists:
                 cached = self._lists.pop(n, None)
                 for item in cached.items if cached else ():
                     self._containing.get(item.num, set()).discard(n)
+
+
+def stored_list(store: Store, version: str, article_id: str, k: int) -> list[RelatedItem] | None:
+    """An article's precomputed list read straight from the store, without loading
+    the index: None unless it exists, is fresh, its lists follow every change in the
+    log, and none of its items was deleted since."""
+    num = store.num_of(article_id)
+    row = store.list_row(version, num) if num is not None else None
+    refreshed = store.lists_refreshed_seq(version)
+    if row is None or not row[1] or refreshed is None or refreshed < store.last_change():
+        return None
+    cached = [CachedItem.from_json(i) for i in json.loads(row[0])][:k]
+    infos = store.infos([item.num for item in cached])
+    if len(infos) < len(cached):
+        return None
+    return [RelatedItem(info.id, info.title, info.url, info.published_at, info.section, item.relevance,
+                        item.rank_score, item.reason) for item in cached if (info := infos[item.num])]
 
 
 class ListUpkeep:

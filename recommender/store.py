@@ -291,6 +291,20 @@ class Store:
         row = self.conn.execute(f"SELECT {ROW_COLUMNS} FROM articles WHERE id = ?", (article_id,)).fetchone()
         return _stored(row) if row else None
 
+    def num_of(self, article_id: str) -> int | None:
+        row = self.conn.execute("SELECT num FROM articles WHERE id = ?", (article_id,)).fetchone()
+        return row[0] if row else None
+
+    def infos(self, nums: list[int]) -> dict[int, ArticleInfo]:
+        """What ranking keeps of each article, for those of `nums` that exist."""
+        found: dict[int, ArticleInfo] = {}
+        for start in range(0, len(nums), 500):
+            batch = nums[start:start + 500]
+            for row in self.conn.execute(
+                    f"SELECT {INFO_COLUMNS} FROM articles a WHERE a.num IN ({','.join('?' * len(batch))})", batch):
+                found[row[0]] = _info(row)
+        return found
+
     def get_text(self, article_id: str) -> str | None:
         row = self.conn.execute("SELECT text FROM articles WHERE id = ?", (article_id,)).fetchone()
         return row[0] if row else None
@@ -337,6 +351,12 @@ class Store:
         for num, items, fresh in self.conn.execute(
                 "SELECT num, items, fresh FROM related_lists WHERE version = ?", (version,)):
             yield num, items, bool(fresh)
+
+    def list_row(self, version: str, num: int) -> tuple[str, bool] | None:
+        """(items as JSON, fresh) of one stored list."""
+        row = self.conn.execute("SELECT items, fresh FROM related_lists WHERE version = ? AND num = ?",
+                                (version, num)).fetchone()
+        return (row[0], bool(row[1])) if row else None
 
     def put_lists(self, version: str, lists: dict[int, str]) -> None:
         with self.transaction() as conn:

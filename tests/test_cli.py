@@ -144,3 +144,28 @@ def test_serve_refuses_a_model_that_does_not_match_the_active_index(run, stories
     result = run("serve", "--model", "hashing:64", "--port", "1")
     assert result.exit_code == 1
     assert "built with model 'hashing:256', not 'hashing:64'" in result.output and "reembed" in result.output
+
+
+def test_related_reads_a_current_list_from_the_store_without_loading_the_index(run, stories, tmp_path):
+    run("ingest", str(stories))
+    before = json.loads(run("related", "ukr-2", "--json").stdout)
+    index_file = tmp_path / "data" / "indexes" / "v1" / "index.faiss"
+    index_file.rename(tmp_path / "moved.faiss")  # were the index loaded, it would be rebuilt here
+    assert json.loads(run("related", "ukr-2", "--json").stdout) == before
+    assert not index_file.exists()
+    # with options the list is ranked live, and the index comes back
+    assert json.loads(run("related", "ukr-2", "--json", "--diversity", "0").stdout)
+    assert index_file.exists()
+
+
+def test_related_ranks_live_when_the_lists_are_behind_the_store(run, stories, tmp_path):
+    from recommender.articles import parse_article
+    from recommender.engine import Engine
+    from recommender.settings import Settings
+
+    run("ingest", str(stories))
+    engine = Engine(Settings(data_dir=tmp_path / "data", model=HASHING))
+    engine.upsert([parse_article(article("ukr-4", "Acordul pentru armistițiul din Marea Neagră, semnat",
+                                         "Ucraina și Rusia au semnat armistițiul pe mare; porturile exportă cereale.",
+                                         "2025-04-03T10:00:00+00:00"))])  # stored; no list knows it yet
+    assert "ukr-4" in [i["id"] for i in json.loads(run("related", "ukr-3", "--json").stdout)]
