@@ -6,13 +6,12 @@ import pytest
 from click.testing import CliRunner
 
 from eval.dataset import load_dataset
-from recommender.errors import NoLabels
 from eval.metrics import bootstrap_ci, hit_at_k, ndcg_at_k, precision_at_k, recall_at_k, reciprocal_rank
 from eval.runner import evaluate
 from eval.strategies import STRATEGIES
-from recommender.settings import Settings
 from recommender.cli import main
-from recommender.errors import InvalidQuery
+from recommender.errors import InvalidQuery, NoLabels
+from recommender.settings import Settings
 from tests.conftest import HASHING, STORY_ARTICLES, write_jsonl
 
 RANKED = ["a", "b", "c", "d", "e"]

@@ -12,11 +12,10 @@ from click.testing import CliRunner
 
 from recommender.cli import main
 from recommender.engine import Engine
-from recommender.errors import JobLocked
-from recommender.errors import JobFailed
+from recommender.errors import JobFailed, JobLocked
 from recommender.reembed import ReembedOptions, run_reembed
-from recommender.vectors import length_sorted_batches
 from recommender.settings import Settings
+from recommender.vectors import length_sorted_batches
 from recommender.versions import Versions
 from tests.conftest import CountingEmbedder, article, write_jsonl
 

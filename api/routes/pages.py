@@ -13,11 +13,11 @@ from starlette.concurrency import run_in_threadpool
 from api.deps import ArticleId, HeavySlot, ServiceDep, SettingsDep
 from api.present import block_html, related_out
 from api.render import render_block, render_link, render_template
-from recommender.rewrite import rewrite
 from api.schemas import RelatedItemOut, RewriteIn, RewriteOut
 from recommender.errors import InvalidQuery
 from recommender.markup import Cancelled, Element, TooDeep, parse
 from recommender.ranking import Filters
+from recommender.rewrite import rewrite
 from recommender.text import clean_text, html_to_text
 
 router = APIRouter()
