@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, tzinfo
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -43,13 +43,20 @@ class DraftIn(BaseModel):
     title: str = Field(min_length=1, max_length=2000)
     body: str = ""
     k: int = Field(5, ge=1, le=50)
-    published_at: datetime | None = Field(None, description="The draft's date, in any form an article's may take; default now")
+    published_at: str | int | float | None = Field(None, description=(
+        "The draft's date, in any form an article's may take (without an offset: the archive's time "
+        "zone); default now"), examples=["2025-03-14T19:05:00+02:00"])
     diversity: float | None = Field(None, ge=0, le=1, allow_inf_nan=False)
 
-    @field_validator("published_at", mode="before")
+    @field_validator("published_at")
     @classmethod
-    def _date(cls, value: Any) -> datetime | None:
-        return None if value in (None, "") else parse_date(value)
+    def _date(cls, value: Any) -> Any:
+        if value not in (None, ""):
+            parse_date(value)  # refused here, with the value quoted; read in the archive's zone by the route
+        return value
+
+    def date(self, timezone_: tzinfo) -> datetime | None:
+        return None if self.published_at in (None, "") else parse_date(self.published_at, timezone_)
 
     filters: FilterParams = Field(default_factory=FilterParams)
 

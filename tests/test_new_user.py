@@ -127,3 +127,15 @@ def test_evaluation_needs_nothing_beyond_the_base_install():
     config = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())["project"]
     base = " ".join(config["dependencies"])
     assert "matplotlib" in base, "eval --out draws plots: matplotlib must come with the base install"
+
+
+def test_a_drafts_date_without_an_offset_is_in_the_archives_zone():
+    from datetime import datetime, timezone
+    from zoneinfo import ZoneInfo
+
+    from api.schemas import DraftIn
+
+    draft = DraftIn(title="Titlu", published_at="20.05.2025 14:30")
+    assert draft.date(ZoneInfo("Europe/Bucharest")) == datetime(2025, 5, 20, 11, 30, tzinfo=timezone.utc)
+    with pytest.raises(ValueError, match="'31.02.2025' is not a date"):
+        DraftIn(title="Titlu", published_at="31.02.2025")
