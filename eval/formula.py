@@ -52,27 +52,36 @@ def zscore(values: np.ndarray) -> np.ndarray:
     return (values - values.mean()) / std if std > 0 else values * 0
 
 
-def formula_lists(state, queries: list[str], k: int) -> dict[str, list[str]]:
+SOURCES = ("dense", "lexical", "time")
+
+
+def formula_lists(state, queries: list[str], k: int, pool: int = 100) -> tuple[dict[str, list[str]], dict]:
+    """The formula's top k per query, and each candidate source's top `pool` (dense
+    cosine, TF-IDF cosine, closeness in time) among the query's past articles."""
     nums = state.vectors.ids()
     vectors = state.vectors.reconstruct(nums)
     tfidf = tfidf_matrix(state, nums)
     times = np.array([(state.infos[int(n)].published_at.timestamp() if state.infos[int(n)].published_at else np.nan)
                       for n in nums])
     row_of = {int(n): i for i, n in enumerate(nums)}
-    lists = {}
+    lists, sources = {}, {name: {} for name in SOURCES}
     for query in queries:
         row = row_of[state.by_id[query]]
         past = np.flatnonzero((times <= times[row]) & (np.arange(len(nums)) != row))
         if len(past) == 0:
             lists[query] = []
+            for name in SOURCES:
+                sources[name][query] = set()
             continue
         dense = vectors[past] @ vectors[row]
         lexical = (tfidf[past] @ tfidf[row].T).toarray().ravel()
         days = np.abs(times[past] - times[row]) / DAY
         score = 0.3 * zscore(lexical) + 0.7 * zscore(dense) - np.log2(1 + days / 7)
-        top = past[np.argsort(-score, kind="stable")[:k]]
-        lists[query] = [state.infos[int(nums[i])].id for i in top]
-    return lists
+        ids = lambda order: [state.infos[int(nums[i])].id for i in past[order]]  # noqa: E731
+        lists[query] = ids(np.argsort(-score, kind="stable")[:k])
+        for name, values in (("dense", -dense), ("lexical", -lexical), ("time", days)):
+            sources[name][query] = set(ids(np.argsort(values, kind="stable")[:pool]))
+    return lists, sources
 
 
 def main() -> None:
@@ -90,7 +99,8 @@ def main() -> None:
     state = engine.indexes.build_state("eval", engine.embedder.dimension)
     queries = [q for q in pick_queries(dataset, state, None, since)
                if any(_before(dataset, r, q) for r in dataset.relevant("related", q))]
-    runs = {"formula": formula_lists(state, queries, args.k)}
+    formula, sources = formula_lists(state, queries, args.k)
+    runs = {"formula": formula}
     for strategy in ("lexical", "dense", "default"):
         runs[strategy] = run_strategy(engine, state, strategy, queries, args.k, True, {}).lists
     print(f"{len(queries)} queries since {args.since}, past-only candidates, k={args.k}, {args.model}")
@@ -104,6 +114,14 @@ def main() -> None:
         h, r = np.array(hits), np.array(rrs)
         (hl, hh), (rl, rh) = bootstrap_ci(h), bootstrap_ci(r)
         print(f"| {name} | {h.mean():.3f} [{hl:.3f}, {hh:.3f}] | {r.mean():.3f} [{rl:.3f}, {rh:.3f}] |")
+    print("\nCandidate recall@100: the share of a query's linked past articles each source brings in")
+    print("| source | recall@100 |\n|---|---|")
+    relevant = {q: {r for r in dataset.relevant("related", q) if _before(dataset, r, q)} for q in queries}
+    for name in (*SOURCES, "dense + lexical + time"):
+        found = [(sources[name][q] if name in sources else set().union(*(sources[s][q] for s in SOURCES)))
+                 for q in queries]
+        recall = np.mean([len(f & relevant[q]) / len(relevant[q]) for f, q in zip(found, queries)])
+        print(f"| {name} | {recall:.3f} |")
 
 
 def _before(dataset, candidate: str, query: str) -> bool:
