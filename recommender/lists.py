@@ -16,6 +16,7 @@ from typing import Iterable
 import numpy as np
 
 from recommender import ranker
+from recommender.articles import ArticleInfo
 from recommender.ranking import Filters, RelatedItem
 from recommender.settings import RankingSettings
 from recommender.state import IndexState
@@ -37,6 +38,12 @@ class CachedItem:
             num, score, reason = row
             return cls(num, score, score, reason)
         return cls(*row)
+
+
+    def shown_as(self, info: ArticleInfo) -> RelatedItem:
+        """The suggestion this cached item stands for, with the article as it is now."""
+        return RelatedItem(info.id, info.title, info.url, info.published_at, info.section, self.relevance,
+                           self.rank_score, self.reason)
 
 
 @dataclass(frozen=True)
@@ -110,8 +117,7 @@ def stored_list(store: Store, version: str, article_id: str, k: int) -> list[Rel
     infos = store.infos([item.num for item in cached])
     if len(infos) < len(cached):
         return None
-    return [RelatedItem(info.id, info.title, info.url, info.published_at, info.section, item.relevance,
-                        item.rank_score, item.reason) for item in cached if (info := infos[item.num])]
+    return [item.shown_as(infos[item.num]) for item in cached]
 
 
 class ListUpkeep:

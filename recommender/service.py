@@ -216,8 +216,7 @@ class Service:
             info = state.infos.get(item.num)
             if info is None or not filters.accepts(info, reference):
                 continue
-            out.append(RelatedItem(info.id, info.title, info.url, info.published_at, info.section,
-                                   item.relevance, item.rank_score, item.reason))
+            out.append(item.shown_as(info))
         exhaustive = len(cached.items) < self.settings.precompute_k and len(out) == len(cached.items)
         if strict and len(out) < k and not exhaustive:
             return None
