@@ -18,5 +18,6 @@ def related_out(settings: Settings, article_id: str | None, related: Related) ->
     return RelatedOut(article_id=article_id, items=items, model=related.model, index_version=related.index_version)
 
 
-def block_html(settings: Settings, out: RelatedOut) -> str:
-    return render_block(out.items, [i.url for i in out.items], settings.css_class)
+def block_html(settings: Settings, items: list[RelatedItemOut]) -> str:
+    """The drop-in block for items whose URLs `related_out` already made safe."""
+    return render_block(items, [i.url for i in items], settings.css_class)

@@ -113,9 +113,11 @@ def run(args) -> dict:
                    env=env, check=True, capture_output=True)
     build_seconds = time.perf_counter() - started
     extra = workdir / "extra.jsonl"
+    cli_ids = []
     with extra.open("w") as out:
         for record in _synthetic_records(args.cli_articles, seed=5):
             out.write(json.dumps(record) + "\n")
+            cli_ids.append(record["id"])
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     server = subprocess.Popen([sys.executable, "-m", "recommender.cli", "serve", "--port", str(port),
@@ -136,8 +138,7 @@ def run(args) -> dict:
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         cli.wait(timeout=args.max_seconds)
         cli_ended = time.perf_counter()
-        visible_after = _wait_visible(base, [r["id"] for r in _synthetic_records(args.cli_articles, seed=5)],
-                                      cli_ended, args.tail)
+        visible_after = _wait_visible(base, cli_ids, cli_ended, args.tail)
         time.sleep(max(0.0, args.tail - (time.perf_counter() - cli_ended)))
         stop.set()
         for thread in threads:

@@ -59,11 +59,6 @@ class Engine:
         with self._embed_lock:
             return self.embedder.embed(texts)
 
-    def embed_stream(self, batches: list[vectors.Batch]):
-        for batch in batches:
-            hashes, texts = vectors.split(batch)
-            yield hashes, self.embed(texts)
-
     def check_model(self) -> None:
         """Raise IndexMismatch if the active index was built with another model."""
         self.indexes.active_meta()
@@ -86,7 +81,7 @@ class Engine:
 
     def upsert(self, articles) -> Written:
         """Store articles (embedding the text the cache lacks). Indexes follow via `catch_up`."""
-        return write_articles(self.store, self.model, self.embed_stream, self.settings.batch_size,
+        return write_articles(self.store, self.model, vectors.in_process(self.embed), self.settings.batch_size,
                               list(articles), self.settings.embed_chars)
 
     def delete(self, ids: list[str]) -> list[str]:
@@ -113,7 +108,7 @@ class Engine:
     def embed_missing(self, progress: bool = False) -> int:
         """Embed every stored text this model has no vector for (an interrupted run's leftovers)."""
         return vectors.fill(self.store, self.model, self.store.texts_missing_vectors(self.model),
-                            self.embed_stream, self.settings.batch_size, progress)
+                            vectors.in_process(self.embed), self.settings.batch_size, progress)
 
     def ingest(self, sources: list[str], progress: bool = False, index: bool = True,
                precompute: bool = True) -> IngestReport:

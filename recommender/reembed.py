@@ -108,7 +108,7 @@ def _embed_all(engine, pending: list[tuple[str, str]], opts: ReembedOptions, emb
     elif opts.workers > 0:
         stream = partial(embed_with_processes, engine.model, opts.device, opts.batch_size, opts.workers)
     else:
-        stream = vectors.in_process(embedder)
+        stream = vectors.in_process(embedder.embed)
     try:
         return vectors.fill(engine.store, engine.model, pending, stream, opts.batch_size, opts.progress,
                             desc=f"re-embedding ({engine.model})")

@@ -38,11 +38,13 @@ def length_sorted_batches(items: Sequence[tuple[str, str]], batch_size: int) -> 
     return batches
 
 
-def in_process(embedder: Embedder) -> EmbedStream:
+def in_process(embed: Callable[[list[str]], np.ndarray]) -> EmbedStream:
+    """Batches embedded one after the other in this process by `embed` (an
+    embedder's `embed`, or the engine's, which serialises callers)."""
     def stream(batches: list[Batch]) -> Iterator[Embedded]:
         for batch in batches:
             hashes, texts = split(batch)
-            yield hashes, embedder.embed(texts)
+            yield hashes, embed(texts)
 
     return stream
 
@@ -73,5 +75,5 @@ def missing(store: Store, model: str, pairs: Sequence[tuple[str, str]]) -> list[
 def embed_cached(store: Store, embedder: Embedder, texts: list[str], batch_size: int = 64) -> np.ndarray:
     """Vectors for `texts` through the cache: a rerun embeds nothing."""
     hashes = [content_hash(t) for t in texts]
-    fill(store, embedder.name, missing(store, embedder.name, list(zip(hashes, texts))), in_process(embedder), batch_size)
+    fill(store, embedder.name, missing(store, embedder.name, list(zip(hashes, texts))), in_process(embedder.embed), batch_size)
     return np.vstack([store.vector(embedder.name, h) for h in hashes])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from functools import partial
 
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
@@ -12,7 +13,7 @@ from starlette.concurrency import run_in_threadpool
 
 from api.deps import ArticleId, HeavySlot, ServiceDep, SettingsDep
 from api.present import block_html, related_out
-from api.render import render_block, render_link, render_template
+from api.render import render_link, render_template
 from api.schemas import RelatedItemOut, RewriteIn, RewriteOut
 from recommender.errors import InvalidQuery
 from recommender.markup import Cancelled, Element, TooDeep, parse
@@ -41,8 +42,7 @@ async def rewrite_page(body: RewriteIn, request: Request, service: ServiceDep, s
         return related_out(settings, body.article_id, answer).items
 
     def work() -> tuple[str, int]:
-        return rewrite(body.html, suggest, lambda items: render_block(items, [i.url for i in items], settings.css_class),
-                       render_link, cancelled=cancel.is_set)
+        return rewrite(body.html, suggest, partial(block_html, settings), render_link, cancelled=cancel.is_set)
 
     job = asyncio.ensure_future(run_in_threadpool(work))
     deadline = time.monotonic() + settings.request_budget_seconds
@@ -71,7 +71,7 @@ def demo(article_id: ArticleId, service: ServiceDep, settings: SettingsDep) -> H
     return HTMLResponse(render_template(
         "demo.html", title=stored.title, section=stored.section or "", css_class=settings.css_class,
         published=stored.published_at.strftime("%Y-%m-%d") if stored.published_at else "",
-        paragraphs=clean_text(stored.body, stored.title).splitlines(), old=old, block=block_html(settings, out)))
+        paragraphs=clean_text(stored.body, stored.title).splitlines(), old=old, block=block_html(settings, out.items)))
 
 
 def page_title_and_text(page: str, cancelled=lambda: False) -> tuple[str, str]:

@@ -24,7 +24,7 @@ def related_html(article_id: ArticleId, query: RelatedQueryDep, service: Service
                  settings: SettingsDep) -> HTMLResponse:
     """The same list as a drop-in "Citește și" block (every field escaped)."""
     answer = service.related(article_id, query.k, query.to_filters(), query.diversity)
-    return HTMLResponse(block_html(settings, related_out(settings, article_id, answer)))
+    return HTMLResponse(block_html(settings, related_out(settings, article_id, answer).items))
 
 
 @router.post("/v1/related", response_model=RelatedOut, dependencies=[HeavySlot])
