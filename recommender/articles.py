@@ -98,6 +98,7 @@ class ArticleInfo:
     section: str | None
     language: str
     content_hash: str
+    tags: tuple[str, ...] = ()
 
     @cached_property
     def title_key(self) -> str:

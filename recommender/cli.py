@@ -298,17 +298,21 @@ def stats(settings, as_json):
 
     from dataclasses import asdict
 
+    from recommender.lists import lists_key
+    from recommender.profiles import Profiles
+
     from recommender.articles import iso
 
     store = Store(settings.store_path)
     found = store.stats()
     versions = Versions(settings.index_dir)
     active = versions.active()
-    refreshed = store.lists_refreshed_seq(active) if active else None
+    profile = Profiles(settings.profiles_dir).active_name()
+    refreshed = store.lists_refreshed_seq(lists_key(active, profile)) if active else None
     behind = len(store.changed_between(refreshed, found.last_change)) if refreshed is not None else 0
     if as_json:
         data = asdict(found) | {"active_version": active, "versions": [asdict(m) for m in versions.metas()],
-                                "lists_pending": behind}
+                                "ranking_profile": profile, "lists_pending": behind}
         click.echo(to_json(data))
         return
     click.echo(f"articles: {found.articles}  ({iso(found.first_published)} .. {iso(found.last_published)})")

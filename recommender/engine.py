@@ -17,8 +17,9 @@ import numpy as np
 from embeddings import DEFAULT_MODEL, Embedder
 from recommender import ranker, vectors
 from recommender.ingest import IngestReport, ingest_sources
-from recommender.lists import ListUpkeep, RelatedLists, stored_list
+from recommender.lists import ListUpkeep, RelatedLists, lists_key, stored_list
 from recommender.models import load_model, model_name
+from recommender.profiles import Profiles
 from recommender.ranking import Filters, RelatedItem
 from recommender.settings import RankingSettings, Settings
 from recommender.state import Indexes, IndexState
@@ -44,7 +45,15 @@ class Engine:
             active = self.versions.active_meta()
             self.model = model_name(settings.model or (active.model if active else DEFAULT_MODEL))
         self.indexes = Indexes(self.store, self.versions, self.model)
-        self.upkeep = ListUpkeep(self.store, settings.ranking, settings.precompute_k, self.embed)
+        self.profiles = Profiles(settings.profiles_dir)
+        self.profile = self.profiles.active()
+        # The active profile's weights are the ranking's defaults; a request may still override them.
+        self.ranking_defaults = settings.ranking.model_copy(update={"weights": self.profile.weights})
+        self.upkeep = ListUpkeep(self.store, self.ranking_defaults, settings.precompute_k, self.embed)
+
+    def reloaded(self) -> "Engine":
+        """The same data dir and model (and loaded embedder), with the ranking profile active now."""
+        return Engine(self.settings.model_copy(update={"model": self.model}), self._embedder)
 
     # --- the model ----------------------------------------------------------
 
@@ -75,7 +84,7 @@ class Engine:
         return self.indexes.build_version(self.versions.new_name(), self.embedder.dimension, activate=True)
 
     def lists_for(self, state: IndexState) -> RelatedLists:
-        return RelatedLists(self.store, state.version)
+        return RelatedLists(self.store, state.version, self.profile.name)
 
     # --- writes -------------------------------------------------------------
 
@@ -150,7 +159,7 @@ class Engine:
     # --- reads --------------------------------------------------------------
 
     def ranking(self, **overrides) -> RankingSettings:
-        return ranker.ranking_options(self.settings.ranking, **overrides)
+        return ranker.ranking_options(self.ranking_defaults, **overrides)
 
     def seed(self, state: IndexState, article_id: str) -> ranker.Seed:
         return ranker.stored_seed(state, self.store, article_id, self.embed)
@@ -164,7 +173,7 @@ class Engine:
         meta = self.indexes.active_meta()
         if plain and meta is not None and opts.k <= self.settings.precompute_k:
             # The list the API would serve, from the store alone: no index to load.
-            cached = stored_list(self.store, meta.version, article_id, opts.k)
+            cached = stored_list(self.store, lists_key(meta.version, self.profile.name), article_id, opts.k)
             if cached is not None:
                 return cached
         state = self.state()

@@ -3,8 +3,8 @@
 Library BM25 implementations (bm25s, rank-bm25) index a frozen corpus; a
 newsroom adds and removes articles all day, and the ranker only needs the
 scores of a few hundred candidates. So term statistics are kept here,
-incrementally, and a sparse matrix over the whole corpus is built only for
-full lexical search (the `lexical` strategy of the evaluation).
+incrementally; full lexical search (a candidate source of the ranking) runs on
+an inverted index built in bulk, with the documents changed since scored directly.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import numpy as np
 
 K1 = 1.2
 B = 0.75
+REBUILD_MIN = 1000  # changed documents scored directly before the inverted index is rebuilt
 MLT_MAX_TERMS = 25  # like Lucene's More-Like-This: the seed's 25 most telling terms
 
 
@@ -26,7 +27,7 @@ class LexicalIndex:
         self._df = np.zeros(1024, dtype=np.int64)
         self._docs: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # num -> (term ids, counts)
         self._total_len = 0
-        self._matrix = None  # (nums, csr) cache for full search
+        self._postings: _Postings | None = None  # the inverted index, built on first full search
 
     def clone(self) -> "LexicalIndex":
         copy = LexicalIndex()
@@ -35,6 +36,7 @@ class LexicalIndex:
         copy._df = self._df.copy()
         copy._docs = dict(self._docs)  # the per-document arrays are replaced, never changed in place
         copy._total_len = self._total_len
+        copy._postings = self._postings  # immutable: a write replaces it
         return copy
 
     def __len__(self) -> int:
@@ -65,14 +67,18 @@ class LexicalIndex:
         self._docs[num] = (ids, counts)
         self._df[ids] += 1
         self._total_len += int(counts.sum())
-        self._matrix = None
+        self._changed(num)
 
     def remove(self, num: int) -> None:
         doc = self._docs.pop(num, None)
         if doc is not None:
             self._df[doc[0]] -= 1
             self._total_len -= int(doc[1].sum())
-            self._matrix = None
+            self._changed(num)
+
+    def _changed(self, num: int) -> None:
+        if self._postings is not None:
+            self._postings = self._postings.changed(num)
 
     def idf(self, term_ids: np.ndarray) -> np.ndarray:
         n = max(len(self._docs), 1)
@@ -89,7 +95,7 @@ class LexicalIndex:
         top = np.argsort(-tfidf, kind="stable")[:max_terms]
         return ids[top], np.ones(len(top))
 
-    def _bm25_rows(self, docs: list[tuple[np.ndarray, np.ndarray]]):
+    def _bm25_rows(self, docs: list[tuple[np.ndarray, np.ndarray]], with_idf: bool = True):
         from scipy.sparse import csr_matrix
 
         avgdl = self._total_len / max(len(self._docs), 1) or 1.0
@@ -97,7 +103,9 @@ class LexicalIndex:
         cols = np.concatenate([d[0] for d in docs]) if docs else np.zeros(0, dtype=np.int64)
         tf = np.concatenate([d[1] for d in docs]).astype(np.float64) if docs else np.zeros(0)
         lengths = np.repeat([float(d[1].sum()) for d in docs], np.diff(indptr)) if docs else np.zeros(0)
-        weights = self.idf(cols) * tf * (K1 + 1) / (tf + K1 * (1 - B + B * lengths / avgdl))
+        weights = tf * (K1 + 1) / (tf + K1 * (1 - B + B * lengths / avgdl))
+        if with_idf:
+            weights *= self.idf(cols)
         return csr_matrix((weights, cols, indptr), shape=(len(docs), len(self.vocab)))
 
     def _query_vector(self, query: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
@@ -126,13 +134,59 @@ class LexicalIndex:
         return dict(zip(known, values.tolist()))
 
     def search(self, query: tuple[np.ndarray, np.ndarray], k: int) -> tuple[np.ndarray, np.ndarray]:
-        """(scores, nums) of the k best documents in the whole corpus."""
-        if self._matrix is None:
-            nums = np.fromiter(self._docs.keys(), dtype=np.int64, count=len(self._docs))
-            self._matrix = (nums, self._bm25_rows(list(self._docs.values())))
-        nums, matrix = self._matrix
-        scores = matrix @ self._query_vector(query)
-        k = min(k, len(scores))
-        top = np.argpartition(-scores, k - 1)[:k] if k else np.zeros(0, dtype=np.int64)
-        top = top[np.argsort(-scores[top], kind="stable")]
+        """(scores, nums) of the k best documents in the whole corpus, from the
+        inverted index: the cost is that of the query terms' postings, not of the corpus."""
+        postings = self._current_postings()
+        weights = np.zeros(len(self.vocab))
+        weights[query[0]] = query[1] * self.idf(query[0])
+        main = postings.scores(weights)
+        delta = sorted(n for n in postings.delta if n in self._docs)
+        extra = self.score(query, delta) if delta else np.zeros(0)
+        scores = np.concatenate([main, extra])
+        nums = np.concatenate([postings.nums, np.asarray(delta, dtype=np.int64)])
+        k = min(k, int((scores > 0).sum()))
+        if k == 0:
+            return np.zeros(0), np.zeros(0, dtype=np.int64)
+        top = np.argpartition(-scores, k - 1)[:k]
+        top = top[np.lexsort((nums[top], -scores[top]))]
         return scores[top], nums[top]
+
+    def _current_postings(self) -> "_Postings":
+        """The inverted index, rebuilt in bulk once the documents changed since its
+        last build outnumber a tenth of it (a main-plus-delta design, like the vectors)."""
+        postings = self._postings
+        if postings is None or len(postings.delta) > max(REBUILD_MIN, len(postings.nums) // 10):
+            postings = self._postings = _Postings.build(self)
+        return postings
+
+
+class _Postings:
+    """A term-major (CSC) matrix of BM25 term weights without the idf, built in
+    bulk, plus the documents changed since (`delta`, scored directly). Never
+    changed in place: a write makes a new one sharing the matrix."""
+
+    def __init__(self, nums: np.ndarray, matrix, row_of: dict[int, int], dead: np.ndarray, delta: frozenset[int]):
+        self.nums, self.matrix, self.row_of, self.dead, self.delta = nums, matrix, row_of, dead, delta
+
+    @classmethod
+    def build(cls, lexical: LexicalIndex) -> "_Postings":
+        nums = np.fromiter(lexical._docs.keys(), dtype=np.int64, count=len(lexical._docs))
+        rows = lexical._bm25_rows(list(lexical._docs.values()), with_idf=False).astype(np.float32)
+        return cls(nums, rows.tocsc(), {int(n): i for i, n in enumerate(nums)}, np.zeros(len(nums), dtype=bool),
+                   frozenset())
+
+    def changed(self, num: int) -> "_Postings":
+        dead = self.dead
+        row = self.row_of.get(num)
+        if row is not None and not dead[row]:
+            dead = dead.copy()
+            dead[row] = True
+        return _Postings(self.nums, self.matrix, self.row_of, dead, self.delta | {num})
+
+    def scores(self, weights: np.ndarray) -> np.ndarray:
+        terms = np.flatnonzero(weights[: self.matrix.shape[1]])
+        if len(terms) == 0 or len(self.nums) == 0:
+            return np.zeros(len(self.nums))
+        scores = self.matrix[:, terms] @ weights[terms]
+        scores[self.dead] = 0.0
+        return np.asarray(scores, dtype=np.float64)

@@ -1,4 +1,4 @@
-"""Related lists computed ahead of time, per article and index version, and their upkeep.
+"""Related lists computed ahead of time, per article, index version and ranking profile, and their upkeep.
 
 A page view then costs a dictionary lookup instead of a nearest-neighbour
 search. Lists are computed at ingest and upsert with the default ranking, kept
@@ -52,16 +52,23 @@ class CachedList:
     fresh: bool
 
 
-class RelatedLists:
-    """The lists of one index version: in memory, backed by the store."""
+def lists_key(version: str, profile: str) -> str:
+    """What the store files lists under: the index version and the ranking profile."""
+    return f"{version}:{profile}"
 
-    def __init__(self, store: Store, version: str):
+
+class RelatedLists:
+    """The lists of one index version and ranking profile: in memory, backed by the store."""
+
+    def __init__(self, store: Store, version: str, profile: str):
         self.store = store
         self.version = version
+        self.profile = profile
+        self.key = lists_key(version, profile)
         self._lists: dict[int, CachedList] = {}
         self._containing: dict[int, set[int]] = {}  # item num -> lists that show it
         self._lock = threading.Lock()
-        for num, items, fresh in store.list_rows(version):
+        for num, items, fresh in store.list_rows(self.key):
             self._remember(num, CachedList(tuple(CachedItem.from_json(i) for i in json.loads(items)), fresh))
 
     def _remember(self, num: int, cached: CachedList) -> None:
@@ -80,7 +87,7 @@ class RelatedLists:
         return self._lists.get(num)
 
     def put_many(self, lists: dict[int, list[CachedItem]]) -> None:
-        self.store.put_lists(self.version, {
+        self.store.put_lists(self.key, {
             num: json.dumps([[i.num, i.relevance, i.rank_score, i.reason] for i in items], ensure_ascii=False)
             for num, items in lists.items()})
         with self._lock:
@@ -96,7 +103,7 @@ class RelatedLists:
 
     def forget(self, nums: list[int]) -> None:
         """Deleted articles: their own lists go (lists that show them are filtered at read time)."""
-        self.store.delete_lists(self.version, nums)
+        self.store.delete_lists(self.key, nums)
         with self._lock:
             for n in nums:
                 cached = self._lists.pop(n, None)
@@ -104,13 +111,13 @@ class RelatedLists:
                     self._containing.get(item.num, set()).discard(n)
 
 
-def stored_list(store: Store, version: str, article_id: str, k: int) -> list[RelatedItem] | None:
+def stored_list(store: Store, key: str, article_id: str, k: int) -> list[RelatedItem] | None:
     """An article's precomputed list read straight from the store, without loading
     the index: None unless it exists, is fresh, its lists follow every change in the
     log, and none of its items was deleted since."""
     num = store.num_of(article_id)
-    row = store.list_row(version, num) if num is not None else None
-    refreshed = store.lists_refreshed_seq(version)
+    row = store.list_row(key, num) if num is not None else None
+    refreshed = store.lists_refreshed_seq(key)
     if row is None or not row[1] or refreshed is None or refreshed < store.last_change():
         return None
     cached = [CachedItem.from_json(i) for i in json.loads(row[0])][:k]
@@ -150,7 +157,7 @@ class ListUpkeep:
         """Recompute the lists touched by every change the index has applied and the
         lists have not followed yet, whoever applied it and whenever; then record it.
         A version with no record yet (a store from before records) counts as current."""
-        done = self.store.lists_refreshed_seq(lists.version)
+        done = self.store.lists_refreshed_seq(lists.key)
         applied = state.meta.applied_seq
         if done is not None and done < applied:
             count = self.refresh(state, lists, self.store.changed_between(done, applied), progress)
@@ -161,7 +168,7 @@ class ListUpkeep:
 
     def record(self, state: IndexState, lists: RelatedLists) -> None:
         """The lists follow every change the index has applied."""
-        self.store.mark_lists_refreshed(lists.version, state.meta.applied_seq)
+        self.store.mark_lists_refreshed(lists.key, state.meta.applied_seq)
 
     def fill_missing(self, state: IndexState, lists: RelatedLists, progress: bool = False) -> int:
         return self.compute(state, lists, self.missing(state, lists), progress)

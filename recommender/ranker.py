@@ -13,9 +13,10 @@ from pydantic import ValidationError
 from recommender.articles import Article, content_hash, describe_validation_error
 from recommender.errors import ArticleNotFound, InvalidQuery
 from recommender.lexical import LexicalIndex
-from recommender.ranking import (
-    DAY, Filters, RelatedItem, age_phrase, mmr_select, rescale, shared_terms_reason, time_factor,
-)
+from recommender import candidates, features
+from recommender.entities import entities
+from recommender.features import SeedTerms
+from recommender.ranking import DAY, Filters, RelatedItem, age_phrase, mmr_select, rescale, shared_terms_reason
 from recommender.settings import RankingSettings
 from recommender.state import IndexState
 from recommender.store import Store
@@ -36,6 +37,9 @@ class Seed:
     published_at: datetime | None
     title: str
     text: str
+    terms: SeedTerms
+    section: str | None = None
+    tags: tuple[str, ...] = ()
 
 
 def ranking_options(defaults: RankingSettings, **overrides) -> RankingSettings:
@@ -60,13 +64,18 @@ def stored_seed(state: IndexState, store: Store, article_id: str, embed: Embed) 
         vector = state.vectors.reconstruct(np.array([num]))[0]
     else:  # stored but not embedded yet (an ingest was interrupted)
         vector = embed([text])[0]
-    return Seed(num, info.content_hash, vector, info.published_at, info.title, text)
+    seed_terms = SeedTerms(terms(text), terms(info.title), state.entities.terms_of(num))
+    return Seed(num, info.content_hash, vector, info.published_at, info.title, text, seed_terms, info.section,
+                info.tags)
 
 
-def draft_seed(title: str, body: str, published_at: datetime | None, embed_chars: int, embed: Embed) -> Seed:
+def draft_seed(title: str, body: str, published_at: datetime | None, embed_chars: int, embed: Embed,
+               section: str | None = None, tags: tuple[str, ...] = ()) -> Seed:
     draft = Article(id="draft", title=title, body=body, published_at=published_at)
     text = draft.embed_text(embed_chars).text
-    return Seed(None, content_hash(text), embed([text])[0], draft.published_at, draft.title, text)
+    seed_terms = SeedTerms(terms(text), terms(draft.title), entities(draft.title, text))
+    return Seed(None, content_hash(text), embed([text])[0], draft.published_at, draft.title, text, seed_terms,
+                section, tags)
 
 
 class Explainer:
@@ -86,43 +95,66 @@ class Explainer:
 
 
 def rank(state: IndexState, seed: Seed, filters: Filters, opts: RankingSettings) -> list[RelatedItem]:
-    """The default ranking: every rule of `recommender.ranking`, in order."""
+    """Candidates from every source, scored by the profile's weights over their
+    features, then the list's rules: minimum relevance, no near-duplicates, MMR."""
     if state.vectors.count == 0:
         return []
     reference = seed.published_at or datetime.now(timezone.utc)
-    nums, dense, relevance_ = relevance(state, seed, filters, opts.k, opts.lexical_weight)
+    pairs = candidate_pairs(state, seed, filters, opts)
+    dense, lexical = pairs.column("dense"), pairs.column("lexical")
+    relevance_ = (1 - opts.lexical_weight) * dense + opts.lexical_weight * lexical
+    score = score_pairs(pairs, opts.weights, opts.time_prior)
     seed_title = fold(seed.title).strip()
     keep = (relevance_ >= opts.min_score) & (dense < opts.duplicate_threshold)
-    keep &= np.array([state.infos[n].title_key != seed_title for n in nums], dtype=bool)
-    nums, relevance_ = nums[keep], relevance_[keep]
+    keep &= np.array([state.infos[int(n)].title_key != seed_title for n in pairs.nums], dtype=bool)
+    nums, relevance_, score = pairs.nums[keep], relevance_[keep], score[keep]
     if len(nums) == 0:
         return []
-    deltas = _deltas(state, nums, reference)
-    score = relevance_
-    if opts.time_prior:
-        factor = time_factor(np.nan_to_num(deltas, nan=np.inf), opts.half_life_days, opts.time_floor)
-        score = relevance_ * factor
-    pool = np.argsort(-score, kind="stable")[: max(POOL_MIN, 4 * opts.k)]
+    pool = np.lexsort((nums, -score))[: max(POOL_MIN, 4 * opts.k)]
     vectors = state.vectors.reconstruct(nums[pool])
     sims = rescale(vectors @ vectors.T, state.meta.random_pair_mean)
     chosen = [pool[i] for i in mmr_select(score[pool], sims, opts.k, opts.diversity, opts.duplicate_threshold)]
+    deltas = _deltas(state, nums[chosen], reference)
     explain = Explainer(state.lexical, seed.text)
-    return [_item(state, explain, int(nums[i]), float(relevance_[i]), float(score[i]), deltas[i]) for i in chosen]
+    return [_item(state, explain, int(nums[i]), float(relevance_[i]), float(score[i]), delta)
+            for i, delta in zip(chosen, deltas)]
+
+
+def gather(state: IndexState, seed: Seed, filters: Filters, opts: RankingSettings) -> candidates.Candidates:
+    """Every source's candidates for the seed that pass the filters."""
+    reference = seed.published_at or datetime.now(timezone.utc)
+    when = seed.published_at.timestamp() if seed.published_at and opts.time_prior else None
+    return candidates.gather(state, seed.vector, state.lexical.query(seed.terms.text),
+                             state.entities.query(seed.terms.entities), when,
+                             _acceptor(state, seed, filters, reference), opts.candidates, opts.window_days,
+                             filters.past_only)
+
+
+def candidate_pairs(state: IndexState, seed: Seed, filters: Filters, opts: RankingSettings) -> features.Pairs:
+    """The candidates and their features: what the profile's weights score."""
+    when = seed.published_at.timestamp() if seed.published_at else None
+    found = gather(state, seed, filters, opts)
+    return features.compute(state, found.nums, seed.vector, seed.terms, when, seed.section, seed.tags)
+
+
+def score_pairs(pairs: features.Pairs, weights: dict[str, float], time_prior: bool = True) -> np.ndarray:
+    """The profile's linear score as a probability-like number in (0, 1): what the list is ordered by."""
+    skip = () if time_prior else ("log_days", "after")
+    w = np.array([0.0 if name in skip else weights.get(name, 0.0) for name in features.FEATURES])
+    return 1.0 / (1.0 + np.exp(-(pairs.matrix @ w + weights.get("bias", 0.0))))
 
 
 def relevance(state: IndexState, seed: Seed, filters: Filters, k: int,
               lexical_weight: float = 0.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(nums, rescaled dense similarity, relevance) of the candidates that pass
-    the filters. With a lexical weight, relevance blends in BM25, computed on
-    the dense candidates only: its cost does not grow with the archive, and a
-    write never forces a corpus-wide lexical rebuild."""
+    """(nums, rescaled dense similarity, relevance) of the nearest neighbours by
+    cosine that pass the filters, with BM25 blended in by `lexical_weight`: the
+    dense and hybrid baselines of the evaluation."""
     reference = seed.published_at or datetime.now(timezone.utc)
-    accept = _acceptor(state, seed, filters, reference)
-    cosines, nums = _dense_candidates(state, seed, accept, k)
-    dense = rescale(cosines, state.meta.random_pair_mean)
+    nums = candidates.dense(state, seed.vector, _acceptor(state, seed, filters, reference), max(64, 10 * k))
+    dense = rescale(state.vectors.reconstruct(nums) @ seed.vector, state.meta.random_pair_mean)
     if lexical_weight <= 0 or len(nums) == 0:
         return nums, dense, dense
-    lexical = _lexical(state, seed, nums)
+    lexical = features.normalized_bm25(state.lexical, seed.terms.text, nums)
     return nums, dense, (1 - lexical_weight) * dense + lexical_weight * lexical
 
 
@@ -133,29 +165,6 @@ def _acceptor(state: IndexState, seed: Seed, filters: Filters, reference: dateti
                 and filters.accepts(info, reference))
 
     return accept
-
-
-def _dense_candidates(state: IndexState, seed: Seed, accept, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Nearest neighbours that pass the filters, widening the search until
-    enough pass or the whole index has been seen."""
-    fetch = max(64, 10 * k)
-    while True:
-        cosines, nums = state.vectors.search(seed.vector, fetch)
-        cosines, nums = cosines[0], nums[0]
-        ok = np.array([n >= 0 and accept(int(n)) for n in nums], dtype=bool)
-        if ok.sum() >= 5 * k or fetch >= state.vectors.count:
-            return cosines[ok], nums[ok]
-        fetch *= 4
-
-
-def _lexical(state: IndexState, seed: Seed, nums: np.ndarray) -> np.ndarray:
-    """BM25 of each candidate against the seed's top terms, over the seed's own score."""
-    seed_terms = terms(seed.text)
-    query = state.lexical.query(seed_terms)
-    own = state.lexical.score_terms(query, seed_terms)
-    if own <= 0:
-        return np.zeros(len(nums))
-    return np.minimum(state.lexical.score(query, nums.tolist()) / own, 1.0)
 
 
 def _deltas(state: IndexState, nums: np.ndarray, reference: datetime) -> np.ndarray:

@@ -2,13 +2,14 @@
 
 Pure functions over arrays, so each rule can be tested and measured alone.
 The order, as `recommender.ranker.rank` applies them:
-1. filters (sections, language, excluded ids, date window from the seed's date);
-2. relevance: cosine rescaled above the archive's random-pair level, optionally
-   blended with BM25;
-3. minimum relevance: fewer items rather than noise;
+1. filters (sections, language, excluded ids, date window from the seed's date),
+   on the candidates of every source (`recommender.candidates`);
+2. the score: the ranking profile's weights over the features of
+   `recommender.features` (meaning, words, headline, names, days apart, section);
+3. minimum relevance (cosine rescaled above the archive's random-pair level,
+   blended with BM25): fewer items rather than noise;
 4. near-duplicates of the seed are dropped;
-5. time-proximity prior from the seed's date;
-6. MMR selection, which also drops near-duplicates among the results.
+5. MMR selection, which also drops near-duplicates among the results.
 """
 
 from __future__ import annotations
@@ -140,13 +141,6 @@ def rescale(cosines: np.ndarray, random_mean: float) -> np.ndarray:
     """
     span = max(1.0 - random_mean, 1e-6)
     return (np.asarray(cosines, dtype=np.float64) - random_mean) / span
-
-
-def time_factor(delta_days: np.ndarray, half_life_days: float, floor: float) -> np.ndarray:
-    """floor + (1 - floor) * 2^(-|Δ| / half-life): 1 on the seed's day, halfway to
-    the floor one half-life away, in either direction."""
-    decay = np.power(0.5, np.abs(np.asarray(delta_days, dtype=np.float64)) / half_life_days)
-    return floor + (1.0 - floor) * decay
 
 
 def mmr_select(score: np.ndarray, sims: np.ndarray, k: int, diversity: float, duplicate_threshold: float) -> list[int]:

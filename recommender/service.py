@@ -85,7 +85,7 @@ class Service:
         self._saved_seq = state.meta.applied_seq
         self._serving = engine.versions.hold_serving()  # a CLI ingest leaves the lists to this server
         # Changes applied before a crash and never followed by their lists: the worker's first job.
-        done = engine.store.lists_refreshed_seq(state.version)
+        done = engine.store.lists_refreshed_seq(lists.key)
         if done is not None and done < state.meta.applied_seq:
             self.lists.enqueue(engine.store.changed_between(done, state.meta.applied_seq))
         self.lists.start(fill_missing=self.settings.precompute_on_start)
@@ -118,6 +118,9 @@ class Service:
             if active and active != current.state.version:
                 self._switch_version(active)
                 return True
+            profile = current.engine.profiles.active_name()
+            if profile != current.engine.profile.name and profile != self.lists.preparing:
+                self.lists.prepare(current.engine.reloaded())
         moved = False
         while True:
             with self._write:
@@ -269,6 +272,9 @@ class ListWorker:
         self._busy = 0
         self._fill = False
         self._todo: Iterator[int] | None = None  # lists still to fill, listed once per fill
+        # A newly activated ranking profile: its lists are computed in full before it serves.
+        self._next: tuple[Engine, RelatedLists, int] | None = None  # (engine, its lists, seq it started at)
+        self._next_todo: Iterator[int] | None = None
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -299,6 +305,22 @@ class ListWorker:
             self._pending.update(nums)
         self._wake.set()
 
+    def prepare(self, engine: Engine) -> None:
+        """Compute every list under `engine`'s ranking profile, then serve it; the
+        current lists serve until then. A newer activation replaces an unfinished one."""
+        snap = self.service.snapshot
+        with self._lock:
+            self._next = (engine, engine.lists_for(snap.state), snap.state.meta.applied_seq)
+            self._next_todo = None
+        log.info("ranking profile %s activated; computing its lists", engine.profile.name)
+        self._wake.set()
+
+    @property
+    def preparing(self) -> str | None:
+        """The ranking profile whose lists are being computed, if any."""
+        job = self._next
+        return job[0].profile.name if job else None
+
     def request_fill(self) -> None:
         self._todo = None
         self._fill = True
@@ -313,7 +335,7 @@ class ListWorker:
     def wait_idle(self, timeout: float = 30.0) -> bool:
         """For tests and benchmarks: until nothing is queued (True) or the timeout."""
         deadline = time.monotonic() + timeout
-        while self.backlog or self._fill:
+        while self.backlog or self._fill or self._next:
             if time.monotonic() > deadline:
                 return False
             time.sleep(0.01)
@@ -324,7 +346,7 @@ class ListWorker:
             self._wake.wait(1.0)
             self._wake.clear()
             try:
-                while not self._stop.is_set() and (self._step() or self._fill_step()):
+                while not self._stop.is_set() and (self._step() or self._profile_step() or self._fill_step()):
                     pass
             except Exception:  # keep serving the old lists; the next change retries
                 log.exception("recomputing related lists failed")
@@ -354,6 +376,29 @@ class ListWorker:
         finally:
             with self._lock:
                 self._busy = 0
+        return True
+
+    def _profile_step(self) -> bool:
+        """A batch of the next profile's lists; once all are done, the swap to it, with
+        the changes made meanwhile queued for recomputation under it."""
+        job = self._next
+        if job is None:
+            return False
+        engine, lists, since = job
+        state = self.service.snapshot.state
+        if self._next_todo is None:
+            self._next_todo = iter(engine.upkeep.missing(state, lists))
+        taken = [n for _, n in zip(range(self.BATCH), self._next_todo)]
+        if taken:
+            engine.upkeep.compute(state, lists, lists.missing_or_stale(n for n in taken if n in state.infos))
+            return True
+        with self._lock:
+            if self._next is job:
+                current = self.service.snapshot
+                self.service._set_snapshot(Snapshot(engine, current.state, lists))
+                self._pending.update(engine.store.changed_between(since, current.state.meta.applied_seq))
+                self._next, self._next_todo = None, None
+                log.info("ranking profile %s serves", engine.profile.name)
         return True
 
     def _fill_step(self) -> bool:

@@ -19,6 +19,8 @@ from recommender.errors import IndexMismatch, NoIndex
 from recommender.index import IndexMeta, VectorIndex, now_iso
 from recommender.lexical import LexicalIndex
 from recommender.store import Store
+from recommender.text import terms
+from recommender.timeline import Timeline
 from recommender.versions import Versions
 
 log = logging.getLogger(__name__)
@@ -33,33 +35,42 @@ class IndexState:
     vectors: VectorIndex
     infos: dict[int, ArticleInfo] = field(default_factory=dict)
     by_id: dict[str, int] = field(default_factory=dict)
-    lexical: LexicalIndex = field(default_factory=LexicalIndex)
+    lexical: LexicalIndex = field(default_factory=LexicalIndex)  # BM25 over the text's terms
+    entities: LexicalIndex = field(default_factory=LexicalIndex)  # ... over the named entities
+    titles: LexicalIndex = field(default_factory=LexicalIndex)  # ... over the headline's terms
+    timeline: Timeline = field(default_factory=Timeline)
 
     def clone(self) -> "IndexState":
         """A copy that can be changed while readers keep using this one."""
         return IndexState(self.version, replace(self.meta), self.vectors.clone(), dict(self.infos),
-                          dict(self.by_id), self.lexical.clone())
+                          dict(self.by_id), self.lexical.clone(), self.entities.clone(), self.titles.clone(),
+                          self.timeline.clone())
 
-    def set_info(self, info: ArticleInfo, term_text: str) -> None:
+    def set_info(self, info: ArticleInfo, term_text: str, entity_text: str) -> None:
         old = self.infos.get(info.num)
         if old is not None and old.id != info.id:
             self.by_id.pop(old.id, None)
         self.infos[info.num] = info
         self.by_id[info.id] = info.num
         self.lexical.add(info.num, term_text.split())
+        self.entities.add(info.num, entity_text.split())
+        self.titles.add(info.num, terms(info.title))
+        self.timeline.set(info.num, info.published_at.timestamp() if info.published_at else None)
 
-    def apply(self, rows: Iterable[tuple[ArticleInfo, str, bytes | None]], gone: Iterable[int] = ()) -> None:
+    def apply(self, rows: Iterable[tuple[ArticleInfo, str, str, bytes | None]], gone: Iterable[int] = ()) -> None:
         """Bring the given articles to their current state; `gone` were deleted."""
         gone = list(gone)
         for num in gone:
             info = self.infos.pop(num, None)
             if info is not None:
                 self.by_id.pop(info.id, None)
-            self.lexical.remove(num)
+            for lexical in (self.lexical, self.entities, self.titles):
+                lexical.remove(num)
+            self.timeline.remove(num)
         self.vectors.remove(np.asarray(gone, dtype=np.int64))
         add_nums, add_vecs, drop = [], [], []
-        for info, term_text, vector in rows:
-            self.set_info(info, term_text)
+        for info, term_text, entity_text, vector in rows:
+            self.set_info(info, term_text, entity_text)
             if vector is None:
                 drop.append(info.num)
             else:
@@ -68,6 +79,7 @@ class IndexState:
         self.vectors.remove(np.asarray(drop, dtype=np.int64))
         if add_nums:
             self.vectors.upsert(np.asarray(add_nums, dtype=np.int64), np.vstack(add_vecs))
+        self.timeline.settle()
 
 
 class Indexes:
@@ -101,8 +113,9 @@ class Indexes:
             log.warning("index %s unreadable (%s); rebuilding it from the store", meta.version, exc)
             return self.build_version(meta.version, meta.dimension, activate=False)
         state = IndexState(meta.version, meta, vectors)
-        for info, term_text, _ in self.store.index_rows(self.model, with_vectors=False):
-            state.set_info(info, term_text)
+        for info, term_text, entity_text, _ in self.store.index_rows(self.model, with_vectors=False):
+            state.set_info(info, term_text, entity_text)
+        state.timeline.settle()
         self.catch_up(state)
         return state
 
@@ -129,7 +142,7 @@ class Indexes:
         last, nums = self.store.changes_since(state.meta.applied_seq, limit)
         if nums:
             rows = list(self.store.index_rows(self.model, nums))
-            present = {info.num for info, _, _ in rows}
+            present = {row[0].num for row in rows}
             state.apply(rows, gone=[n for n in nums if n not in present])
         state.meta.applied_seq = last
         return nums

@@ -19,6 +19,7 @@ import numpy as np
 
 from recommender.articles import Article, ArticleInfo, EmbedText, content_hash
 from recommender.errors import StoreError
+from recommender.entities import entities
 from recommender.text import terms
 
 # Each entry brings a store from the version before it to its own number
@@ -83,11 +84,14 @@ MIGRATIONS: list[str] = [
         refreshed_seq INTEGER NOT NULL  -- every change up to this seq has its lists recomputed
     ) WITHOUT ROWID;
     """,
+    # 3: the named entities of each article (see recommender.entities), computed
+    # from the stored text for articles written before.
+    lambda conn: _add_entities(conn),
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 ROW_COLUMNS = "num, id, title, body, url, published_at, section, tags, language, meta, content_hash"
-INFO_COLUMNS = "a.num, a.id, a.title, a.url, a.published_at, a.section, a.language, a.content_hash"
+INFO_COLUMNS = "a.num, a.id, a.title, a.url, a.published_at, a.section, a.language, a.content_hash, a.tags"
 
 
 @dataclass(frozen=True)
@@ -109,7 +113,7 @@ class ArticleRow:
     text: EmbedText
     record_hash: str
     content_hash: str
-    values: tuple  # the articles columns from id to record_hash
+    values: tuple  # the articles columns from id to entities (all but updated_at)
 
     @classmethod
     def of(cls, article: Article, prepared: EmbedText) -> "ArticleRow":
@@ -121,7 +125,7 @@ class ArticleRow:
             published.timestamp() if published else None,
             article.section or None, json.dumps(article.tags, ensure_ascii=False), article.language,
             json.dumps(article.meta, ensure_ascii=False, default=str), prepared.text,
-            " ".join(terms(prepared.text)), chash, record_hash,
+            " ".join(terms(prepared.text)), chash, record_hash, " ".join(entities(article.title, prepared.text)),
         )
         return cls(article, prepared, record_hash, chash, values)
 
@@ -171,8 +175,11 @@ class Store:
             with self._write_lock:
                 conn.execute("BEGIN IMMEDIATE")
                 try:
-                    for statement in _statements(MIGRATIONS[number]):
+                    step = MIGRATIONS[number]
+                    for statement in ([] if callable(step) else _statements(step)):
                         conn.execute(statement)
+                    if callable(step):
+                        step(conn)
                     conn.execute(f"PRAGMA user_version = {number + 1}")
                     conn.execute("COMMIT")
                 except BaseException:
@@ -208,15 +215,15 @@ class Store:
             return UpsertResult(old[0], "unchanged", prepared)
         num = conn.execute(
             """INSERT INTO articles (id, title, body, url, published_at, published_ts, section, tags,
-                   language, meta, text, terms, content_hash, record_hash, updated_at)
-               VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                   language, meta, text, terms, content_hash, record_hash, entities, updated_at)
+               VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
                ON CONFLICT(id) DO UPDATE SET
                    title=excluded.title, body=excluded.body, url=excluded.url,
                    published_at=excluded.published_at, published_ts=excluded.published_ts,
                    section=excluded.section, tags=excluded.tags, language=excluded.language,
                    meta=excluded.meta, text=excluded.text, terms=excluded.terms,
                    content_hash=excluded.content_hash, record_hash=excluded.record_hash,
-                   updated_at=excluded.updated_at
+                   entities=excluded.entities, updated_at=excluded.updated_at
                RETURNING num""",
             row.values + (_now(),),
         ).fetchone()[0]
@@ -264,12 +271,12 @@ class Store:
         return last, nums
 
     def index_rows(self, model: str, nums: list[int] | None = None,
-                   with_vectors: bool = True) -> Iterator[tuple[ArticleInfo, str, bytes | None]]:
-        """(info, terms, vector under `model` or None) of every article, or of
+                   with_vectors: bool = True) -> Iterator[tuple[ArticleInfo, str, str, bytes | None]]:
+        """(info, terms, entities, vector under `model` or None) of every article, or of
         those of `nums` that still exist."""
         vector = "v.vector" if with_vectors else "NULL"
         join = "LEFT JOIN vectors v ON v.model = ? AND v.content_hash = a.content_hash" if with_vectors else ""
-        sql = f"SELECT {INFO_COLUMNS}, a.terms, {vector} FROM articles a {join}"
+        sql = f"SELECT {INFO_COLUMNS}, a.terms, a.entities, {vector} FROM articles a {join}"
         params: tuple = (model,) if with_vectors else ()
         if nums is None:
             batches: list[tuple] = [()]
@@ -278,7 +285,7 @@ class Store:
         for batch in batches:
             where = f" WHERE a.num IN ({','.join('?' * len(batch))})" if nums is not None else ""
             for row in self.conn.execute(sql + where + " ORDER BY a.num", params + batch):
-                yield _info(row[:8]), row[8], row[9]
+                yield _info(row[:9]), row[9], row[10], row[11]
 
     def count_texts(self) -> int:
         """Distinct texts: what a full re-embedding has to cover."""
@@ -304,6 +311,10 @@ class Store:
                     f"SELECT {INFO_COLUMNS} FROM articles a WHERE a.num IN ({','.join('?' * len(batch))})", batch):
                 found[row[0]] = _info(row)
         return found
+
+    def urls(self) -> list[tuple[str, str]]:
+        """(id, url) of every article with a URL."""
+        return self.conn.execute("SELECT id, url FROM articles WHERE url IS NOT NULL").fetchall()
 
     def get_text(self, article_id: str) -> str | None:
         row = self.conn.execute("SELECT text FROM articles WHERE id = ?", (article_id,)).fetchone()
@@ -368,9 +379,10 @@ class Store:
             conn.executemany("DELETE FROM related_lists WHERE version = ? AND num = ?", [(version, n) for n in nums])
 
     def drop_lists(self, version: str) -> None:
+        """The lists of an index version, under every ranking profile."""
         with self.transaction() as conn:
-            conn.execute("DELETE FROM related_lists WHERE version = ?", (version,))
-            conn.execute("DELETE FROM list_progress WHERE version = ?", (version,))
+            for table in ("related_lists", "list_progress"):
+                conn.execute(f"DELETE FROM {table} WHERE version = ? OR version LIKE ? || ':%'", (version, version))
 
     def lists_refreshed_seq(self, version: str) -> int | None:
         row = self.conn.execute("SELECT refreshed_seq FROM list_progress WHERE version = ?", (version,)).fetchone()
@@ -452,8 +464,18 @@ def _parse_time(value: str | None) -> datetime | None:
 
 
 def _info(row: tuple) -> ArticleInfo:
-    num, aid, title, url, published, section, language, chash = row
-    return ArticleInfo(num, aid, title, url, _parse_time(published), section, language, chash)
+    num, aid, title, url, published, section, language, chash, tags = row
+    return ArticleInfo(num, aid, title, url, _parse_time(published), section, language, chash,
+                       tuple(json.loads(tags)))
+
+
+def _add_entities(conn: sqlite3.Connection) -> None:
+    columns = {row[1] for row in conn.execute("PRAGMA table_info(articles)")}
+    if "entities" not in columns:
+        conn.execute("ALTER TABLE articles ADD COLUMN entities TEXT NOT NULL DEFAULT ''")
+    rows = conn.execute("SELECT num, title, text FROM articles WHERE entities = ''").fetchall()
+    conn.executemany("UPDATE articles SET entities = ? WHERE num = ?",
+                     [(" ".join(entities(title, text)), num) for num, title, text in rows])
 
 
 def _stored(row: tuple) -> StoredArticle:

@@ -66,7 +66,7 @@ def test_related_json_and_text(run, stories):
     items = json.loads(result.stdout)
     assert isinstance(items, list) and 1 <= len(items) <= 2
     assert {"id", "relevance", "rank_score", "title", "url", "published_at", "section", "reason"} <= set(items[0])
-    assert items[0]["id"] == "ukr-3"
+    assert items[0]["id"] == "ukr-1"
     text = run("related", "ukr-2")
     assert text.exit_code == 0 and "1. [" in text.stdout and "shared terms" in text.stdout
 

@@ -96,7 +96,7 @@ def test_sidecar_records_model_dimension_count_and_creation(engine, stories, set
 def test_engine_index_agrees_with_numpy_over_stored_vectors(engine, stories, settings):
     engine.ingest([str(stories)])
     state = engine.state()
-    rows = [(info.num, np.frombuffer(vec, dtype=np.float32)) for info, _, vec in engine.store.index_rows(engine.model)]
+    rows = [(info.num, np.frombuffer(vec, dtype=np.float32)) for info, _, _, vec in engine.store.index_rows(engine.model)]
     oracle = dict(rows)
     query = oracle[state.by_id["ukr-1"]]
     expected, _ = brute_force(oracle, query, 4)

@@ -23,7 +23,9 @@ def readyz(service: ServiceDep) -> JSONResponse:
         return JSONResponse({"status": "loading"}, status_code=503)
     snap = service.snapshot
     return JSONResponse({"status": "ready", "index_version": snap.state.version, "model": snap.engine.model,
-                         "articles": snap.state.vectors.count,
+                         "articles": snap.state.vectors.count, "ranking_profile": snap.engine.profile.name,
+                         # a newly activated profile whose lists are being computed; the current one serves meanwhile
+                         "ranking_profile_pending": service.lists.preparing,
                          "lists_pending": service.lists.backlog})  # changed articles whose lists are being recomputed
 
 

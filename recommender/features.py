@@ -1,0 +1,97 @@
+"""What the ranking knows about each (seed, candidate) pair, and the linear score over it.
+
+Every feature is a column of one matrix, so the score of a few hundred
+candidates is one matrix product, and `recommender tune` learns the weights of
+exactly the columns serving uses.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from recommender.lexical import LexicalIndex
+from recommender.ranking import DAY, rescale
+from recommender.state import IndexState
+from recommender.text import fold
+
+FEATURES = (
+    "dense",         # cosine, rescaled: 0 a random pair of the archive, 1 the same text
+    "dense_z",       # the same, as a z-score over this seed's candidates
+    "lexical",       # BM25 of the candidate for the seed's top terms, over the seed's own
+    "lexical_z",     # the same, as a z-score over the candidates
+    "title",         # BM25 of the candidate's headline for the seed headline's terms, over the seed's own
+    "entities",      # BM25 over named entities (people, companies, places), over the seed's own
+    "log_days",      # log2(1 + |days apart| / 7); 0 when either is undated
+    "after",         # 1 when the candidate was published after the seed
+    "undated",       # 1 when either has no date
+    "same_section",  # 1 when both have the same section
+    "tags",          # Jaccard overlap of the tags
+)
+
+
+@dataclass(frozen=True)
+class SeedTerms:
+    """What the lexical features need of the seed, computed once per list."""
+
+    text: list[str]
+    title: list[str]
+    entities: list[str]
+
+
+@dataclass(frozen=True)
+class Pairs:
+    """The feature matrix of one seed's candidates."""
+
+    nums: np.ndarray
+    matrix: np.ndarray  # len(nums) x len(FEATURES)
+
+    def column(self, name: str) -> np.ndarray:
+        return self.matrix[:, FEATURES.index(name)]
+
+
+def compute(state: IndexState, nums: np.ndarray, vector: np.ndarray, seed: SeedTerms,
+            when: float | None, section: str | None, tags: tuple[str, ...]) -> Pairs:
+    infos = [state.infos[int(n)] for n in nums]
+    dense = rescale(state.vectors.reconstruct(nums) @ vector, state.meta.random_pair_mean)
+    lexical = normalized_bm25(state.lexical, seed.text, nums)
+    times = np.array([i.published_at.timestamp() if i.published_at else np.nan for i in infos])
+    undated = np.isnan(times) | (when is None)
+    days = np.where(undated, 0.0, (times - (when or 0.0)) / DAY)
+    section = fold(section or "")
+    seed_tags = {fold(t) for t in tags}
+    columns = {
+        "dense": dense,
+        "dense_z": _z(dense),
+        "lexical": lexical,
+        "lexical_z": _z(lexical),
+        "title": normalized_bm25(state.titles, seed.title, nums),
+        "entities": normalized_bm25(state.entities, seed.entities, nums),
+        "log_days": np.log2(1 + np.abs(days) / 7),
+        "after": (days > 0).astype(float),
+        "undated": undated.astype(float),
+        "same_section": np.array([bool(section) and fold(i.section or "") == section for i in infos], dtype=float),
+        "tags": np.array([_jaccard(seed_tags, {fold(t) for t in i.tags}) for i in infos]),
+    }
+    return Pairs(nums, np.column_stack([columns[name] for name in FEATURES]) if len(nums) else
+                 np.zeros((0, len(FEATURES))))
+
+
+def normalized_bm25(lexical: LexicalIndex, seed_terms: list[str], nums: np.ndarray) -> np.ndarray:
+    """BM25 of each candidate for the seed's top terms, over the seed's own score: 1 is as
+    close as the seed to itself."""
+    query = lexical.query(seed_terms)
+    own = lexical.score_terms(query, seed_terms)
+    if own <= 0 or len(nums) == 0:
+        return np.zeros(len(nums))
+    return np.minimum(lexical.score(query, nums.tolist()) / own, 1.0)
+
+
+def _z(values: np.ndarray) -> np.ndarray:
+    std = values.std() if len(values) else 0.0
+    return (values - values.mean()) / std if std > 0 else np.zeros(len(values))
+
+
+def _jaccard(a: set[str], b: set[str]) -> float:
+    return len(a & b) / len(a | b) if a and b else 0.0

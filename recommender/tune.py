@@ -1,0 +1,191 @@
+"""Learn the ranking profile's weights from the archive's own links.
+
+Each link an editor made (the `related` field, a link in a body to another
+article's URL, a CSV row from the CMS) is a positive: for its article, the
+ranking's candidates are gathered exactly as serving does (every source,
+past-only, since an editor can only link what exists), their features computed,
+and a logistic regression fits one weight per feature. Features that are
+z-scores over a seed's candidates make the fit care about the order within a
+list, which is what a list is judged on.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Callable, Iterable
+
+import numpy as np
+
+from recommender import features, ranker
+from recommender.errors import NoLabels, RecommenderError
+from recommender.markup import Element, parse
+from recommender.ranking import Filters
+from recommender.settings import RankingSettings
+from recommender.state import IndexState
+from recommender.store import Store
+
+Labels = dict[str, set[str]]  # article id -> ids of the articles its editors linked
+
+
+@dataclass(frozen=True)
+class Group:
+    """One linked article's candidates, their features, and which of them were linked."""
+
+    query: str
+    published_at: datetime | None
+    pairs: features.Pairs
+    linked: np.ndarray  # bool per candidate
+    wanted: int  # linked articles that exist before the query, found among the candidates or not
+
+
+@dataclass(frozen=True)
+class Quality:
+    queries: int
+    hit: float
+    mrr: float
+
+
+def groups_for(state: IndexState, store: Store, labels: Labels, opts: RankingSettings,
+               embed: ranker.Embed, progress: bool = False) -> list[Group]:
+    """A group per labelled article with at least one link to an earlier article of the archive."""
+    from tqdm import tqdm
+
+    out = []
+    for query in tqdm(sorted(labels), unit="query", desc="gathering candidates", disable=not progress):
+        num = state.by_id.get(query)
+        if num is None or num not in state.vectors:
+            continue
+        seed = ranker.stored_seed(state, store, query, embed)
+        before = {state.by_id[r] for r in labels[query] if r in state.by_id and _before(state, r, seed)}
+        if not before:
+            continue
+        pairs = ranker.candidate_pairs(state, seed, Filters(past_only=True), opts)
+        linked = np.isin(pairs.nums, np.fromiter(before, dtype=np.int64))
+        out.append(Group(query, seed.published_at, pairs, linked, len(before)))
+    return out
+
+
+def fit(groups: list[Group], c: float = 1.0) -> dict[str, float]:
+    """Logistic regression over every (seed, candidate) pair; the weights by feature name, and "bias"."""
+    from sklearn.linear_model import LogisticRegression
+
+    x = np.vstack([g.pairs.matrix for g in groups])
+    y = np.concatenate([g.linked for g in groups])
+    if y.sum() == 0:
+        raise NoLabels("none of the linked articles is among the candidates")
+    model = LogisticRegression(C=c, max_iter=2000, class_weight="balanced")
+    model.fit(x, y)
+    weights = {name: round(float(w), 4) for name, w in zip(features.FEATURES, model.coef_[0])}
+    weights["bias"] = round(float(model.intercept_[0]), 4)
+    return weights
+
+
+def quality(groups: list[Group], weights: dict[str, float], k: int = 10) -> tuple[np.ndarray, np.ndarray]:
+    """Per group, hit@k and reciprocal rank@k of the candidates ordered by the weights
+    alone (no MMR, no minimum score): a fast proxy of the full list."""
+    hits, rrs = [], []
+    for group in groups:
+        score = ranker.score_pairs(group.pairs, weights)
+        order = np.lexsort((group.pairs.nums, -score))[:k]
+        found = np.flatnonzero(group.linked[order])
+        hits.append(1.0 if len(found) else 0.0)
+        rrs.append(1.0 / (found[0] + 1) if len(found) else 0.0)
+    return np.array(hits), np.array(rrs)
+
+
+def split(groups: list[Group], held_out: float = 0.2) -> tuple[list[Group], list[Group]]:
+    """The oldest groups to learn on, the newest `held_out` share to score on."""
+    ordered = sorted(groups, key=lambda g: (g.published_at is None, g.published_at or datetime.min, g.query))
+    cut = max(1, math.floor(len(ordered) * (1 - held_out)))
+    return ordered[:cut], ordered[cut:]
+
+
+def _before(state: IndexState, linked: str, seed: ranker.Seed) -> bool:
+    when = state.infos[state.by_id[linked]].published_at
+    return when is not None and seed.published_at is not None and when <= seed.published_at
+
+
+# --- where labels come from ----------------------------------------------------
+
+def labels_from_field(store: Store, ids: Iterable[str], field: str = "related") -> Labels:
+    """The ids listed in each article's `field` (a list, or a JSON list in a string)."""
+    import json
+
+    out: Labels = {}
+    for article_id in ids:
+        stored = store.get(article_id)
+        value = stored.article.meta.get(field) if stored else None
+        if isinstance(value, str):
+            try:
+                value = json.loads(value)
+            except ValueError:
+                value = [value]
+        if value:
+            out[article_id] = {str(v) for v in value if str(v) != article_id}
+    return out
+
+
+def labels_from_links(store: Store, url_to_id: dict[str, str], ids: Iterable[str]) -> Labels:
+    """Links inside article bodies (`<a href>`) that point at another article's URL."""
+    out: Labels = {}
+    for article_id in ids:
+        stored = store.get(article_id)
+        if stored is None or "<a" not in stored.article.body.lower():
+            continue
+        targets = {url_to_id.get(_url_key(href)) for href in hrefs(stored.article.body)}
+        targets.discard(None)
+        targets.discard(article_id)
+        if targets:
+            out[article_id] = targets  # type: ignore[assignment]
+    return out
+
+
+def labels_from_csv(path: Path, url_to_id: dict[str, str], known: Callable[[str], bool]) -> Labels:
+    """A CMS export: a header row naming `from` and `to` columns, each an article id or URL."""
+    out: Labels = {}
+    with open(path, newline="", encoding="utf-8") as handle:
+        reader = csv.DictReader(handle)
+        if not reader.fieldnames or not {"from", "to"} <= set(reader.fieldnames):
+            raise RecommenderError(f"{path}: the CSV needs a header with columns 'from' and 'to'",
+                                   hint="e.g. from,to\\n2025-03-14-kiev,2025-03-10-kiev")
+        for row in reader:
+            source, target = (_resolve(row[c] or "", url_to_id, known) for c in ("from", "to"))
+            if source and target and source != target:
+                out.setdefault(source, set()).add(target)
+    return out
+
+
+def merge(*sources: Labels) -> Labels:
+    out: Labels = {}
+    for labels in sources:
+        for key, values in labels.items():
+            out.setdefault(key, set()).update(values)
+    return out
+
+
+def hrefs(html: str) -> list[str]:
+    return [node.attrs["href"] for node in parse(html).iter()
+            if isinstance(node, Element) and node.tag == "a" and node.attrs.get("href")]
+
+
+def _url_key(url: str) -> str:
+    """A URL without scheme, query, fragment and trailing slash: how a body's link and a
+    stored URL are matched."""
+    url = url.strip().split("#")[0].split("?")[0].rstrip("/")
+    return url.split("://", 1)[-1].removeprefix("www.").lower()
+
+
+def url_index(store: Store) -> dict[str, str]:
+    return {_url_key(url): article_id for article_id, url in store.urls()}
+
+
+def _resolve(value: str, url_to_id: dict[str, str], known: Callable[[str], bool]) -> str | None:
+    value = value.strip()
+    if known(value):
+        return value
+    return url_to_id.get(_url_key(value)) if "/" in value else None
+
