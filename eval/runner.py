@@ -101,6 +101,10 @@ def evaluate(dataset_path: str, settings: Settings, models: list[str], strategie
             evaluation.runs.append(run)
             for k in ks:
                 evaluation.results.append(score_run(dataset, engine, state, run, k, past_only))
+            if strategy == "default" and "related" in dataset.kinds():
+                recall = source_recall(engine, state, dataset, queries, past_only, options or {})
+                for result in evaluation.results[-len(ks):]:
+                    result.metrics.update(recall)
             if ann and strategy == "dense":
                 for k in ks:
                     recall = ann_recall(state, run, k, engine)
@@ -108,6 +112,28 @@ def evaluate(dataset_path: str, settings: Settings, models: list[str], strategie
                                   if (r.strategy, r.model, r.k) == ("dense", engine.model, k))
                     result.metrics[f"ann_recall@{k}"] = recall
     return evaluation
+
+
+def source_recall(engine: Engine, state: IndexState, dataset: Dataset, queries: list[str], past_only: bool,
+                  options: dict) -> dict[str, float]:
+    """Each candidate source's recall of the labelled related articles (what share of
+    them it brings to the ranking at all), and that of all sources together."""
+    from recommender import ranker
+    from recommender.candidates import SOURCES
+    from recommender.ranking import Filters
+
+    opts = engine.ranking(**{**options, "k": 10})
+    found: dict[str, list[float]] = {name: [] for name in (*SOURCES, "all")}
+    for query in queries:
+        relevant = {state.by_id[r] for r in dataset.relevant("related", query)
+                    if r in state.by_id and (not past_only or _not_after(dataset, r, query))}
+        if not relevant:
+            continue
+        gathered = ranker.gather(state, engine.seed(state, query), Filters(past_only=past_only), opts)
+        for name, nums in (*gathered.by_source.items(), ("all", gathered.nums)):
+            found[name].append(len(relevant & set(nums.tolist())) / len(relevant))
+    per = opts.candidates
+    return {f"candidates@{per}:{name}": round(float(np.mean(values)), 4) for name, values in found.items() if values}
 
 
 def pick_queries(dataset: Dataset, state: IndexState, limit: int | None, since: datetime | None = None) -> list[str]:

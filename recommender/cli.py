@@ -491,6 +491,165 @@ def index_prune(data_dir, keep):
     click.echo(f"kept {active or 'nothing'} (active)" + (f" and {len(inactive) - len(doomed)} more" if keep else ""))
 
 
+@main.command()
+@click.argument("files", nargs=-1, type=click.Path(exists=True, dir_okay=False))
+@common_options
+@click.option("--until", type=click.DateTime(formats=["%Y-%m-%d"]), default=None,
+              help="Learn only from articles published before this date (UTC); score later ones with eval --since.")
+@click.option("--field", default="related", show_default=True, help="The articles' field listing the ids they link.")
+@click.option("--links-csv", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="Links exported from the CMS: a CSV with columns from,to (ids or URLs).")
+@click.option("--held-out", type=click.FloatRange(0.05, 0.5), default=0.2, show_default=True,
+              help="Share of the newest linked articles the gain is measured on.")
+@click.option("--c", "c", type=click.FloatRange(min=1e-6), default=1.0, show_default=True,
+              help="Inverse regularisation strength of the logistic regression.")
+@click.option("--activate", is_flag=True, help="Make the new profile active at once.")
+@click.option("--json", "as_json", is_flag=True, help="Print the profile as JSON.")
+@progress_option
+def tune(files, settings, until, field, links_csv, held_out, c, activate, as_json, progress):
+    """Learn the ranking's weights from the links your editors already made.
+
+    FILES (optional) are ingested first, like `recommender ingest`, so an export
+    with a "related" field (ids of the articles each one links) is enough. Links
+    are also taken from <a href> links in the stored bodies that point at another
+    article's URL, and from --links-csv. For each linked article, the ranking's
+    candidates are gathered as serving does (past-only), and a logistic regression
+    learns a weight per feature. The gain is measured on the newest 20 % of the
+    linked articles, learning on the older ones; then the weights are learned on
+    all and saved as a new profile (profiles/pN.json), not active until
+    `recommender profile activate pN` (or --activate). A running server then
+    recomputes its lists in the background and switches when they are done.
+
+    \b
+    Examples:
+      recommender tune archive.jsonl                      # learn, report, save p1
+      recommender tune --until 2025-01-01 --links-csv cms-links.csv
+      recommender profile activate p1                     # serve it
+      recommender profile rollback                        # back to the previous one
+    """
+    from recommender import tune as tuning
+    from recommender.engine import Engine
+    from recommender.profiles import Profiles
+
+    engine = Engine(settings)
+    progress = show_progress(progress)
+    if files:
+        engine.ingest(list(files), progress=progress, index=False)
+    state = engine.indexes.build_state("tune", engine.embedder.dimension)
+    ids = list(state.by_id)
+    labels = tuning.merge(tuning.labels_from_field(engine.store, ids, field),
+                          tuning.labels_from_links(engine.store, tuning.url_index(engine.store), ids))
+    if links_csv is not None:
+        labels = tuning.merge(labels, tuning.labels_from_csv(links_csv, tuning.url_index(engine.store),
+                                                             lambda value: value in state.by_id))
+    result = tuning.learn(state, engine.store, labels, engine.ranking(k=10), engine.embed, _utc(until),
+                          held_out, c, progress)
+    source = "recommender tune" + (f" --until {until:%Y-%m-%d}" if until else "") + f" ({result.links} linked articles)"
+    profiles = Profiles(settings.profiles_dir)
+    profile = profiles.save(result.weights, source, result.report)
+    if activate:
+        profiles.activate(profile.name)
+    if as_json:
+        click.echo(profile.model_dump_json(indent=2))
+        return
+    click.echo(f"learned from {result.links} linked articles; gain measured on the newest {result.held_out} "
+               f"(learning on the older {result.learned_on}):")
+    click.echo(f"  hit@10  {result.before.hit:.3f} -> {result.after.hit:.3f}   "
+               f"MRR@10  {result.before.mrr:.3f} -> {result.after.mrr:.3f}   "
+               f"(active profile {engine.profile.name} -> learned weights)")
+    click.echo("weights: " + ", ".join(f"{k} {v:+.3f}" for k, v in profile.weights.items()))
+    click.echo(f"saved profile {profile.name} ({settings.profiles_dir / (profile.name + '.json')})"
+               + ("; active" if activate else f"; serve it with: recommender profile activate {profile.name}"))
+
+
+@main.group()
+def profile():
+    """Ranking profiles (the weights of the ranking): list, show, activate, rollback.
+
+    \b
+    Examples:
+      recommender profile list
+      recommender profile show p2
+      recommender profile activate p2
+      recommender profile rollback
+    """
+
+
+def _profiles(data_dir):
+    from recommender.profiles import Profiles
+
+    return Profiles(load_settings(data_dir=data_dir).profiles_dir)
+
+
+def data_dir_option(func):
+    return click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+                        help="[env RECOMMENDER_DATA_DIR; default ./data]")(func)
+
+
+@profile.command("list")
+@data_dir_option
+@click.option("--json", "as_json", is_flag=True, help="Print [{name, created_at, source, report, active}].")
+def profile_list(data_dir, as_json):
+    """Show the ranking profiles and which one serves (marked *), with what tune measured.
+
+    \b
+    Example:
+      recommender profile list --json
+    """
+    profiles = _profiles(data_dir)
+    active = profiles.active_name()
+    rows = [profiles.get(name) for name in profiles.names()]
+    if as_json:
+        click.echo(json.dumps([p.model_dump(exclude={"weights"}) | {"active": p.name == active} for p in rows],
+                              indent=2))
+        return
+    for p in rows:
+        held = (f"  held-out hit@10 {p.report['held_out_hit10']}, MRR@10 {p.report['held_out_mrr10']}"
+                if "held_out_hit10" in p.report else "")
+        click.echo(f"{'*' if p.name == active else ' '} {p.name:8} {p.created_at or '-':20} {p.source}{held}")
+
+
+@profile.command("show")
+@click.argument("name", required=False)
+@data_dir_option
+def profile_show(name, data_dir):
+    """Print a profile as JSON (the active one without NAME).
+
+    \b
+    Example:
+      recommender profile show p1
+    """
+    profiles = _profiles(data_dir)
+    click.echo(profiles.get(name or profiles.active_name()).model_dump_json(indent=2))
+
+
+@profile.command("activate")
+@click.argument("name")
+@data_dir_option
+def profile_activate(name, data_dir):
+    """Make NAME the profile that ranks. A running server computes every list under it
+    in the background and switches when they are done; the old lists serve meanwhile.
+
+    \b
+    Example:
+      recommender profile activate default     # back to the hand-set weights
+    """
+    _profiles(data_dir).activate(name)
+    click.echo(f"{name} is active")
+
+
+@profile.command("rollback")
+@data_dir_option
+def profile_rollback(data_dir):
+    """Activate the profile that was active before the current one.
+
+    \b
+    Example:
+      recommender profile rollback
+    """
+    click.echo(f"{_profiles(data_dir).rollback().name} is active")
+
+
 @main.command("eval")
 @click.argument("dataset")
 @click.option("--k", "ks", type=int, multiple=True, default=(5, 10), show_default=True,
@@ -510,10 +669,12 @@ def index_prune(data_dir, keep):
 @click.option("--ann", is_flag=True, help="Also measure HNSW recall@k against exact search.")
 @click.option("--lexical-weight", type=click.FloatRange(0, 1), default=None,
               help="BM25 share for 'hybrid' and 'default' (default ranking: the engine's setting).")
+@click.option("--profile", "profile_file", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="A ranking profile's JSON file (profiles/pN.json) for 'default'. [default: the built-in one]")
 @click.option("--json", "as_json", is_flag=True, help='Print {"dataset", "queries", "results": [...]} to stdout.')
 @progress_option
 def eval_command(dataset, ks, strategies, models, past_only, limit_queries, since, out_dir, data_dir, ann,
-                 lexical_weight, as_json, progress):
+                 lexical_weight, profile_file, as_json, progress):
     """Score suggestion strategies and models on a labelled JSONL dataset.
 
     The dataset is the ingest format plus labels: "topic" or "section" (same-label
@@ -529,6 +690,7 @@ def eval_command(dataset, ks, strategies, models, past_only, limit_queries, sinc
       recommender eval labelled.jsonl --strategy lexical --strategy default --k 5 --json
       recommender eval moroco.jsonl --model e5-small-q4 --model hashing:512 --limit-queries 500
       recommender eval zf-2020-2021.jsonl --since 2021-01-01 --past-only --k 10
+      recommender eval zf-2020-2021.jsonl --since 2021-01-01 --past-only --profile data/profiles/p1.json
     """
     from embeddings import DEFAULT_MODEL
     from eval.runner import default_out_dir, evaluate
@@ -539,6 +701,10 @@ def eval_command(dataset, ks, strategies, models, past_only, limit_queries, sinc
     progress = show_progress(progress)
     log = (lambda msg: click.echo(msg, err=True)) if not as_json or progress else (lambda msg: None)
     options = {"lexical_weight": lexical_weight} if lexical_weight is not None else {}
+    if profile_file is not None:
+        from recommender.profiles import read_profile
+
+        options["weights"] = read_profile(profile_file).weights
     evaluation = evaluate(dataset, settings, list(models) or [settings.model or DEFAULT_MODEL],
                           list(strategies) or list(STRATEGIES),
                           list(ks), past_only, limit_queries, options, ann, progress, log,

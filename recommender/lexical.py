@@ -95,7 +95,7 @@ class LexicalIndex:
         top = np.argsort(-tfidf, kind="stable")[:max_terms]
         return ids[top], np.ones(len(top))
 
-    def _bm25_rows(self, docs: list[tuple[np.ndarray, np.ndarray]], with_idf: bool = True):
+    def _bm25_rows(self, docs: list[tuple[np.ndarray, np.ndarray]]):
         from scipy.sparse import csr_matrix
 
         avgdl = self._total_len / max(len(self._docs), 1) or 1.0
@@ -103,9 +103,7 @@ class LexicalIndex:
         cols = np.concatenate([d[0] for d in docs]) if docs else np.zeros(0, dtype=np.int64)
         tf = np.concatenate([d[1] for d in docs]).astype(np.float64) if docs else np.zeros(0)
         lengths = np.repeat([float(d[1].sum()) for d in docs], np.diff(indptr)) if docs else np.zeros(0)
-        weights = tf * (K1 + 1) / (tf + K1 * (1 - B + B * lengths / avgdl))
-        if with_idf:
-            weights *= self.idf(cols)
+        weights = self.idf(cols) * tf * (K1 + 1) / (tf + K1 * (1 - B + B * lengths / avgdl))
         return csr_matrix((weights, cols, indptr), shape=(len(docs), len(self.vocab)))
 
     def _query_vector(self, query: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
@@ -139,7 +137,7 @@ class LexicalIndex:
         postings = self._current_postings()
         weights = np.zeros(len(self.vocab))
         weights[query[0]] = query[1] * self.idf(query[0])
-        main = postings.scores(weights)
+        main = postings.scores(weights, self._total_len / max(len(self._docs), 1) or 1.0)
         delta = sorted(n for n in postings.delta if n in self._docs)
         extra = self.score(query, delta) if delta else np.zeros(0)
         scores = np.concatenate([main, extra])
@@ -161,18 +159,29 @@ class LexicalIndex:
 
 
 class _Postings:
-    """A term-major (CSC) matrix of BM25 term weights without the idf, built in
-    bulk, plus the documents changed since (`delta`, scored directly). Never
+    """A term-major (CSC) matrix of term counts, built in bulk, plus the documents
+    changed since (`delta`, scored directly). BM25 is computed at query time on the
+    query terms' entries only, with the current statistics, so it is exact. Never
     changed in place: a write makes a new one sharing the matrix."""
 
-    def __init__(self, nums: np.ndarray, matrix, row_of: dict[int, int], dead: np.ndarray, delta: frozenset[int]):
-        self.nums, self.matrix, self.row_of, self.dead, self.delta = nums, matrix, row_of, dead, delta
+    def __init__(self, nums: np.ndarray, counts, lengths: np.ndarray, row_of: dict[int, int], dead: np.ndarray,
+                 delta: frozenset[int]):
+        self.nums, self.counts, self.lengths, self.row_of = nums, counts, lengths, row_of
+        self.dead, self.delta = dead, delta
 
     @classmethod
     def build(cls, lexical: LexicalIndex) -> "_Postings":
-        nums = np.fromiter(lexical._docs.keys(), dtype=np.int64, count=len(lexical._docs))
-        rows = lexical._bm25_rows(list(lexical._docs.values()), with_idf=False).astype(np.float32)
-        return cls(nums, rows.tocsc(), {int(n): i for i, n in enumerate(nums)}, np.zeros(len(nums), dtype=bool),
+        from scipy.sparse import csc_matrix
+
+        docs = list(lexical._docs.values())
+        nums = np.fromiter(lexical._docs.keys(), dtype=np.int64, count=len(docs))
+        indptr = np.cumsum([0] + [len(d[0]) for d in docs])
+        cols = np.concatenate([d[0] for d in docs]) if docs else np.zeros(0, dtype=np.int64)
+        tf = np.concatenate([d[1] for d in docs]).astype(np.float32) if docs else np.zeros(0, dtype=np.float32)
+        rows = np.repeat(np.arange(len(docs)), np.diff(indptr))
+        counts = csc_matrix((tf, (rows, cols)), shape=(len(docs), len(lexical.vocab)))
+        lengths = np.array([float(d[1].sum()) for d in docs])
+        return cls(nums, counts, lengths, {int(n): i for i, n in enumerate(nums)}, np.zeros(len(docs), dtype=bool),
                    frozenset())
 
     def changed(self, num: int) -> "_Postings":
@@ -181,12 +190,18 @@ class _Postings:
         if row is not None and not dead[row]:
             dead = dead.copy()
             dead[row] = True
-        return _Postings(self.nums, self.matrix, self.row_of, dead, self.delta | {num})
+        return _Postings(self.nums, self.counts, self.lengths, self.row_of, dead, self.delta | {num})
 
-    def scores(self, weights: np.ndarray) -> np.ndarray:
-        terms = np.flatnonzero(weights[: self.matrix.shape[1]])
+    def scores(self, weights: np.ndarray, avgdl: float) -> np.ndarray:
+        """BM25 of every document of the matrix for per-term query weights (idf included)."""
+        terms = np.flatnonzero(weights[: self.counts.shape[1]])
         if len(terms) == 0 or len(self.nums) == 0:
             return np.zeros(len(self.nums))
-        scores = self.matrix[:, terms] @ weights[terms]
+        sub = self.counts[:, terms]
+        tf = sub.data.astype(np.float64)
+        rows = sub.indices
+        per_entry = np.repeat(weights[terms], np.diff(sub.indptr))
+        bm25 = per_entry * tf * (K1 + 1) / (tf + K1 * (1 - B + B * self.lengths[rows] / avgdl))
+        scores = np.bincount(rows, weights=bm25, minlength=len(self.nums))
         scores[self.dead] = 0.0
-        return np.asarray(scores, dtype=np.float64)
+        return scores

@@ -189,3 +189,41 @@ def _resolve(value: str, url_to_id: dict[str, str], known: Callable[[str], bool]
         return value
     return url_to_id.get(_url_key(value)) if "/" in value else None
 
+
+
+# --- the whole job -----------------------------------------------------------------
+
+@dataclass(frozen=True)
+class TuneResult:
+    weights: dict[str, float]
+    links: int  # labelled articles with a link to an earlier article of the archive
+    learned_on: int  # of them, the older ones the held-out check learned on
+    held_out: int  # the newest ones it scored
+    before: Quality  # the active profile, on the held-out queries
+    after: Quality  # weights learned on the older queries only, on the same held-out queries
+    report: dict
+
+
+def learn(state: IndexState, store: Store, labels: Labels, opts: RankingSettings, embed: ranker.Embed,
+          until: datetime | None, held_out: float = 0.2, c: float = 1.0, progress: bool = False) -> TuneResult:
+    """Weights learned from every labelled article published before `until`; their
+    gain measured first by learning on the older 80 % and scoring the newest 20 %."""
+    if until is not None:
+        labels = {q: r for q, r in labels.items()
+                  if q in state.by_id and (when := state.infos[state.by_id[q]].published_at) and when < until}
+    groups = groups_for(state, store, labels, opts, embed, progress)
+    if len(groups) < 10:
+        raise NoLabels(f"only {len(groups)} articles link to earlier articles of the archive"
+                       + (f" before {until:%Y-%m-%d}" if until else "") + "; at least 10 are needed",
+                       hint="give links with a 'related' field, links in bodies, or --links-csv")
+    older, newer = split(groups, held_out)
+    hits0, rr0 = quality(newer, opts.weights)
+    hits1, rr1 = quality(newer, fit(older, c))
+    before, after = Quality(len(newer), hits0.mean(), rr0.mean()), Quality(len(newer), hits1.mean(), rr1.mean())
+    weights = fit(groups, c)
+    report = {"links": len(groups), "held_out": len(newer), "held_out_hit10_before": round(before.hit, 4),
+              "held_out_mrr10_before": round(before.mrr, 4), "held_out_hit10": round(after.hit, 4),
+              "held_out_mrr10": round(after.mrr, 4)}
+    if until is not None:
+        report["until"] = f"{until:%Y-%m-%d}"
+    return TuneResult(weights, len(groups), len(older), len(newer), before, after, report)

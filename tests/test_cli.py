@@ -10,7 +10,7 @@ from recommender.cli import main
 from tests.conftest import HASHING, article, write_jsonl
 
 COMMANDS = ["ingest", "related", "delete", "stats", "demo", "serve", "reembed", "eval", "eval-sts", "index list",
-            "index activate", "index prune"]
+            "index activate", "index prune", "tune", "profile activate", "profile list"]
 
 
 @pytest.fixture

@@ -1,0 +1,110 @@
+"""The ranking's candidate sources and their building blocks, against brute force."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from recommender import ranker
+from recommender.candidates import SOURCES
+from recommender.entities import entities
+from recommender.lexical import LexicalIndex
+from recommender.ranking import Filters
+from recommender.timeline import Timeline
+from tests.conftest import article, write_jsonl
+
+
+def test_entities_are_names_not_sentence_starts():
+    found = entities("Klaus Iohannis a vizitat Banca Transilvania",
+                     "Președintele a spus că BNR va decide. Ministerul Finanțelor a anunțat, iar OMV Petrom a reacționat. "
+                     "Anul acesta va fi greu.")
+    assert {"iohannis", "klaus_iohannis", "banc_transilvan", "bnr", "omv_petrom", "petrom"} <= set(found)
+    assert "anul" not in found and "an" not in found  # a capital at a sentence's start says nothing
+    # Folded and stemmed: the cedilla and the comma forms, and two cases of a name, are one key.
+    assert entities("x", "Vizita în România.") == entities("x", "Vizita în Romaniei.") == ["roman"]
+
+
+def test_bm25_search_matches_brute_force_through_adds_updates_and_removes():
+    rng = np.random.default_rng(0)
+    vocab = [f"w{i}" for i in range(60)]
+    lexical = LexicalIndex()
+    docs = {n: list(rng.choice(vocab, size=rng.integers(5, 30))) for n in range(1500)}
+    for n, words in docs.items():
+        lexical.add(n, words)
+    query = lexical.query(["w1", "w2", "w3", "w7"])
+    assert_search_is_exact(lexical, query)  # built in bulk
+    for n in range(0, 300, 3):  # changes the built index does not hold: scored as a delta
+        lexical.remove(n)
+    for n in range(1, 300, 3):
+        lexical.add(n, ["w1", "w1", "w2", "new"])
+    lexical.add(5000, ["w3", "w7", "w7"])
+    assert_search_is_exact(lexical, query)
+    before = lexical.clone()
+    lexical.add(5001, ["w1", "w2", "w3", "w7"])
+    assert 5001 in lexical.search(query, 5)[1] and 5001 not in before.search(query, 5)[1]
+
+
+def assert_search_is_exact(lexical: LexicalIndex, query) -> None:
+    nums = np.array(sorted(lexical._docs))
+    brute = lexical.score(query, nums.tolist())
+    scores, found = lexical.search(query, 20)
+    expected = nums[np.lexsort((nums, -brute))][:20]
+    np.testing.assert_array_equal(found, expected)
+    np.testing.assert_allclose(scores, np.sort(brute)[::-1][:20], rtol=1e-5)
+
+
+def test_timeline_window_matches_a_scan_through_writes_and_clones():
+    rng = np.random.default_rng(1)
+    timeline, at = Timeline(), {}
+    for num in range(500):  # the bulk path
+        at[num] = float(rng.integers(0, 1000))
+        timeline.set(num, at[num])
+    for step in range(200):  # one by one, and a clone that must not see later writes
+        num = int(rng.integers(0, 600))
+        when = None if step % 7 == 0 else float(rng.integers(0, 1000))
+        timeline.set(num, when)
+        at.pop(num, None) if when is None else at.__setitem__(num, when)
+        if step == 100:
+            frozen, frozen_at = timeline.clone(), dict(at)
+    for tl, expected in ((timeline, at), (frozen, frozen_at)):
+        got = tl.window(500.0, 100.0, 50.0, limit=10_000)
+        assert sorted(got.tolist()) == sorted(n for n, t in expected.items() if 400 <= t <= 550)
+    nearest = timeline.window(500.0, 1000.0, 1000.0, limit=5)
+    assert len(nearest) == 5 and max(abs(at[int(n)] - 500) for n in nearest) <= min(
+        abs(t - 500) for n, t in at.items() if n not in set(nearest.tolist()))
+
+
+@pytest.fixture
+def archive(engine, tmp_path):
+    """A story told over a week, echoed by pieces that share its words but not its time or names."""
+    records = [article("s-1", "Fuziunea Petrom cu Romgaz, anunțată", "Petrom și Romgaz anunță fuziunea. Ministrul Popescu a confirmat.",
+                       "2025-03-01T10:00:00+00:00", section="economie"),
+               article("s-2", "Petrom și Romgaz semnează", "Acordul de fuziune a fost semnat de Petrom și Romgaz.",
+                       "2025-03-04T10:00:00+00:00", section="economie"),
+               article("s-3", "Ce urmează după fuziune", "Analiștii spun că fuziunea Petrom Romgaz schimbă piața. Popescu e optimist.",
+                       "2025-03-06T10:00:00+00:00", section="economie")]
+    records += [article(f"far-{i}", f"Fuziune în industrie {i}", "O fuziune anunțată; acordul de fuziune a fost semnat.",
+                        f"20{10 + i}-06-01T10:00:00+00:00", section="economie") for i in range(8)]
+    topics = ("meciul de fotbal de aseară", "vremea caldă de la munte", "prețul pâinii în magazine", "concertul din parc",
+              "școlile se redeschid", "trenurile întârzie iar", "festivalul de film", "recolta de grâu a fost bună")
+    records += [article(f"other-{i}", topic.capitalize(), f"Despre {topic}, pe larg.", "2025-03-03T10:00:00+00:00",
+                        section="diverse") for i, topic in enumerate(topics)]
+    engine.ingest([str(write_jsonl(tmp_path / "a.jsonl", records))])
+    return engine
+
+
+def test_every_source_brings_candidates_that_pass_the_filters(archive):
+    state = archive.state()
+    seed = archive.seed(state, "s-3")
+    found = ranker.gather(state, seed, Filters(past_only=True), archive.ranking(candidates=10, window_days=30))
+    assert set(found.by_source) == set(SOURCES)
+    ids = {name: {state.infos[int(n)].id for n in nums} for name, nums in found.by_source.items()}
+    assert {"s-1", "s-2"} <= ids["time"] and not any(i.startswith("far-") for i in ids["time"])  # years away
+    assert {"s-1", "s-2"} <= ids["entities"]  # Petrom, Romgaz, Popescu
+    assert "s-3" not in set().union(*ids.values())  # never the seed
+    assert set(found.nums.tolist()) == {state.by_id[i] for i in set().union(*ids.values())}
+    assert ids["dense"] and ids["lexical"]
+
+
+def test_names_and_time_put_the_story_first(archive):
+    assert [i.id for i in archive.related("s-3", k=2)] == ["s-2", "s-1"]
