@@ -25,6 +25,7 @@ from recommender.state import IndexState
 
 SOURCES = ("dense", "lexical", "time", "entities")
 WINDOW_LIMIT = 8  # the time source scores at most this many times its share, the closest in time
+CLOSEST = 0.25  # share of the time source taken by closeness alone, before similarity picks the rest
 
 Accept = Callable[[int], bool]
 
@@ -74,14 +75,15 @@ def bm25(lexical: LexicalIndex, query, accept: Accept, wanted: int) -> np.ndarra
 
 def around(state: IndexState, vector: np.ndarray, when: float | None, accept: Accept, wanted: int,
            window_days: float, past_only: bool) -> np.ndarray:
-    """The accepted articles within `window_days` of `when`; the `wanted` most
-    similar of them when there are more."""
+    """The accepted articles within `window_days` of `when`; when there are more
+    than `wanted`, the closest in time (a share, CLOSEST) and the most similar of the rest."""
     if when is None or window_days <= 0:
         return np.zeros(0, dtype=np.int64)
     nums = state.timeline.window(when, window_days * DAY, 0.0 if past_only else window_days * DAY,
-                                 WINDOW_LIMIT * wanted)
+                                 WINDOW_LIMIT * wanted)  # closest in time first
     nums = np.asarray([n for n in nums.tolist() if n in state.vectors and accept(n)], dtype=np.int64)
     if len(nums) <= wanted:
         return nums
-    cosines = state.vectors.reconstruct(nums) @ vector
-    return nums[np.argsort(-cosines, kind="stable")[:wanted]]
+    closest, rest = nums[: int(wanted * CLOSEST)], nums[int(wanted * CLOSEST):]
+    cosines = state.vectors.reconstruct(rest) @ vector
+    return np.concatenate([closest, rest[np.argsort(-cosines, kind="stable")[: wanted - len(closest)]]])

@@ -534,8 +534,8 @@ def tune(files, settings, until, field, links_csv, held_out, c, activate, as_jso
     engine = Engine(settings)
     progress = show_progress(progress)
     if files:
-        engine.ingest(list(files), progress=progress, index=False)
-    state = engine.indexes.build_state("tune", engine.embedder.dimension)
+        engine.ingest(list(files), progress=progress)
+    state = engine.state()
     ids = list(state.by_id)
     labels = tuning.merge(tuning.labels_from_field(engine.store, ids, field),
                           tuning.labels_from_links(engine.store, tuning.url_index(engine.store), ids))

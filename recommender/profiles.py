@@ -65,9 +65,10 @@ class Profiles:
     def get(self, name: str) -> Profile:
         if name == DEFAULT:
             return BUILT_IN
-        if not _NAME.match(name):
+        path = self.root / f"{name}.json"
+        if not _NAME.match(name) or not path.exists():
             raise RecommenderError(f"no ranking profile {name!r}", hint="see: recommender profile list")
-        return read_profile(self.root / f"{name}.json")
+        return read_profile(path)
 
     def names(self) -> list[str]:
         found = [p.stem for p in self.root.glob("p*.json") if _NAME.match(p.stem)] if self.root.exists() else []

@@ -41,13 +41,11 @@ class Timeline:
         self.set(num, None)
 
     def window(self, when: float, before: float, after: float, limit: int) -> np.ndarray:
-        """Nums published in [when - before, when + after] (seconds); the `limit`
-        closest to `when` if there are more."""
+        """Nums published in [when - before, when + after] (seconds), closest to `when`
+        first, at most `limit` of them."""
         times, nums = self._sorted if not self._pending else self.settle()
         lo = np.searchsorted(times, when - before, side="left")
         hi = np.searchsorted(times, when + after, side="right")
-        if hi - lo <= limit:
-            return nums[lo:hi]
         closest = np.argsort(np.abs(times[lo:hi] - when), kind="stable")[:limit]
         return nums[lo:hi][closest]
 

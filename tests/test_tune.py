@@ -1,0 +1,164 @@
+"""Learning the ranking profile from the archive's links, and serving profiles."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from fastapi.testclient import TestClient
+
+from api.app import create_app
+from recommender import tune
+from recommender.cli import main
+from recommender.errors import NoLabels, RecommenderError
+from recommender.profiles import DEFAULT, Profiles, read_profile
+from recommender.settings import DEFAULT_WEIGHTS
+from tests.conftest import HASHING, CountingEmbedder, article, write_jsonl
+
+WORDS = ("guvern buget deficit ministru proiect lege vot senat camera partid sondaj alegeri primar consiliu "
+         "investitie fabrica export import piata bursa actiuni dobanda credit banca inflatie salariu pensie").split()
+
+
+def linked_archive(n_stories: int = 30) -> list[dict]:
+    """Stories of four pieces over four days, each in a section of its own, their words
+    hardly different from the noise around them (one word of the story's own); every
+    later piece links the earlier ones, as an editor would. Section and time are the
+    signal, the text barely."""
+    rng = np.random.default_rng(0)
+    records = []
+    for s in range(n_stories):
+        for p in range(4):
+            day = 1 + 2 * s + p
+            records.append(article(
+                f"st{s}-{p}", " ".join(rng.choice(WORDS, 4)).capitalize(), " ".join([f"subiect{s}", *rng.choice(WORDS, 30)]),
+                f"2025-{1 + day // 28:02d}-{1 + day % 28:02d}T10:00:00+00:00", section=f"dosar-{s}",
+                related=[f"st{s}-{q}" for q in range(p)]))
+    for i in range(3 * n_stories):
+        day = i * 2 // 3
+        records.append(article(f"noise-{i}", " ".join(rng.choice(WORDS, 4)).capitalize(), " ".join(rng.choice(WORDS, 30)),
+                               f"2025-{1 + day // 28:02d}-{1 + day % 28:02d}T12:00:00+00:00", section="diverse"))
+    return records
+
+
+@pytest.fixture
+def linked(engine, tmp_path):
+    engine.ingest([str(write_jsonl(tmp_path / "linked.jsonl", linked_archive()))])
+    return engine
+
+
+def learned(engine, until=None):
+    state = engine.state()
+    labels = tune.labels_from_field(engine.store, list(state.by_id))
+    return tune.learn(state, engine.store, labels, engine.ranking(k=10), engine.embed, until)
+
+
+def test_tune_learns_what_the_links_say_and_measures_it_on_newer_articles(linked):
+    result = learned(linked)
+    assert result.links == 90 and result.held_out == 18 and result.learned_on == 72
+    assert set(result.weights) == set(DEFAULT_WEIGHTS) | {"dense", "lexical", "after", "undated", "bias"}
+    # The section is what these editors follow: the fit finds it, and it pays on held-out articles.
+    assert result.weights["same_section"] > 2 * DEFAULT_WEIGHTS["same_section"]
+    assert result.after.hit >= result.before.hit and result.after.mrr > result.before.mrr
+    assert result.after.mrr > 0.8
+
+
+def test_tune_until_learns_only_from_older_links(linked):
+    from datetime import datetime, timezone
+
+    result = learned(linked, until=datetime(2025, 2, 1, tzinfo=timezone.utc))
+    assert result.links < 90 and result.report["until"] == "2025-02-01"
+    with pytest.raises(NoLabels, match="at least 10"):
+        learned(linked, until=datetime(2025, 1, 5, tzinfo=timezone.utc))
+
+
+def test_links_from_bodies_and_a_cms_csv(engine, tmp_path):
+    records = [article("a-1", "Primul", "Text."), article("a-2", "Al doilea", "Text.", url="https://www.ziar.ro/x/a-2/"),
+               article("a-3", "Al treilea", 'Vezi <a href="https://ziar.ro/x/a-2?utm=1">aici</a> și '
+                                             '<a href="https://www.exemplu.ro/externe/a-1">acolo</a>, '
+                                             '<a href="https://alt-site.ro/z">nu</a>.')]
+    engine.ingest([str(write_jsonl(tmp_path / "a.jsonl", records))])
+    urls = tune.url_index(engine.store)
+    assert tune.labels_from_links(engine.store, urls, ["a-1", "a-2", "a-3"]) == {"a-3": {"a-1", "a-2"}}
+    csv = tmp_path / "links.csv"
+    csv.write_text("from,to\na-2,a-1\nhttps://www.exemplu.ro/externe/a-3,a-2\nnope,a-1\n", encoding="utf-8")
+    known = lambda value: engine.store.num_of(value) is not None  # noqa: E731
+    assert tune.labels_from_csv(csv, urls, known) == {"a-2": {"a-1"}, "a-3": {"a-2"}}
+    csv.write_text("source,target\na-2,a-1\n", encoding="utf-8")
+    with pytest.raises(RecommenderError, match="'from' and 'to'"):
+        tune.labels_from_csv(csv, urls, known)
+
+
+def test_profiles_are_versioned_activated_and_rolled_back(tmp_path):
+    profiles = Profiles(tmp_path / "profiles")
+    assert profiles.names() == [DEFAULT] and profiles.active().weights == DEFAULT_WEIGHTS
+    p1 = profiles.save({"dense_z": 1.0}, "test", {"links": 3})
+    p2 = profiles.save({"dense_z": 2.0, "bias": -1.0}, "test", {})
+    assert (p1.name, p2.name) == ("p1", "p2") and profiles.active_name() == DEFAULT  # saving activates nothing
+    profiles.activate("p1")
+    profiles.activate("p2")
+    assert profiles.active().weights == {"dense_z": 2.0, "bias": -1.0}
+    assert profiles.rollback().name == "p1" and profiles.rollback().name == DEFAULT
+    with pytest.raises(RecommenderError, match="no earlier profile"):
+        profiles.rollback()
+    with pytest.raises(RecommenderError, match="no ranking profile 'p9'"):
+        profiles.activate("p9")
+    assert json.loads((tmp_path / "profiles" / "p1.json").read_text())["weights"] == {"dense_z": 1.0}
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"name": "x", "weights": {"shoe_size": 1.0}}))
+    with pytest.raises(RecommenderError, match="unknown feature.*shoe_size"):
+        read_profile(bad)
+
+
+def test_tune_cli_saves_a_profile_that_related_uses_once_activated(tmp_path):
+    runner = CliRunner()
+    # The stories' text is noise by design, so no minimum text relevance.
+    env = {"RECOMMENDER_DATA_DIR": str(tmp_path / "data"), "RECOMMENDER_MODEL": HASHING,
+           "RECOMMENDER_RANKING__MIN_SCORE": "0"}
+    path = write_jsonl(tmp_path / "linked.jsonl", linked_archive())
+    out = runner.invoke(main, ["tune", str(path)], env=env)
+    assert out.exit_code == 0, out.output
+    assert "learned from 90 linked articles" in out.output and "saved profile p1" in out.output
+    assert "recommender profile activate p1" in out.output
+    before = json.loads(runner.invoke(main, ["related", "st5-3", "--json", "--k", "3"], env=env).output)
+    assert runner.invoke(main, ["profile", "activate", "p1"], env=env).exit_code == 0
+    listed = runner.invoke(main, ["profile", "list"], env=env).output
+    assert "* p1" in listed and "held-out hit@10" in listed
+    after = json.loads(runner.invoke(main, ["related", "st5-3", "--json", "--k", "3"], env=env).output)
+    assert {i["id"] for i in after} == {"st5-2", "st5-1", "st5-0"} and after != before
+    assert runner.invoke(main, ["profile", "rollback"], env=env).output.strip() == "default is active"
+    refused = runner.invoke(main, ["profile", "activate", "nope"], env=env)
+    assert refused.exit_code == 1 and "no ranking profile 'nope'" in refused.output
+    few = runner.invoke(main, ["tune", "--until", "2025-01-03"], env=env)
+    assert few.exit_code == 1 and "at least 10 are needed" in few.output and "Traceback" not in few.output
+
+
+def test_a_server_switches_profile_after_computing_its_lists_in_the_background(settings, tmp_path):
+    from recommender.engine import Engine
+
+    ranking = settings.ranking.model_copy(update={"min_score": 0.0, "lexical_weight": 0.3})  # text is noise here
+    settings = settings.model_copy(update={"ranking": ranking})
+    from recommender.lists import lists_key
+
+    Engine(settings, embedder=CountingEmbedder()).ingest([str(write_jsonl(tmp_path / "l.jsonl", linked_archive()))])
+    with TestClient(create_app(settings, embedder=CountingEmbedder(), background=False)) as client:
+        service = client.app.state.service
+        assert service.lists.wait_idle(30)
+        assert client.get("/readyz").json()["ranking_profile"] == DEFAULT
+        old = client.get("/v1/articles/st5-3/related").json()["items"]
+        profile = Profiles(settings.profiles_dir).save({"same_section": 10.0, "log_days": -1.0}, "test", {})
+        Profiles(settings.profiles_dir).activate(profile.name)
+        service.lists.stop()  # hold the worker, to see what serves while the new lists are pending
+        service.refresh()
+        assert service.lists.preparing == "p1" and service.snapshot.engine.profile.name == DEFAULT
+        assert client.get("/v1/articles/st5-3/related").json()["items"] == old  # the old lists serve meanwhile
+        assert client.get("/readyz").json()["ranking_profile_pending"] == "p1"
+        service.lists._stop.clear()
+        service.lists.start(fill_missing=False)
+        assert service.lists.wait_idle(60)
+        assert service.snapshot.engine.profile.name == "p1" and service.lists.preparing is None
+        new = [i["id"] for i in client.get("/v1/articles/st5-3/related").json()["items"]]
+        assert set(new[:3]) == {"st5-2", "st5-1", "st5-0"} and new != [i["id"] for i in old]
+        stored = {num for num, _, _ in service.snapshot.engine.store.list_rows(lists_key("v1", "p1"))}
+        assert len(stored) == len(service.snapshot.state.infos)  # every list, computed before the switch
