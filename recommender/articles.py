@@ -101,6 +101,11 @@ class ArticleInfo:
     tags: tuple[str, ...] = ()
 
     @cached_property
+    def section_key(self) -> str:
+        """The section without case or diacritics ("" when none)."""
+        return fold(self.section or "").strip()
+
+    @cached_property
     def title_key(self) -> str:
         """The headline without case or diacritics: equal keys mean the same story."""
         return fold(self.title).strip()

@@ -24,7 +24,8 @@ from recommender.ranking import DAY
 from recommender.state import IndexState
 
 SOURCES = ("dense", "lexical", "time", "entities")
-WINDOW_LIMIT = 8  # the time source scores at most this many times its share, the closest in time
+WINDOW_LIMIT = 4  # the time source scores at most this many times its share, the closest in time
+MARGIN = 16  # fetched beyond a source's share, for the seed and filtered-out articles: one search, not two
 CLOSEST = 0.25  # share of the time source taken by closeness alone, before similarity picks the rest
 
 Accept = Callable[[int], bool]
@@ -37,10 +38,12 @@ class Candidates:
 
 
 def gather(state: IndexState, vector: np.ndarray, lexical_query, entity_query, when: float | None,
-           accept: Accept, per_source: int, window_days: float, past_only: bool) -> Candidates:
-    """Up to `per_source` accepted candidates from each source, merged."""
+           accept: Accept, per_source: int, window_days: float, past_only: bool,
+           nearest: np.ndarray | None = None) -> Candidates:
+    """Up to `per_source` accepted candidates from each source, merged. `nearest`:
+    the seed's nearest neighbours, already searched for a batch of seeds."""
     by_source = {
-        "dense": dense(state, vector, accept, per_source),
+        "dense": dense(state, vector, accept, per_source, nearest),
         "lexical": bm25(state.lexical, lexical_query, accept, per_source),
         "time": around(state, vector, when, accept, per_source, window_days, past_only),
         "entities": bm25(state.entities, entity_query, accept, per_source),
@@ -49,10 +52,20 @@ def gather(state: IndexState, vector: np.ndarray, lexical_query, entity_query, w
     return Candidates(merged, by_source)
 
 
-def dense(state: IndexState, vector: np.ndarray, accept: Accept, wanted: int) -> np.ndarray:
+def fetch_size(wanted: int) -> int:
+    """How many nearest neighbours to search for `wanted` of them to pass the filters."""
+    return max(64, wanted + MARGIN)
+
+
+def dense(state: IndexState, vector: np.ndarray, accept: Accept, wanted: int,
+          nearest: np.ndarray | None = None) -> np.ndarray:
     """Nearest neighbours that pass the filters, widening the search until
     enough pass or the whole index has been seen."""
-    fetch = max(64, wanted)
+    fetch = fetch_size(wanted)
+    if nearest is not None:
+        ok = [int(n) for n in nearest if n >= 0 and accept(int(n))]
+        if len(ok) >= wanted or len(nearest) >= state.vectors.count:
+            return np.asarray(ok[:wanted], dtype=np.int64)
     while True:
         _, nums = state.vectors.search(vector, fetch)
         ok = [int(n) for n in nums[0] if n >= 0 and accept(int(n))]
@@ -64,7 +77,7 @@ def dense(state: IndexState, vector: np.ndarray, accept: Accept, wanted: int) ->
 def bm25(lexical: LexicalIndex, query, accept: Accept, wanted: int) -> np.ndarray:
     if len(query[0]) == 0 or len(lexical) == 0:
         return np.zeros(0, dtype=np.int64)
-    fetch = 2 * wanted
+    fetch = wanted + MARGIN
     while True:
         _, nums = lexical.search(query, fetch)
         ok = [int(n) for n in nums if accept(int(n))]

@@ -501,9 +501,10 @@ def index_prune(data_dir, keep):
               help="Links exported from the CMS: a CSV with columns from,to (ids or URLs).")
 @click.option("--held-out", type=click.FloatRange(0.05, 0.5), default=0.2, show_default=True,
               help="Share of the newest linked articles the gain is measured on.")
-@click.option("--c", "c", type=click.FloatRange(min=1e-6), default=1.0, show_default=True,
+@click.option("--c", "c", type=click.FloatRange(min=1e-6), default=0.1, show_default=True,
               help="Inverse regularisation strength of the logistic regression.")
-@click.option("--activate", is_flag=True, help="Make the new profile active at once.")
+@click.option("--activate", is_flag=True, help="Make the new profile active at once (its lists then follow "
+                                                "in a running server's background worker).")
 @click.option("--json", "as_json", is_flag=True, help="Print the profile as JSON.")
 @progress_option
 def tune(files, settings, until, field, links_csv, held_out, c, activate, as_json, progress):
@@ -513,12 +514,12 @@ def tune(files, settings, until, field, links_csv, held_out, c, activate, as_jso
     with a "related" field (ids of the articles each one links) is enough. Links
     are also taken from <a href> links in the stored bodies that point at another
     article's URL, and from --links-csv. For each linked article, the ranking's
-    candidates are gathered as serving does (past-only), and a logistic regression
-    learns a weight per feature. The gain is measured on the newest 20 % of the
+    candidates are gathered as serving does (past-only), and a pairwise logistic
+    regression learns a weight per feature. The gain is measured on the newest 20 % of the
     linked articles, learning on the older ones; then the weights are learned on
     all and saved as a new profile (profiles/pN.json), not active until
-    `recommender profile activate pN` (or --activate). A running server then
-    recomputes its lists in the background and switches when they are done.
+    `recommender profile activate pN`, which computes every list under it first
+    (a running server serves the old lists until the switch).
 
     \b
     Examples:
@@ -626,15 +627,34 @@ def profile_show(name, data_dir):
 @profile.command("activate")
 @click.argument("name")
 @data_dir_option
-def profile_activate(name, data_dir):
-    """Make NAME the profile that ranks. A running server computes every list under it
-    in the background and switches when they are done; the old lists serve meanwhile.
+@click.option("--precompute/--no-precompute", default=True,
+              help="Compute every list under NAME first (a running server keeps serving the old ones), "
+                   "or leave that to the server's background worker (one core).")
+@click.option("--workers", type=click.IntRange(1, 256), default=None,
+              help="Processes computing the lists. [default: the number of cores]")
+@progress_option
+def profile_activate(name, data_dir, precompute, workers, progress):
+    """Make NAME the profile that ranks, every precomputed list computed under it first.
+
+    A running server keeps serving the old lists until the switch, then follows
+    within a second; a write made meanwhile is recomputed under NAME by the server.
+    Interrupted, a rerun computes only the lists still missing.
 
     \b
-    Example:
+    Examples:
+      recommender profile activate p2
       recommender profile activate default     # back to the hand-set weights
     """
-    _profiles(data_dir).activate(name)
+    from recommender.engine import Engine
+
+    settings = load_settings(data_dir=data_dir)
+    profiles = _profiles(data_dir)
+    profiles.get(name)  # an unknown name fails before any work
+    engine = Engine(settings)
+    if precompute and engine.indexes.active_meta() is not None:
+        count = engine.prepare_profile(name, workers or os.cpu_count() or 1, show_progress(progress))
+        click.echo(f"computed {count} lists under {name}", err=True)
+    profiles.activate(name)
     click.echo(f"{name} is active")
 
 

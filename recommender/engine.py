@@ -19,7 +19,7 @@ from recommender import ranker, vectors
 from recommender.ingest import IngestReport, ingest_sources
 from recommender.lists import ListUpkeep, RelatedLists, lists_key, stored_list
 from recommender.models import load_model, model_name
-from recommender.profiles import Profiles
+from recommender.profiles import Profile, Profiles
 from recommender.ranking import Filters, RelatedItem
 from recommender.settings import RankingSettings, Settings
 from recommender.state import Indexes, IndexState
@@ -29,7 +29,8 @@ from recommender.writes import Written, delete_articles, write_articles
 
 
 class Engine:
-    def __init__(self, settings: Settings, embedder: Embedder | None = None):
+    def __init__(self, settings: Settings, embedder: Embedder | None = None, profile: Profile | None = None):
+        """`profile`: rank with this ranking profile instead of the active one."""
         import faiss
 
         faiss.omp_set_num_threads(settings.faiss_threads)
@@ -46,10 +47,22 @@ class Engine:
             self.model = model_name(settings.model or (active.model if active else DEFAULT_MODEL))
         self.indexes = Indexes(self.store, self.versions, self.model)
         self.profiles = Profiles(settings.profiles_dir)
-        self.profile = self.profiles.active()
+        self.profile = profile or self.profiles.active()
         # The active profile's weights are the ranking's defaults; a request may still override them.
         self.ranking_defaults = settings.ranking.model_copy(update={"weights": self.profile.weights})
         self.upkeep = ListUpkeep(self.store, self.ranking_defaults, settings.precompute_k, self.embed)
+
+    def prepare_profile(self, name: str, workers: int = 1, progress: bool = False) -> int:
+        """Compute every list of the active index under profile `name` (in `workers`
+        processes), before it is activated; the lists computed."""
+        engine = Engine(self.settings.model_copy(update={"model": self.model}), self._embedder,
+                        self.profiles.get(name))
+        state = self.state()
+        lists = engine.lists_for(state)
+        todo = engine.upkeep.missing(state, lists)
+        engine.upkeep.compute_in_processes(state, lists, todo, workers, progress)
+        engine.upkeep.record(state, lists)
+        return len(todo)
 
     def reloaded(self) -> "Engine":
         """The same data dir and model (and loaded embedder), with the ranking profile active now."""

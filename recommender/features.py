@@ -28,6 +28,13 @@ FEATURES = (
     "undated",       # 1 when either has no date
     "same_section",  # 1 when both have the same section
     "tags",          # Jaccard overlap of the tags
+    # Derived from the above, for a learned profile (the hand-set one leaves them at 0):
+    "title_z", "entities_z",            # z-scores over the candidates
+    "dense_rr", "lexical_rr",           # 1 / rank among the candidates
+    "title_rr", "entities_rr",
+    "within_day", "within_week", "within_month",  # |days apart| at most 1, 7, 30
+    "title_x_entities",                 # both headline words and names shared
+    "dense_z_x_week",                   # close in meaning and within a week
 )
 
 
@@ -59,7 +66,7 @@ def compute(state: IndexState, nums: np.ndarray, vector: np.ndarray, seed: SeedT
     times = np.array([i.published_at.timestamp() if i.published_at else np.nan for i in infos])
     undated = np.isnan(times) | (when is None)
     days = np.where(undated, 0.0, (times - (when or 0.0)) / DAY)
-    section = fold(section or "")
+    section = fold(section or "").strip()
     seed_tags = {fold(t) for t in tags}
     columns = {
         "dense": dense,
@@ -71,11 +78,29 @@ def compute(state: IndexState, nums: np.ndarray, vector: np.ndarray, seed: SeedT
         "log_days": np.log2(1 + np.abs(days) / 7),
         "after": (days > 0).astype(float),
         "undated": undated.astype(float),
-        "same_section": np.array([bool(section) and fold(i.section or "") == section for i in infos], dtype=float),
-        "tags": np.array([_jaccard(seed_tags, {fold(t) for t in i.tags}) for i in infos]),
+        "same_section": np.array([bool(section) and i.section_key == section for i in infos], dtype=float),
+        "tags": np.array([_jaccard(seed_tags, {fold(t) for t in i.tags}) if seed_tags and i.tags else 0.0
+                          for i in infos]),
     }
+    columns.update(_derived(columns, np.where(undated, np.inf, np.abs(days))))
     return Pairs(nums, np.column_stack([columns[name] for name in FEATURES]) if len(nums) else
                  np.zeros((0, len(FEATURES))))
+
+
+def _derived(columns: dict[str, np.ndarray], days: np.ndarray) -> dict[str, np.ndarray]:
+    week = (days <= 7).astype(float)
+    return {
+        "title_z": _z(columns["title"]), "entities_z": _z(columns["entities"]),
+        **{f"{name}_rr": _reciprocal_rank(columns[name]) for name in ("dense", "lexical", "title", "entities")},
+        "within_day": (days <= 1).astype(float), "within_week": week, "within_month": (days <= 30).astype(float),
+        "title_x_entities": columns["title"] * columns["entities"], "dense_z_x_week": columns["dense_z"] * week,
+    }
+
+
+def _reciprocal_rank(values: np.ndarray) -> np.ndarray:
+    ranks = np.empty(len(values))
+    ranks[np.argsort(-values, kind="stable")] = np.arange(1, len(values) + 1)
+    return 1.0 / ranks
 
 
 def normalized_bm25(lexical: LexicalIndex, seed_terms: list[str], nums: np.ndarray) -> np.ndarray:

@@ -37,6 +37,9 @@ class IndexMeta:
     random_pair_mean: float = 0.0  # mean cosine of random article pairs (see VectorIndex.random_pair_mean)
 
 
+BATCH_CELLS = 8_000_000  # query x article scores held at once by a batched search (32 MB)
+
+
 class VectorIndex:
     """A large `main` index that is never changed in place, plus a small `delta`
     index and a set of `dead` main rows. A write touches only the small parts,
@@ -56,6 +59,7 @@ class VectorIndex:
         self.delta = self._empty()
         self._delta_ids: set[int] = set()
         self.dead: set[int] = set()  # main rows replaced or removed since the last compaction
+        self._view = None  # (main, what _main_view read of it)
 
     def _empty(self):
         return self._faiss.IndexIDMap2(self._faiss.IndexFlatIP(self.dimension))
@@ -71,6 +75,7 @@ class VectorIndex:
         copy.delta = self._faiss.clone_index(self.delta)
         copy._delta_ids = set(self._delta_ids)
         copy.dead = set(self.dead)
+        copy._view = self._view
         return copy
 
     @property
@@ -116,7 +121,11 @@ class VectorIndex:
         vectors = np.ascontiguousarray(np.atleast_2d(vectors), dtype=np.float32)
         k = max(1, min(k, self.count))
         parts_s, parts_n = [], []
-        if self.main.ntotal:
+        if self.main.ntotal and len(vectors) > 1:
+            scores, nums = self._search_main_batch(vectors, min(k + len(self.dead), self.main.ntotal))
+            parts_s.append(scores)
+            parts_n.append(nums)
+        elif self.main.ntotal:
             scores, nums = self.main.search(vectors, min(k + len(self.dead), self.main.ntotal))
             if self.dead:
                 dead = np.isin(nums, np.fromiter(self.dead, dtype=np.int64))
@@ -134,11 +143,59 @@ class VectorIndex:
         order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
         return np.take_along_axis(scores, order, axis=1), np.take_along_axis(nums, order, axis=1)
 
+    def _search_main_batch(self, vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Exact search of many queries as one matrix product over the main vectors, read
+        in place: one pass over memory for the batch (a single query is memory-bound;
+        measured 2.8 ms a query in batches of 64 against 8 ms alone, 100k x 384)."""
+        _, _, stored, order_ids = self._main_view()
+        dead_rows = np.isin(order_ids, np.fromiter(self.dead, dtype=np.int64)) if self.dead else None
+        out_s = np.empty((len(vectors), k), dtype=np.float32)
+        out_n = np.empty((len(vectors), k), dtype=np.int64)
+        step = max(1, BATCH_CELLS // max(len(stored), 1))
+        for start in range(0, len(vectors), step):
+            scores = vectors[start:start + step] @ stored.T
+            if dead_rows is not None:
+                scores[:, dead_rows] = -np.inf
+            top = np.argpartition(-scores, k - 1, axis=1)[:, :k] if k < scores.shape[1] else \
+                np.tile(np.arange(scores.shape[1]), (len(scores), 1))
+            picked = np.take_along_axis(scores, top, axis=1)
+            order = np.argsort(-picked, axis=1, kind="stable")
+            out_s[start:start + step] = np.take_along_axis(picked, order, axis=1)
+            out_n[start:start + step] = order_ids[np.take_along_axis(top, order, axis=1)]
+        out_n[~np.isfinite(out_s)] = -1
+        return out_s, out_n
+
     def reconstruct(self, nums: np.ndarray) -> np.ndarray:
         nums = np.asarray(nums, dtype=np.int64)
         if len(nums) == 0:
             return np.zeros((0, self.dimension), dtype=np.float32)
-        return np.vstack([(self.delta if int(n) in self._delta_ids else self.main).reconstruct(int(n)) for n in nums])
+        ids, rows, vectors, _ = self._main_view()
+        at = np.minimum(np.searchsorted(ids, nums), max(len(ids) - 1, 0))
+        out = vectors[rows[at]] if len(ids) else np.zeros((len(nums), self.dimension), dtype=np.float32)
+        others = [i for i, n in enumerate(nums.tolist()) if n in self._delta_ids or not len(ids) or ids[at[i]] != n]
+        for i in others:
+            n = int(nums[i])
+            out[i] = (self.delta if n in self._delta_ids else self.main).reconstruct(n)
+        return out
+
+    def _main_view(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(sorted ids, their rows, the vectors, the ids in row order) of the main index, read in place: a
+        batch of rows is one fancy index instead of a FAISS call per row. Built once
+        per main index, which never changes."""
+        cached = self._view
+        if cached is not None and cached[0] is self.main:
+            return cached[1]
+        ids = self._ids_of(self.main)
+        order = np.argsort(ids, kind="stable")
+        if self.main.ntotal:
+            flat = self._faiss.downcast_index(self.main.index)
+            raw = self._faiss.rev_swig_ptr(flat.get_xb(), self.main.ntotal * self.dimension)
+            vectors = np.asarray(raw).reshape(self.main.ntotal, self.dimension)
+        else:
+            vectors = np.zeros((0, self.dimension), dtype=np.float32)
+        view = (ids[order], order, vectors, ids)
+        self._view = (self.main, view)
+        return view
 
     def _maybe_compact(self) -> None:
         if len(self._delta_ids) + len(self.dead) > self.COMPACT_AT:

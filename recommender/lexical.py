@@ -112,11 +112,21 @@ class LexicalIndex:
         return vec
 
     def score(self, query: tuple[np.ndarray, np.ndarray], nums: Iterable[int]) -> np.ndarray:
-        """BM25 of each of `nums` (0 for an unknown num) against the query."""
-        nums = list(nums)
-        empty = (np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64))
-        rows = self._bm25_rows([self._docs.get(n, empty) for n in nums])
-        return rows @ self._query_vector(query)
+        """BM25 of each of `nums` (0 for an unknown num) against the query: from the
+        inverted index, with the documents changed since its build scored directly."""
+        nums = [int(n) for n in nums]
+        if not nums or len(query[0]) == 0:
+            return np.zeros(len(nums))
+        postings = self._current_postings()
+        weights = np.zeros(len(self.vocab))
+        weights[query[0]] = query[1] * self.idf(query[0])
+        main = postings.scores(weights, self._total_len / max(len(self._docs), 1) or 1.0)
+        rows = np.array([postings.row_of.get(n, -1) for n in nums])
+        out = np.where(rows >= 0, main[rows], 0.0)
+        direct = [i for i, n in enumerate(nums) if (rows[i] < 0 or postings.dead[rows[i]]) and n in self._docs]
+        if direct:
+            out[direct] = self._bm25_rows([self._docs[nums[i]] for i in direct]) @ self._query_vector(query)
+        return out
 
     def score_terms(self, query: tuple[np.ndarray, np.ndarray], terms: list[str]) -> float:
         """BM25 of a document that is not in the index, such as a draft or the seed."""
@@ -139,10 +149,12 @@ class LexicalIndex:
         weights[query[0]] = query[1] * self.idf(query[0])
         main = postings.scores(weights, self._total_len / max(len(self._docs), 1) or 1.0)
         delta = sorted(n for n in postings.delta if n in self._docs)
-        extra = self.score(query, delta) if delta else np.zeros(0)
+        extra = (self._bm25_rows([self._docs[n] for n in delta]) @ self._query_vector(query)) if delta else np.zeros(0)
         scores = np.concatenate([main, extra])
         nums = np.concatenate([postings.nums, np.asarray(delta, dtype=np.int64)])
-        k = min(k, int((scores > 0).sum()))
+        hits = np.flatnonzero(scores > 0)  # usually a small share of the corpus
+        scores, nums = scores[hits], nums[hits]
+        k = min(k, len(hits))
         if k == 0:
             return np.zeros(0), np.zeros(0, dtype=np.int64)
         top = np.argpartition(-scores, k - 1)[:k]

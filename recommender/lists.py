@@ -11,18 +11,20 @@ from __future__ import annotations
 import json
 import threading
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Iterable, Iterator
 
 import numpy as np
 
 from recommender import ranker
 from recommender.articles import ArticleInfo
+from recommender.candidates import fetch_size
 from recommender.ranking import Filters, RelatedItem
 from recommender.settings import RankingSettings
 from recommender.state import IndexState
 from recommender.store import Store
 
 SAVE_EVERY = 500  # lists written to the store per transaction
+SEARCH_BATCH = 64  # seeds whose nearest neighbours are searched in one call
 
 
 @dataclass(frozen=True)
@@ -111,6 +113,10 @@ class RelatedLists:
                     self._containing.get(item.num, set()).discard(n)
 
 
+def encode(items: list[CachedItem]) -> str:
+    return json.dumps([[i.num, i.relevance, i.rank_score, i.reason] for i in items], ensure_ascii=False)
+
+
 def stored_list(store: Store, key: str, article_id: str, k: int) -> list[RelatedItem] | None:
     """An article's precomputed list read straight from the store, without loading
     the index: None unless it exists, is fresh, its lists follow every change in the
@@ -183,19 +189,72 @@ class ListUpkeep:
         batch: dict[int, list[CachedItem]] = {}
         with tqdm(total=len(nums), unit="list", desc="precomputing related lists",
                   disable=not progress or not nums) as bar:
-            for num in nums:
-                batch[num] = self.cached_items(state, self.list_for(state, num))
+            for start in range(0, len(nums), SEARCH_BATCH):
+                for num, items in self.lists_for(state, nums[start:start + SEARCH_BATCH]):
+                    batch[num] = self.cached_items(state, items)
+                    bar.update()
                 if len(batch) >= SAVE_EVERY:
                     lists.put_many(batch)
                     batch = {}
-                bar.update()
         lists.put_many(batch)
         return len(nums)
 
-    def list_for(self, state: IndexState, num: int):
-        seed = ranker.stored_seed(state, self.store, state.infos[num].id, self.embed)
-        return ranker.rank(state, seed, Filters(), self.options)
+    def compute_in_processes(self, state: IndexState, lists: RelatedLists, nums: list[int], workers: int,
+                             progress: bool = False) -> int:
+        """`compute`, spread over `workers` forked processes that share this one's
+        loaded index (copy-on-write) and write to the store; for a whole archive's
+        lists (a profile switch). The lists land in the store, not in `lists`' memory."""
+        if workers <= 1 or len(nums) < 2 * SAVE_EVERY:
+            return self.compute(state, lists, nums, progress)
+        import multiprocessing
+
+        from tqdm import tqdm
+
+        global _forked_job
+        _forked_job = (self, state, lists.key)
+        chunks = [nums[i:i + SAVE_EVERY] for i in range(0, len(nums), SAVE_EVERY)]
+        try:
+            with multiprocessing.get_context("fork").Pool(workers, initializer=_start_forked) as pool, \
+                    tqdm(total=len(nums), unit="list", desc="computing related lists", disable=not progress) as bar:
+                for done in pool.imap_unordered(_compute_forked, chunks):
+                    bar.update(done)
+        finally:
+            _forked_job = None
+        return len(nums)
+
+    def lists_for(self, state: IndexState, nums: list[int]) -> Iterator[tuple[int, list[RelatedItem]]]:
+        """The lists of several articles, their nearest neighbours searched in one
+        FAISS call: a matrix product over the batch instead of one per seed."""
+        seeds = [ranker.stored_seed(state, self.store, state.infos[num].id, self.embed) for num in nums]
+        if not seeds:
+            return
+        _, nearest = state.vectors.search(np.vstack([s.vector for s in seeds]),
+                                          fetch_size(self.options.candidates))
+        for num, seed, near in zip(nums, seeds, nearest):
+            yield num, ranker.rank(state, seed, Filters(), self.options, near)
 
     @staticmethod
     def cached_items(state: IndexState, items) -> list[CachedItem]:
         return [CachedItem(state.by_id[i.id], i.relevance, i.rank_score, i.reason) for i in items]
+
+
+# What a forked list worker computes with: set by the parent just before forking,
+# so the children inherit the loaded index instead of loading it again.
+_forked_job: tuple[ListUpkeep, IndexState, str] | None = None
+
+
+def _start_forked() -> None:
+    global _forked_job
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(1)  # N workers on N cores, not N x BLAS threads
+    upkeep, state, key = _forked_job
+    store = Store(upkeep.store.path)  # an SQLite connection must not cross a fork
+    _forked_job = (ListUpkeep(store, upkeep.options, upkeep.precompute_k, upkeep.embed), state, key)
+
+
+def _compute_forked(nums: list[int]) -> int:
+    upkeep, state, key = _forked_job
+    lists = {num: encode(upkeep.cached_items(state, items)) for num, items in upkeep.lists_for(state, nums)}
+    upkeep.store.put_lists(key, lists)
+    return len(nums)

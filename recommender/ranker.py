@@ -22,6 +22,7 @@ from recommender.state import IndexState
 from recommender.store import Store
 from recommender.text import fold, stem_words, surface_words, terms
 
+NO_FILTERS = Filters()
 POOL_MIN = 30  # MMR looks at this many top candidates at least
 
 Embed = Callable[[list[str]], np.ndarray]
@@ -94,13 +95,15 @@ class Explainer:
         return shared_terms_reason(self.seed_terms, self.lexical.terms_of(num), self.idf, self.surface)
 
 
-def rank(state: IndexState, seed: Seed, filters: Filters, opts: RankingSettings) -> list[RelatedItem]:
+def rank(state: IndexState, seed: Seed, filters: Filters, opts: RankingSettings,
+         nearest: np.ndarray | None = None) -> list[RelatedItem]:
     """Candidates from every source, scored by the profile's weights over their
-    features, then the list's rules: minimum relevance, no near-duplicates, MMR."""
+    features, then the list's rules: minimum relevance, no near-duplicates, MMR.
+    `nearest`: the seed's nearest neighbours when a batch of seeds was searched at once."""
     if state.vectors.count == 0:
         return []
     reference = seed.published_at or datetime.now(timezone.utc)
-    pairs = candidate_pairs(state, seed, filters, opts)
+    pairs = candidate_pairs(state, seed, filters, opts, nearest)
     dense, lexical = pairs.column("dense"), pairs.column("lexical")
     relevance_ = (1 - opts.lexical_weight) * dense + opts.lexical_weight * lexical
     score = score_pairs(pairs, opts.weights, opts.time_prior)
@@ -120,20 +123,22 @@ def rank(state: IndexState, seed: Seed, filters: Filters, opts: RankingSettings)
             for i, delta in zip(chosen, deltas)]
 
 
-def gather(state: IndexState, seed: Seed, filters: Filters, opts: RankingSettings) -> candidates.Candidates:
+def gather(state: IndexState, seed: Seed, filters: Filters, opts: RankingSettings,
+           nearest: np.ndarray | None = None) -> candidates.Candidates:
     """Every source's candidates for the seed that pass the filters."""
     reference = seed.published_at or datetime.now(timezone.utc)
     when = seed.published_at.timestamp() if seed.published_at and opts.time_prior else None
     return candidates.gather(state, seed.vector, state.lexical.query(seed.terms.text),
                              state.entities.query(seed.terms.entities), when,
                              _acceptor(state, seed, filters, reference), opts.candidates, opts.window_days,
-                             filters.past_only)
+                             filters.past_only, nearest)
 
 
-def candidate_pairs(state: IndexState, seed: Seed, filters: Filters, opts: RankingSettings) -> features.Pairs:
+def candidate_pairs(state: IndexState, seed: Seed, filters: Filters, opts: RankingSettings,
+                    nearest: np.ndarray | None = None) -> features.Pairs:
     """The candidates and their features: what the profile's weights score."""
     when = seed.published_at.timestamp() if seed.published_at else None
-    found = gather(state, seed, filters, opts)
+    found = gather(state, seed, filters, opts, nearest)
     return features.compute(state, found.nums, seed.vector, seed.terms, when, seed.section, seed.tags)
 
 
@@ -159,6 +164,10 @@ def relevance(state: IndexState, seed: Seed, filters: Filters, k: int,
 
 
 def _acceptor(state: IndexState, seed: Seed, filters: Filters, reference: datetime):
+    if filters == NO_FILTERS:  # the precomputed lists: a set lookup, not a date check per candidate
+        infos, own, content = state.infos, seed.num, seed.content_hash
+        return lambda num: num != own and (info := infos.get(num)) is not None and info.content_hash != content
+
     def accept(num: int) -> bool:
         info = state.infos.get(num)
         return (info is not None and num != seed.num and info.content_hash != seed.content_hash

@@ -47,8 +47,8 @@ class Filters:
             raise InvalidQuery("max_age_days must be 0 or more")
         if self.date_from and self.date_to and self.date_from > self.date_to:
             raise InvalidQuery("date_from is after date_to")
-        object.__setattr__(self, "_sections", frozenset(fold(s) for s in self.sections))
-        object.__setattr__(self, "_excluded_sections", frozenset(fold(s) for s in self.exclude_sections))
+        object.__setattr__(self, "_sections", frozenset(fold(s).strip() for s in self.sections))
+        object.__setattr__(self, "_excluded_sections", frozenset(fold(s).strip() for s in self.exclude_sections))
         object.__setattr__(self, "_excluded_ids", frozenset(self.exclude_ids))
 
     @property
@@ -58,10 +58,9 @@ class Filters:
     def accepts(self, info: ArticleInfo, reference: datetime) -> bool:
         if info.id in self._excluded_ids:
             return False
-        section = fold(info.section or "")
-        if self._sections and section not in self._sections:
+        if self._sections and info.section_key not in self._sections:
             return False
-        if section in self._excluded_sections:
+        if self._excluded_sections and info.section_key in self._excluded_sections:
             return False
         if self.language and info.language != self.language:
             return False

@@ -309,8 +309,13 @@ class ListWorker:
         """Compute every list under `engine`'s ranking profile, then serve it; the
         current lists serve until then. A newer activation replaces an unfinished one."""
         snap = self.service.snapshot
+        lists = engine.lists_for(snap.state)
+        # Lists computed before the activation (`profile activate`) follow the change log up
+        # to a point; the changes after it are recomputed once the profile serves.
+        done = engine.store.lists_refreshed_seq(lists.key)
+        since = min(done, snap.state.meta.applied_seq) if done is not None else snap.state.meta.applied_seq
         with self._lock:
-            self._next = (engine, engine.lists_for(snap.state), snap.state.meta.applied_seq)
+            self._next = (engine, lists, since)
             self._next_todo = None
         log.info("ranking profile %s activated; computing its lists", engine.profile.name)
         self._wake.set()

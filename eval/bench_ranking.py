@@ -1,0 +1,75 @@
+"""What the ranking costs at archive scale: a draft ranked live, and lists recomputed.
+
+    python eval/bench_ranking.py --size 100000 --workdir /tmp/bench-100k
+
+Builds (or reuses, with --workdir) the synthetic archive of eval/bench_api.py
+(stories over 200 topics, two years, `hashing:384`: the embedding is not what
+is measured), then, in one process:
+- loads the index (the server's start);
+- ranks --drafts drafts live (POST /v1/related's work, the draft's embedding
+  included): p50 / p95 per draft;
+- recomputes the precomputed lists of --lists articles, as the background worker
+  does after a profile switch: lists/s, and the time for the whole archive at that rate.
+Targets (issue 12): draft p95 <= 50 ms and all lists of 100k in <= 10 min on 2 cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import tempfile
+import time
+from pathlib import Path
+
+from eval.bench_api import MODEL, percentile, synthetic_archive
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--size", type=int, default=100_000)
+    parser.add_argument("--drafts", type=int, default=300)
+    parser.add_argument("--lists", type=int, default=2000)
+    parser.add_argument("--workdir", type=Path, default=None, help="keep the archive here and reuse it")
+    args = parser.parse_args()
+    from recommender.engine import Engine
+    from recommender.settings import Settings
+
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="bench-ranking-"))
+    data = workdir / f"data-{args.size}"
+    source = workdir / f"archive-{args.size}.jsonl"
+    if not (data / "store.sqlite").exists():
+        synthetic_archive(source, args.size)
+        started = time.perf_counter()
+        Engine(Settings(data_dir=data, model=MODEL)).ingest([str(source)], precompute=False)
+        print(f"ingested {args.size} articles in {time.perf_counter() - started:.0f} s (lists not computed)")
+    engine = Engine(Settings(data_dir=data, model=MODEL))
+    started = time.perf_counter()
+    state = engine.state()
+    load_s = time.perf_counter() - started
+    rng = random.Random(1)
+    nums = rng.sample(sorted(state.infos), min(args.lists, len(state.infos)))
+    drafts = []
+    for num in nums[: args.drafts]:
+        stored = engine.store.get(state.infos[num].id).article
+        drafts.append((stored.title + " actualizare", stored.body, stored.published_at))
+    engine.related_to_text(*drafts[0][:2])  # warm-up
+    latencies = []
+    for title, body, when in drafts:
+        t = time.perf_counter()
+        engine.related_to_text(title, body, when)
+        latencies.append(time.perf_counter() - t)
+    lists = engine.lists_for(state)
+    started = time.perf_counter()
+    engine.upkeep.compute(state, lists, nums)
+    per_s = len(nums) / (time.perf_counter() - started)
+    result = {"size": args.size, "load_s": round(load_s, 1),
+              "draft_p50_ms": round(percentile(latencies, 50) * 1000, 1),
+              "draft_p95_ms": round(percentile(latencies, 95) * 1000, 1),
+              "lists_per_s": round(per_s, 1), "all_lists_min": round(args.size / per_s / 60, 1),
+              "mean_list_ms": round(1000 / per_s, 2)}
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
