@@ -10,6 +10,8 @@ is measured), then, in one process:
   included): p50 / p95 per draft;
 - recomputes the precomputed lists of --lists articles, as the background worker
   does after a profile switch: lists/s, and the time for the whole archive at that rate.
+- with --switch-workers N, a profile switch: every list of the archive computed
+  under a new profile in N processes, as `recommender profile activate` does.
 Targets (issue 12): draft p95 <= 50 ms and all lists of 100k in <= 10 min on 2 cores.
 """
 
@@ -31,6 +33,9 @@ def main() -> None:
     parser.add_argument("--drafts", type=int, default=300)
     parser.add_argument("--lists", type=int, default=2000)
     parser.add_argument("--workdir", type=Path, default=None, help="keep the archive here and reuse it")
+    parser.add_argument("--switch-workers", type=int, default=0,
+                        help="also time a profile switch: every list of the archive under a new profile, "
+                             "in this many processes (`recommender profile activate`)")
     args = parser.parse_args()
     from recommender.engine import Engine
     from recommender.settings import Settings
@@ -68,6 +73,16 @@ def main() -> None:
               "draft_p95_ms": round(percentile(latencies, 95) * 1000, 1),
               "lists_per_s": round(per_s, 1), "all_lists_min": round(args.size / per_s / 60, 1),
               "mean_list_ms": round(1000 / per_s, 2)}
+    if args.switch_workers:
+        from recommender.profiles import Profiles
+        from recommender.settings import DEFAULT_WEIGHTS
+
+        profile = Profiles(engine.settings.profiles_dir).save(dict(DEFAULT_WEIGHTS), "bench_ranking", {})
+        started = time.perf_counter()
+        count = engine.prepare_profile(profile.name, args.switch_workers)
+        result["switch_lists"] = count
+        result["switch_workers"] = args.switch_workers
+        result["switch_min"] = round((time.perf_counter() - started) / 60, 1)
     print(json.dumps(result))
 
 

@@ -24,7 +24,7 @@ from recommender.ranking import DAY
 from recommender.state import IndexState
 
 SOURCES = ("dense", "lexical", "time", "entities")
-WINDOW_LIMIT = 4  # the time source scores at most this many times its share, the closest in time
+WINDOW_LIMIT = 2  # the time source scores at most this many times its share, the closest in time
 MARGIN = 16  # fetched beyond a source's share, for the seed and filtered-out articles: one search, not two
 CLOSEST = 0.25  # share of the time source taken by closeness alone, before similarity picks the rest
 

@@ -172,8 +172,10 @@ class VectorIndex:
         ids, rows, vectors, _ = self._main_view()
         at = np.minimum(np.searchsorted(ids, nums), max(len(ids) - 1, 0))
         out = vectors[rows[at]] if len(ids) else np.zeros((len(nums), self.dimension), dtype=np.float32)
-        others = [i for i, n in enumerate(nums.tolist()) if n in self._delta_ids or not len(ids) or ids[at[i]] != n]
-        for i in others:
+        missing = (ids[at] != nums) if len(ids) else np.ones(len(nums), dtype=bool)
+        if self._delta_ids:
+            missing |= np.isin(nums, np.fromiter(self._delta_ids, dtype=np.int64, count=len(self._delta_ids)))
+        for i in np.flatnonzero(missing):
             n = int(nums[i])
             out[i] = (self.delta if n in self._delta_ids else self.main).reconstruct(n)
         return out

@@ -95,42 +95,31 @@ class LexicalIndex:
         top = np.argsort(-tfidf, kind="stable")[:max_terms]
         return ids[top], np.ones(len(top))
 
-    def _bm25_rows(self, docs: list[tuple[np.ndarray, np.ndarray]]):
-        from scipy.sparse import csr_matrix
-
-        avgdl = self._total_len / max(len(self._docs), 1) or 1.0
-        indptr = np.cumsum([0] + [len(d[0]) for d in docs])
-        cols = np.concatenate([d[0] for d in docs]) if docs else np.zeros(0, dtype=np.int64)
-        tf = np.concatenate([d[1] for d in docs]).astype(np.float64) if docs else np.zeros(0)
-        lengths = np.repeat([float(d[1].sum()) for d in docs], np.diff(indptr)) if docs else np.zeros(0)
-        weights = self.idf(cols) * tf * (K1 + 1) / (tf + K1 * (1 - B + B * lengths / avgdl))
-        return csr_matrix((weights, cols, indptr), shape=(len(docs), len(self.vocab)))
-
-    def _query_vector(self, query: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
-        vec = np.zeros(len(self.vocab))
-        vec[query[0]] = query[1]
-        return vec
-
     def score(self, query: tuple[np.ndarray, np.ndarray], nums: Iterable[int]) -> np.ndarray:
-        """BM25 of each of `nums` (0 for an unknown num) against the query: from the
-        inverted index, with the documents changed since its build scored directly."""
-        nums = [int(n) for n in nums]
-        if not nums or len(query[0]) == 0:
-            return np.zeros(len(nums))
-        postings = self._current_postings()
-        weights = np.zeros(len(self.vocab))
-        weights[query[0]] = query[1] * self.idf(query[0])
-        main = postings.scores(weights, self._total_len / max(len(self._docs), 1) or 1.0)
-        rows = np.array([postings.row_of.get(n, -1) for n in nums])
-        out = np.where(rows >= 0, main[rows], 0.0)
-        direct = [i for i, n in enumerate(nums) if (rows[i] < 0 or postings.dead[rows[i]]) and n in self._docs]
-        if direct:
-            out[direct] = self._bm25_rows([self._docs[nums[i]] for i in direct]) @ self._query_vector(query)
-        return out
+        """BM25 of each of `nums` (0 for an unknown num) against the query, from the
+        documents' own term arrays: only their entries for the query's terms are weighed."""
+        empty = (np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64))
+        return self._score_docs(query, [self._docs.get(int(n), empty) for n in nums])
+
+    def _score_docs(self, query: tuple[np.ndarray, np.ndarray], docs: list[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
+        if not docs or len(query[0]) == 0:
+            return np.zeros(len(docs))
+        cols = np.concatenate([d[0] for d in docs])
+        tf = np.concatenate([d[1] for d in docs]).astype(np.float64)
+        rows = np.repeat(np.arange(len(docs)), [len(d[0]) for d in docs])
+        lengths = np.bincount(rows, weights=tf, minlength=len(docs))
+        order = np.argsort(query[0])
+        terms, weights = query[0][order], (query[1] * self.idf(query[0]))[order]
+        at = np.minimum(np.searchsorted(terms, cols), len(terms) - 1)
+        hit = terms[at] == cols
+        avgdl = self._total_len / max(len(self._docs), 1) or 1.0
+        f, r = tf[hit], rows[hit]
+        bm25 = weights[at[hit]] * f * (K1 + 1) / (f + K1 * (1 - B + B * lengths[r] / avgdl))
+        return np.bincount(r, weights=bm25, minlength=len(docs))
 
     def score_terms(self, query: tuple[np.ndarray, np.ndarray], terms: list[str]) -> float:
         """BM25 of a document that is not in the index, such as a draft or the seed."""
-        return float((self._bm25_rows([self._doc(terms, grow=False)]) @ self._query_vector(query))[0])
+        return float(self._score_docs(query, [self._doc(terms, grow=False)])[0])
 
     def terms_of(self, num: int) -> list[str]:
         doc = self._docs.get(num)
@@ -149,7 +138,7 @@ class LexicalIndex:
         weights[query[0]] = query[1] * self.idf(query[0])
         main = postings.scores(weights, self._total_len / max(len(self._docs), 1) or 1.0)
         delta = sorted(n for n in postings.delta if n in self._docs)
-        extra = (self._bm25_rows([self._docs[n] for n in delta]) @ self._query_vector(query)) if delta else np.zeros(0)
+        extra = self._score_docs(query, [self._docs[n] for n in delta]) if delta else np.zeros(0)
         scores = np.concatenate([main, extra])
         nums = np.concatenate([postings.nums, np.asarray(delta, dtype=np.int64)])
         hits = np.flatnonzero(scores > 0)  # usually a small share of the corpus
