@@ -42,6 +42,8 @@ class DraftIn(BaseModel):
 
     title: str = Field(min_length=1, max_length=2000)
     body: str = ""
+    section: str | None = Field(None, max_length=200, description="The draft's section: a feature of the ranking")
+    tags: list[str] = Field(default_factory=list, max_length=100, description="The draft's tags: a feature too")
     k: int = Field(5, ge=1, le=50)
     published_at: str | int | float | None = Field(None, description=(
         "The draft's date, in any form an article's may take (without an offset: the archive's time "

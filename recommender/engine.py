@@ -177,8 +177,9 @@ class Engine:
     def seed(self, state: IndexState, article_id: str) -> ranker.Seed:
         return ranker.stored_seed(state, self.store, article_id, self.embed)
 
-    def draft_seed(self, title: str, body: str = "", published_at: datetime | None = None) -> ranker.Seed:
-        return ranker.draft_seed(title, body, published_at, self.settings.embed_chars, self.embed)
+    def draft_seed(self, title: str, body: str = "", published_at: datetime | None = None,
+                   section: str | None = None, tags: tuple[str, ...] = ()) -> ranker.Seed:
+        return ranker.draft_seed(title, body, published_at, self.settings.embed_chars, self.embed, section, tags)
 
     def related(self, article_id: str, filters: Filters = Filters(), **options) -> list[RelatedItem]:
         opts = self.ranking(**options)

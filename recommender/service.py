@@ -226,9 +226,10 @@ class Service:
         return out[:k]
 
     def related_to_text(self, title: str, body: str, k: int, filters: Filters, diversity: float | None,
-                        published_at: datetime | None = None) -> Related:
+                        published_at: datetime | None = None, section: str | None = None,
+                        tags: tuple[str, ...] = ()) -> Related:
         snap = self.snapshot
-        seed = snap.engine.draft_seed(title, body, published_at)
+        seed = snap.engine.draft_seed(title, body, published_at, section, tags)
         items = ranker.rank(snap.state, seed, filters, snap.engine.ranking(k=k, diversity=diversity))
         return Related(items, snap.engine.model, snap.state.version)
 

@@ -81,6 +81,18 @@ def test_draft(client):
     assert set(ids(response)) == {"fot-1", "fot-2"} and response.json()["article_id"] is None
 
 
+def test_a_drafts_section_is_a_feature_of_its_ranking(client):
+    """Same words, and a section: with it, the article of that section moves up."""
+    draft = {"title": "Porturile din Marea Neagră", "body": "Discuții despre porturi, pe mare, și armistițiu.", "k": 10,
+             "published_at": "2025-03-09T10:00:00Z", "diversity": 0}
+    plain = client.post("/v1/related", json=draft).json()["items"]
+    sectioned = client.post("/v1/related", json={**draft, "section": "Arhiva", "tags": ["pace"]}).json()["items"]
+    score = {i["id"]: i["rank_score"] for i in plain}
+    with_section = {i["id"]: i["rank_score"] for i in sectioned}
+    assert with_section["ukr-old"] > score["ukr-old"]  # ukr-old is in "arhiva": case and diacritics folded
+    assert with_section["ukr-1"] == score["ukr-1"]
+
+
 def test_get_put_delete_article(client):
     assert client.get("/v1/articles/ukr-1").json()["title"].startswith("Kievul")
     new = {"title": "Armistițiul din Marea Neagră, semnat", "body": "Ucraina și Rusia semnează armistițiul pe mare; porturile exportă cereale.",

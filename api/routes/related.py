@@ -31,5 +31,5 @@ def related_html(article_id: ArticleId, query: RelatedQueryDep, service: Service
 def related_draft(draft: DraftIn, service: ServiceDep, settings: SettingsDep) -> RelatedOut:
     """Suggestions for a draft that is not stored yet."""
     answer = service.related_to_text(draft.title, draft.body, draft.k, draft.filters.to_filters(),
-                                     draft.diversity, draft.date(settings.tzinfo))
+                                     draft.diversity, draft.date(settings.tzinfo), draft.section, tuple(draft.tags))
     return related_out(settings, None, answer)
