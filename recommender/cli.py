@@ -319,6 +319,7 @@ def stats(settings, as_json):
     for model, count in found.vectors_by_model.items():
         click.echo(f"vectors: {count} by {model}")
     click.echo("sections: " + ", ".join(f"{s or '(none)'} {n}" for s, n in found.sections.items()))
+    click.echo(f"ranking profile: {profile}")
     click.echo(f"active index: {active or 'none'}"
                + (f"; related lists not yet recomputed for {behind} changed articles" if behind else ""))
 

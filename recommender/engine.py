@@ -19,6 +19,7 @@ from recommender import ranker, vectors
 from recommender.ingest import IngestReport, ingest_sources
 from recommender.lists import ListUpkeep, RelatedLists, lists_key, stored_list
 from recommender.models import load_model, model_name
+from recommender.profiles import DEFAULT as DEFAULT_PROFILE
 from recommender.profiles import Profile, Profiles
 from recommender.ranking import Filters, RelatedItem
 from recommender.settings import RankingSettings, Settings
@@ -48,8 +49,10 @@ class Engine:
         self.indexes = Indexes(self.store, self.versions, self.model)
         self.profiles = Profiles(settings.profiles_dir)
         self.profile = profile or self.profiles.active()
-        # The active profile's weights are the ranking's defaults; a request may still override them.
-        self.ranking_defaults = settings.ranking.model_copy(update={"weights": self.profile.weights})
+        # The active profile's weights are the ranking's defaults (the built-in profile's are the
+        # settings', so RECOMMENDER_RANKING__WEIGHTS applies to it); a request may still override them.
+        weights = settings.ranking.weights if self.profile.name == DEFAULT_PROFILE else self.profile.weights
+        self.ranking_defaults = settings.ranking.model_copy(update={"weights": weights})
         self.upkeep = ListUpkeep(self.store, self.ranking_defaults, settings.precompute_k, self.embed)
 
     def prepare_profile(self, name: str, workers: int = 1, progress: bool = False) -> int:

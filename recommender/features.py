@@ -36,6 +36,8 @@ FEATURES = (
     "title_x_entities",                 # both headline words and names shared
     "dense_z_x_week",                   # close in meaning and within a week
 )
+# What `--no-time-prior` switches off.
+TIME_FEATURES = frozenset({"log_days", "after", "within_day", "within_week", "within_month", "dense_z_x_week"})
 
 
 @dataclass(frozen=True)

@@ -144,9 +144,9 @@ def candidate_pairs(state: IndexState, seed: Seed, filters: Filters, opts: Ranki
 
 def score_pairs(pairs: features.Pairs, weights: dict[str, float], time_prior: bool = True) -> np.ndarray:
     """The profile's linear score as a probability-like number in (0, 1): what the list is ordered by."""
-    skip = () if time_prior else ("log_days", "after")
+    skip = frozenset() if time_prior else features.TIME_FEATURES
     w = np.array([0.0 if name in skip else weights.get(name, 0.0) for name in features.FEATURES])
-    return 1.0 / (1.0 + np.exp(-(pairs.matrix @ w + weights.get("bias", 0.0))))
+    return 1.0 / (1.0 + np.exp(-np.clip(pairs.matrix @ w + weights.get("bias", 0.0), -50, 50)))
 
 
 def relevance(state: IndexState, seed: Seed, filters: Filters, k: int,
