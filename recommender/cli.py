@@ -531,13 +531,17 @@ def tune(files, settings, until, field, links_csv, held_out, c, activate, as_jso
     """
     from recommender import tune as tuning
     from recommender.engine import Engine
+    from recommender.errors import NoIndex
     from recommender.profiles import Profiles
 
     engine = Engine(settings)
     progress = show_progress(progress)
     if files:
         engine.ingest(list(files), progress=progress)
-    state = engine.state()
+    try:
+        state = engine.state()
+    except NoIndex:  # articles stored but never indexed (an interrupted first ingest): index what has vectors
+        state = engine.new_version()
     ids = list(state.by_id)
     labels = tuning.merge(tuning.labels_from_field(engine.store, ids, field),
                           tuning.labels_from_links(engine.store, tuning.url_index(engine.store), ids))
