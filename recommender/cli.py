@@ -502,8 +502,9 @@ def index_prune(data_dir, keep):
               help="Links exported from the CMS: a CSV with columns from,to (ids or URLs).")
 @click.option("--held-out", type=click.FloatRange(0.05, 0.5), default=0.2, show_default=True,
               help="Share of the newest linked articles the gain is measured on.")
-@click.option("--c", "c", type=click.FloatRange(min=1e-6), default=0.1, show_default=True,
-              help="Inverse regularisation strength of the logistic regression.")
+@click.option("--c", "c", type=click.FloatRange(min=1e-6), default=0.01, show_default=True,
+              help="Inverse regularisation strength of the logistic regression: smaller stays closer "
+                   "to the active profile.")
 @click.option("--activate", is_flag=True, help="Make the new profile active at once (its lists then follow "
                                                 "in a running server's background worker).")
 @click.option("--json", "as_json", is_flag=True, help="Print the profile as JSON.")

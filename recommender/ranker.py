@@ -106,17 +106,22 @@ def rank(state: IndexState, seed: Seed, filters: Filters, opts: RankingSettings,
     pairs = candidate_pairs(state, seed, filters, opts, nearest)
     dense, lexical = pairs.column("dense"), pairs.column("lexical")
     relevance_ = (1 - opts.lexical_weight) * dense + opts.lexical_weight * lexical
-    score = score_pairs(pairs, opts.weights, opts.time_prior)
+    linear = score_pairs(pairs, opts.weights, opts.time_prior)
+    score = 1.0 / (1.0 + np.exp(-np.clip(linear, -50, 50)))  # rank_score: the same order, in (0, 1)
     seed_title = fold(seed.title).strip()
     keep = (relevance_ >= opts.min_score) & (dense < opts.duplicate_threshold)
     keep &= np.array([state.infos[int(n)].title_key != seed_title for n in pairs.nums], dtype=bool)
-    nums, relevance_, score = pairs.nums[keep], relevance_[keep], score[keep]
+    nums, relevance_, score, linear = pairs.nums[keep], relevance_[keep], score[keep], linear[keep]
     if len(nums) == 0:
         return []
-    pool = np.lexsort((nums, -score))[: max(POOL_MIN, 4 * opts.k)]
+    pool = np.lexsort((nums, -linear))[: max(POOL_MIN, 4 * opts.k)]
     vectors = state.vectors.reconstruct(nums[pool])
     sims = rescale(vectors @ vectors.T, state.meta.random_pair_mean)
-    chosen = [pool[i] for i in mmr_select(score[pool], sims, opts.k, opts.diversity, opts.duplicate_threshold)]
+    # MMR weighs the pool's scores spread over [0, 1], so a profile's scale (a learned one's
+    # weights are larger) does not change how much diversity counts.
+    spread = linear[pool] - linear[pool].min()
+    spread = spread / spread.max() if spread.max() > 0 else np.ones(len(pool))
+    chosen = [pool[i] for i in mmr_select(spread, sims, opts.k, opts.diversity, opts.duplicate_threshold)]
     deltas = _deltas(state, nums[chosen], reference)
     explain = Explainer(state.lexical, seed.text)
     return [_item(state, explain, int(nums[i]), float(relevance_[i]), float(score[i]), delta)
@@ -143,10 +148,10 @@ def candidate_pairs(state: IndexState, seed: Seed, filters: Filters, opts: Ranki
 
 
 def score_pairs(pairs: features.Pairs, weights: dict[str, float], time_prior: bool = True) -> np.ndarray:
-    """The profile's linear score as a probability-like number in (0, 1): what the list is ordered by."""
+    """The profile's linear score of each candidate: what the list is ordered by."""
     skip = frozenset() if time_prior else features.TIME_FEATURES
     w = np.array([0.0 if name in skip else weights.get(name, 0.0) for name in features.FEATURES])
-    return 1.0 / (1.0 + np.exp(-np.clip(pairs.matrix @ w + weights.get("bias", 0.0), -50, 50)))
+    return pairs.matrix @ w + weights.get("bias", 0.0)
 
 
 def relevance(state: IndexState, seed: Seed, filters: Filters, k: int,
