@@ -74,12 +74,12 @@ def fit(groups: list[Group], prior: dict[str, float], c: float = 0.01, negatives
     """Pairwise logistic regression: for every linked candidate, the difference of its
     features with those of `negatives` unlinked candidates of the same list, drawn at
     random (seeded; the hardest ones by the prior are often links the editor could
-    have made, and measured worse). It learns the order within a list, which is what
+    have made, and scored worse in a trial). It learns the order within a list, which is what
     a list is judged on. The prior profile's score is one more column: under the L2
     penalty, following the prior costs one weight, so the fit learns the archive's
-    departure from the prior rather than a profile from nothing (on ZF, 2018-2020 ->
-    2021: hit@10 +0.026 [+0.003, +0.049] over the hand-set profile, ordering alone).
-    The weights by feature name."""
+    departure from the prior rather than a profile from nothing (on ZF, learned before
+    2021 and scored on 2021: hit@10 +0.017 [-0.003, +0.037] over the hand-set
+    profile, eval/results/zf-2021.md). The weights by feature name."""
     from sklearn.linear_model import LogisticRegression
 
     w_prior = np.array([prior.get(name, 0.0) for name in features.FEATURES])
