@@ -543,12 +543,10 @@ def tune(files, settings, until, field, links_csv, held_out, c, activate, as_jso
         state = engine.state()
     except NoIndex:  # articles stored but never indexed (an interrupted first ingest): index what has vectors
         state = engine.new_version()
-    ids = list(state.by_id)
-    labels = tuning.merge(tuning.labels_from_field(engine.store, ids, field),
-                          tuning.labels_from_links(engine.store, tuning.url_index(engine.store), ids))
+    urls = tuning.url_index(engine.store)
+    labels = tuning.labels_from_articles(engine.store, list(state.by_id), field, urls)
     if links_csv is not None:
-        labels = tuning.merge(labels, tuning.labels_from_csv(links_csv, tuning.url_index(engine.store),
-                                                             lambda value: value in state.by_id))
+        labels = tuning.merge(labels, tuning.labels_from_csv(links_csv, urls, lambda value: value in state.by_id))
     result = tuning.learn(state, engine.store, labels, engine.ranking(k=10), engine.embed, _utc(until),
                           held_out, c, progress)
     source = "recommender tune" + (f" --until {until:%Y-%m-%d}" if until else "") + f" ({result.links} linked articles)"

@@ -384,6 +384,16 @@ class ListWorker:
                 self._busy = 0
         return True
 
+    def _compute_batch(self, engine: Engine, state: IndexState, lists: RelatedLists, todo: Iterator[int]) -> bool:
+        """The next BATCH of `todo` computed (those still missing: a read may have filled
+        some); False once `todo` is exhausted. The list of missing ones is taken once per
+        pass, not per batch, so a pass stays linear in the archive."""
+        taken = [n for _, n in zip(range(self.BATCH), todo)]
+        if not taken:
+            return False
+        engine.upkeep.compute(state, lists, lists.missing_or_stale(n for n in taken if n in state.infos))
+        return True
+
     def _profile_step(self) -> bool:
         """A batch of the next profile's lists; once all are done, the swap to it, with
         the changes made meanwhile queued for recomputation under it."""
@@ -391,12 +401,9 @@ class ListWorker:
         if job is None:
             return False
         engine, lists, since = job
-        state = self.service.snapshot.state
         if self._next_todo is None:
-            self._next_todo = iter(engine.upkeep.missing(state, lists))
-        taken = [n for _, n in zip(range(self.BATCH), self._next_todo)]
-        if taken:
-            engine.upkeep.compute(state, lists, lists.missing_or_stale(n for n in taken if n in state.infos))
+            self._next_todo = iter(engine.upkeep.missing(self.service.snapshot.state, lists))
+        if self._compute_batch(engine, self.service.snapshot.state, lists, self._next_todo):
             return True
         with self._lock:
             if self._next is job:
@@ -408,17 +415,13 @@ class ListWorker:
         return True
 
     def _fill_step(self) -> bool:
-        """Compute a batch of the lists still missing; the list of them is taken once
-        per fill, not per batch, so filling stays linear in the archive."""
+        """Compute a batch of the lists still missing."""
         if not self._fill:
             return False
         snap = self.service._snapshot
         if self._todo is None:
             self._todo = iter(snap.engine.upkeep.missing(snap.state, snap.lists))
-        taken = [n for _, n in zip(range(self.BATCH), self._todo)]
-        if taken:
-            todo = snap.lists.missing_or_stale(n for n in taken if n in snap.state.infos)  # a read may have filled some
-            snap.engine.upkeep.compute(snap.state, snap.lists, todo)
+        if self._compute_batch(snap.engine, snap.state, snap.lists, self._todo):
             return True
         self._fill, self._todo = False, None
         with self._lock:

@@ -473,9 +473,15 @@ def _add_entities(conn: sqlite3.Connection) -> None:
     columns = {row[1] for row in conn.execute("PRAGMA table_info(articles)")}
     if "entities" not in columns:
         conn.execute("ALTER TABLE articles ADD COLUMN entities TEXT NOT NULL DEFAULT ''")
-    rows = conn.execute("SELECT num, title, text FROM articles WHERE entities = ''").fetchall()
-    conn.executemany("UPDATE articles SET entities = ? WHERE num = ?",
-                     [(" ".join(entities(title, text)), num) for num, title, text in rows])
+    last = -1
+    while True:  # in batches: a million texts do not fit in memory at once
+        rows = conn.execute("SELECT num, title, text FROM articles WHERE num > ? AND entities = '' "
+                            "ORDER BY num LIMIT 1000", (last,)).fetchall()
+        if not rows:
+            return
+        conn.executemany("UPDATE articles SET entities = ? WHERE num = ?",
+                         [(" ".join(entities(title, text)), num) for num, title, text in rows])
+        last = rows[-1][0]
 
 
 def _stored(row: tuple) -> StoredArticle:

@@ -21,6 +21,7 @@ from typing import Callable, Iterable
 import numpy as np
 
 from recommender import features, ranker
+from recommender.articles import Article
 from recommender.errors import NoLabels, RecommenderError
 from recommender.markup import Element, parse
 from recommender.ranking import Filters
@@ -127,37 +128,47 @@ def _before(state: IndexState, linked: str, seed: ranker.Seed) -> bool:
 
 # --- where labels come from ----------------------------------------------------
 
+def labels_from_articles(store: Store, ids: Iterable[str], field: str, url_to_id: dict[str, str]) -> Labels:
+    """Every article's links, from its `field` and from its body, read in one pass."""
+    return _collect(store, ids, lambda a: _field_links(a, field) | _body_links(a, url_to_id))
+
+
 def labels_from_field(store: Store, ids: Iterable[str], field: str = "related") -> Labels:
     """The ids listed in each article's `field` (a list, or a JSON list in a string)."""
-    import json
-
-    out: Labels = {}
-    for article_id in ids:
-        stored = store.get(article_id)
-        value = stored.article.meta.get(field) if stored else None
-        if isinstance(value, str):
-            try:
-                value = json.loads(value)
-            except ValueError:
-                value = [value]
-        if value:
-            out[article_id] = {str(v) for v in value if str(v) != article_id}
-    return out
+    return _collect(store, ids, lambda a: _field_links(a, field))
 
 
 def labels_from_links(store: Store, url_to_id: dict[str, str], ids: Iterable[str]) -> Labels:
     """Links inside article bodies (`<a href>`) that point at another article's URL."""
+    return _collect(store, ids, lambda a: _body_links(a, url_to_id))
+
+
+def _collect(store: Store, ids: Iterable[str], links: Callable[[Article], set[str]]) -> Labels:
     out: Labels = {}
     for article_id in ids:
         stored = store.get(article_id)
-        if stored is None or "<a" not in stored.article.body.lower():
-            continue
-        targets = {url_to_id.get(_url_key(href)) for href in hrefs(stored.article.body)}
-        targets.discard(None)
-        targets.discard(article_id)
-        if targets:
-            out[article_id] = targets  # type: ignore[assignment]
+        found = links(stored.article) - {article_id} if stored else set()
+        if found:
+            out[article_id] = found
     return out
+
+
+def _field_links(article: Article, field: str) -> set[str]:
+    import json
+
+    value = article.meta.get(field)
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError:
+            value = [value]
+    return {str(v) for v in value} if value else set()
+
+
+def _body_links(article: Article, url_to_id: dict[str, str]) -> set[str]:
+    if "<a" not in article.body.lower():
+        return set()
+    return {target for href in hrefs(article.body) if (target := url_to_id.get(_url_key(href)))}
 
 
 def labels_from_csv(path: Path, url_to_id: dict[str, str], known: Callable[[str], bool]) -> Labels:

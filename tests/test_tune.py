@@ -164,3 +164,16 @@ def test_a_server_switches_profile_after_computing_its_lists_in_the_background(s
         assert set(new[:3]) == {"st5-2", "st5-1", "st5-0"} and new != [i["id"] for i in old]
         stored = {num for num, _, _ in service.snapshot.engine.store.list_rows(lists_key("v1", "p1"))}
         assert len(stored) == len(service.snapshot.state.infos)  # every list, computed before the switch
+
+
+def test_tune_indexes_a_store_an_interrupted_first_ingest_left_without_an_index(settings):
+    from recommender.articles import Article
+    from recommender.engine import Engine
+
+    engine = Engine(settings, embedder=CountingEmbedder())
+    engine.upsert([Article.model_validate(record) for record in linked_archive()])  # stored, never indexed
+    assert engine.indexes.active_meta() is None
+    env = {"RECOMMENDER_DATA_DIR": str(settings.data_dir), "RECOMMENDER_MODEL": HASHING}
+    out = CliRunner().invoke(main, ["tune"], env=env)
+    assert out.exit_code == 0, out.output
+    assert "learned from 90 linked articles" in out.output and engine.indexes.active_meta() is not None
