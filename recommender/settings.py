@@ -123,3 +123,8 @@ class Settings(BaseSettings):
     @property
     def profiles_dir(self) -> Path:
         return self.data_dir / "profiles"
+
+    @property
+    def models_dir(self) -> Path:
+        """Static models built by `recommender distill` (`static:<name>`)."""
+        return self.data_dir / "models"

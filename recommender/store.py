@@ -329,6 +329,24 @@ class Store:
             (model,),
         ).fetchall()
 
+    def all_texts(self) -> Iterator[str]:
+        """Every distinct embedded text, streamed (a million do not fit in a list comfortably)."""
+        for (text,) in self.conn.execute("SELECT MIN(text) FROM articles GROUP BY content_hash"):
+            yield text
+
+    def sample_texts(self, model: str, n: int, before_ts: float | None = None) -> list[tuple[str, str]]:
+        """Up to `n` distinct (content_hash, text), published before `before_ts` if given:
+        those `model` has already embedded first (they cost nothing), then by hash, which
+        is a deterministic shuffle of the archive."""
+        where = "" if before_ts is None else "WHERE a.published_ts < ?"
+        return self.conn.execute(
+            f"""SELECT a.content_hash, MIN(a.text) FROM articles a
+                LEFT JOIN vectors v ON v.model = ? AND v.content_hash = a.content_hash
+                {where} GROUP BY a.content_hash
+                ORDER BY MAX(v.content_hash IS NULL), a.content_hash LIMIT ?""",
+            (model, *(() if before_ts is None else (before_ts,)), n),
+        ).fetchall()
+
     def hashes_without_vectors(self, model: str, hashes: list[str]) -> set[str]:
         """Those of `hashes` that `model` has no vector for."""
         have: set[str] = set()

@@ -72,8 +72,10 @@ def missing(store: Store, model: str, pairs: Sequence[tuple[str, str]]) -> list[
     return list(unique.items())
 
 
-def embed_cached(store: Store, embedder: Embedder, texts: list[str], batch_size: int = 64) -> np.ndarray:
+def embed_cached(store: Store, embedder: Embedder, texts: list[str], batch_size: int = 64, progress: bool = False,
+                 desc: str | None = None) -> np.ndarray:
     """Vectors for `texts` through the cache: a rerun embeds nothing."""
     hashes = [content_hash(t) for t in texts]
-    fill(store, embedder.name, missing(store, embedder.name, list(zip(hashes, texts))), in_process(embedder.embed), batch_size)
+    fill(store, embedder.name, missing(store, embedder.name, list(zip(hashes, texts))), in_process(embedder.embed),
+         batch_size, progress, desc)
     return np.vstack([store.vector(embedder.name, h) for h in hashes])

@@ -26,6 +26,8 @@ def check_contract(embedder: Embedder, dimension: int, texts=TEXTS) -> np.ndarra
 
 @pytest.mark.parametrize("model, kind, name", [
     ("e5-small-q4", "e5", "e5-small-q4"),
+    ("e5-small-q4@064", "e5", "e5-small-q4@64"),
+    ("static:s3", "static", "static:s3"),
     (" hashing:64 ", "hashing", "hashing:64"),
     ("st:sentence-transformers/all-MiniLM-L6-v2", "st", "st:sentence-transformers/all-MiniLM-L6-v2"),
 ])
@@ -34,9 +36,10 @@ def test_model_strings(model, kind, name):
     assert (spec.kind, spec.name) == (kind, name)
 
 
-@pytest.mark.parametrize("model", ["", "gpt-4", "hashing", "hashing:0", "hashing:abc", "hashing:999999", "st:", "e5"])
+@pytest.mark.parametrize("model", ["", "gpt-4", "hashing", "hashing:0", "hashing:abc", "hashing:999999", "st:", "e5",
+                                   "e5-small-q4@8", "e5-small-q4@1024", "e5-small-q4@lead", "static:"])
 def test_bad_model_strings_say_what_is_accepted(model):
-    with pytest.raises(UnknownModelError, match="hashing"):
+    with pytest.raises(UnknownModelError, match="hashing|tokens from 16 to 512"):
         load_embedder(model)
 
 
@@ -54,6 +57,18 @@ def test_default_e5_model_offline_on_a_handful_of_texts():
     sims = v @ v.T
     assert sims[0, 1] > 0.9, "text without diacritics stays close"
     assert sims[0, 2] > sims[0, 3] and sims[0, 2] > sims[0, 4]
+
+
+def test_an_e5_window_reads_only_the_first_tokens():
+    full, window = load_embedder("e5-small-q4"), load_embedder("e5-small-q4@32")
+    lead = "Banca Națională a României a lăsat dobânda de politică monetară neschimbată, la 6,5 %."
+    long = lead + " Apoi vine un text lung despre fotbal, meciuri, goluri și antrenori." * 20
+    cut = window._cut(long)
+    assert 24 <= window._model.token_count(cut, is_query=True) <= 32 and long.startswith(cut)
+    assert cut == window._cut(cut) and not cut.endswith(" ")  # cut at a space, and stable
+    assert np.allclose(window.embed([long]), full.embed([cut]), atol=1e-5)
+    short = "Dobânda rămâne neschimbată."
+    assert np.allclose(window.embed([short]), full.embed([short]), atol=1e-5)  # short texts are read whole
 
 
 def test_tiny_sentence_transformers_model_loads_from_a_folder(tiny_st_model):

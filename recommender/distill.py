@@ -1,0 +1,106 @@
+"""`recommender distill`: a static model built from the archive and a teacher.
+
+Steps, each resumable because every teacher vector goes through the vector
+cache (committed batch by batch): count the archive's words; embed each
+vocabulary word with the teacher; embed a sample of articles with the teacher
+(articles it has already embedded first: on an archive served by e5 the sample
+is free); fit; write `models/sN` under the data dir, next free number, renamed
+into place whole. See `embeddings.static` for the recipe.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+
+from embeddings.static import (
+    StaticMeta,
+    Vocabulary,
+    WordCounts,
+    fit,
+    mean_cosine,
+    mean_matrix,
+    save,
+)
+from recommender import vectors
+from recommender.errors import RecommenderError
+from recommender.models import load_model, model_name
+from recommender.settings import Settings
+from recommender.store import Store
+
+HELD_OUT_EVERY = 10  # every tenth sample article scores the fit, before it is refitted on all
+
+
+@dataclass(frozen=True)
+class DistillOptions:
+    teacher: str = "e5-small-q4"
+    sample: int = 4000
+    until: datetime | None = None  # sample only articles published before
+    min_count: int = 2
+    max_words: int = 100_000
+    ridge: float = 0.01
+    progress: bool = False
+
+
+@dataclass(frozen=True)
+class DistillResult:
+    model: str  # the model string to use: static:sN
+    path: Path
+    meta: StaticMeta
+    seconds: float
+
+
+def run_distill(settings: Settings, opts: DistillOptions) -> DistillResult:
+    started = time.monotonic()
+    teacher_name = model_name(opts.teacher)
+    if teacher_name.startswith(("static:", "hashing:")):
+        raise RecommenderError(f"the teacher must be a sentence encoder (e5-small-q4 or st:...), not {teacher_name}")
+    store = Store(settings.store_path)
+    counts = WordCounts()
+    for text in store.all_texts():
+        counts.add(text)
+    vocabulary = counts.vocabulary(opts.min_count, opts.max_words)
+    until_ts = opts.until.timestamp() if opts.until else None
+    sample = store.sample_texts(teacher_name, opts.sample, until_ts)
+    if len(vocabulary.keys) < 2 or len(sample) < HELD_OUT_EVERY:
+        raise RecommenderError(f"too little text to distill from: {len(vocabulary.keys)} words seen "
+                               f"{opts.min_count}+ times, {len(sample)} articles to sample; ingest the archive first")
+    teacher = load_model(teacher_name, device=settings.device, batch_size=settings.batch_size,
+                         models_dir=settings.models_dir)
+    words = _teacher_vectors(store, teacher, vocabulary.spellings, "teacher: words", opts.progress)
+    targets = _teacher_vectors(store, teacher, [text for _, text in sample], "teacher: sample articles", opts.progress)
+    fitted, meta = _fit(vocabulary, words, [text for _, text in sample], targets, opts, counts.texts, teacher_name)
+    path = _publish(settings.models_dir, vocabulary, fitted, meta)
+    return DistillResult(f"static:{path.name}", path, meta, time.monotonic() - started)
+
+
+def _teacher_vectors(store: Store, teacher, texts: list[str], desc: str, progress: bool) -> np.ndarray:
+    return vectors.embed_cached(store, teacher, texts, batch_size=32, progress=progress, desc=desc)
+
+
+def _fit(vocabulary: Vocabulary, words: np.ndarray, texts: list[str], targets: np.ndarray, opts: DistillOptions,
+         corpus_texts: int, teacher: str) -> tuple[np.ndarray, StaticMeta]:
+    means = mean_matrix(texts, vocabulary)
+    held = np.arange(len(texts)) % HELD_OUT_EVERY == 0
+    trial = fit(words, means[~held], targets[~held], opts.ridge)
+    meta = StaticMeta(teacher, len(vocabulary.keys), words.shape[1], opts.min_count, opts.ridge, corpus_texts,
+                      len(texts), opts.until.isoformat() if opts.until else None,
+                      round(mean_cosine(means[held], words, targets[held]), 4),
+                      round(mean_cosine(means[held], trial, targets[held]), 4))
+    return fit(words, means, targets, opts.ridge), meta
+
+
+def _publish(models_dir: Path, vocabulary: Vocabulary, fitted: np.ndarray, meta: StaticMeta) -> Path:
+    models_dir.mkdir(parents=True, exist_ok=True)
+    taken = [int(p.name[1:]) for p in models_dir.glob("s*") if p.name[1:].isdigit()]
+    final = models_dir / f"s{max(taken, default=0) + 1}"
+    partial = models_dir / f".{final.name}.partial"
+    shutil.rmtree(partial, ignore_errors=True)
+    save(partial, vocabulary, fitted, meta)
+    partial.rename(final)
+    return final
