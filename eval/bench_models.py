@@ -8,8 +8,9 @@ split (hit@10 / MRR@10, default ranking, past-only, queries of 2021), MOROCO
 P@5 (default ranking) and RO-STS Spearman. Options:
 
 - `e5-small-q4` (the default: 2,000 characters, 270 tokens on average on ZF,
-  at most 512), and `e5-small-q4@N`, reading only the first N tokens (title and
-  lead) while BM25 and names still read the 2,000 characters;
+  at most 512), and `e5-small-q4@N` for N = 32, 64, 128, 256, reading only the
+  first N tokens (headline and lead) while BM25 and names still read the 2,000
+  characters;
 - `static:sN`, distilled from e5 by `recommender distill` in each data dir
   (ZF: sampling only articles before 2021, the queries' year);
 - `hashing:384`, the floor: shared words and nothing else.
@@ -42,6 +43,7 @@ OPTIONS = [  # cheapest first: an interrupted run has written those already
     Option("e5, up to 512 tokens (default)", "e5-small-q4"),
     Option("static, distilled from e5", "static"),
     Option("hashing (shared words only)", "hashing:384"),
+    Option("e5, first 32 tokens (about the headline)", "e5-small-q4@32"),
     Option("e5, first 64 tokens", "e5-small-q4@64"),
     Option("e5, first 128 tokens", "e5-small-q4@128"),
     Option("e5, first 256 tokens", "e5-small-q4@256"),
@@ -52,8 +54,9 @@ OPTIONS = [  # cheapest first: an interrupted run has written those already
 class Row:
     option: str
     model: str
-    docs_per_s: float
-    cores_busy: float  # process CPU time over wall time while embedding: every core, or one?
+    moroco_model: str | None = None  # a static model is distilled per archive
+    docs_per_s: float | None = None
+    cores_busy: float | None = None  # process CPU time over wall time while embedding: every core, or one?
     hit10: float | None = None
     hit10_ci: list | None = None
     mrr10: float | None = None
@@ -69,20 +72,25 @@ def settings_for(data_dir: Path, model: str):
     return Settings(data_dir=data_dir, model=model)
 
 
-def resolve(option: Option, data_dir: Path, dataset: Path, until: datetime | None) -> str:
-    """The option's model string in `data_dir`: a static model there distilled with
-    these options, built once (the archive is ingested first so it has words to count)."""
+def resolve(option: Option, data_dir: Path, dataset: Path, until: datetime | None, archive: Path | None) -> str:
+    """The option's model string: for "static", a model distilled with `until` in
+    `archive` (a data dir holding a larger archive, named by path) if given, else in
+    `data_dir`, built there once (the dataset is ingested first so it has words to count)."""
     if option.model != "static":
         return option.model
     from embeddings.static import read_meta
     from recommender.distill import DistillOptions, run_distill
     from recommender.engine import Engine
 
-    models = data_dir / "models"
+    home = archive or data_dir
+    models = home / "models"
     want = until.isoformat() if until else None
     for path in sorted(models.glob("s*")) if models.exists() else []:
         if read_meta(path).sample_until == want:
-            return f"static:{path.name}"
+            return f"static:{path.resolve()}" if archive else f"static:{path.name}"
+    if archive:
+        raise SystemExit(f"no static model distilled with --until {until:%Y-%m-%d} in {archive}; run: "
+                         f"recommender distill --data-dir {archive} --until {until:%Y-%m-%d} --sample 20000")
     Engine(settings_for(data_dir, "e5-small-q4")).ingest([str(dataset)], index=False)
     return run_distill(settings_for(data_dir, "e5-small-q4"), DistillOptions(until=until)).model
 
@@ -134,40 +142,69 @@ def sts(model: str, data_dir: Path, path: Path) -> float:
     return evaluate_sts(path, embedder, Store(data_dir / "store.sqlite")).spearman
 
 
+def measured_before(out: Path | None) -> dict[tuple, dict]:
+    """Quality rows of an earlier run, by (ZF model, MOROCO model): the rankings are
+    deterministic, so a rerun measures only new options, and every speed again."""
+    path = out / "models.json" if out else None
+    if path is None or not path.exists():
+        return {}
+    rows = json.loads(path.read_text())
+    return {(r["model"], r.get("moroco_model") or r["model"]): {**r, "moroco_model": r.get("moroco_model") or r["model"]}
+            for r in rows}
+
+
+def quality(row: Row, args) -> None:
+    zf_dir, mo_dir = args.zf_cache, args.moroco_cache
+    for key, value in links(row.model, zf_dir, args.zf).items():
+        setattr(row, key, value)
+    for key, value in topics(row.moroco_model, mo_dir, args.moroco).items():
+        setattr(row, key, value)
+    row.sts_spearman = round(sts(row.moroco_model, mo_dir, args.sts), 4)
+
+
 def run(args) -> list[Row]:
     rows = []
+    zf_dir = args.zf_cache
+    before = {} if args.fresh else measured_before(args.out)
     for option in OPTIONS:
-        zf_dir, mo_dir = args.zf_cache, args.moroco_cache
-        zf_model = resolve(option, zf_dir, args.zf, ZF_SINCE)
-        mo_model = resolve(option, mo_dir, args.moroco, None)
+        zf_model = resolve(option, zf_dir, args.zf, ZF_SINCE, args.zf_static_archive)
+        mo_model = resolve(option, args.moroco_cache, args.moroco, None, None)
         print(f"{option.label}: {zf_model} (ZF), {mo_model} (MOROCO)", flush=True)
-        rate, busy = speed(zf_model, zf_dir, args.zf, args.speed_n)
-        row = Row(option.label, zf_model, round(rate, 2), round(busy, 2))
-        for key, value in links(zf_model, zf_dir, args.zf).items():
-            setattr(row, key, value)
-        for key, value in topics(mo_model, mo_dir, args.moroco).items():
-            setattr(row, key, value)
-        row.sts_spearman = round(sts(mo_model, mo_dir, args.sts), 4)
+        row = Row(option.label, zf_model, mo_model)
+        known = before.get((zf_model, mo_model))
+        if known:
+            row = Row(**{**known, "option": option.label, "docs_per_s": None, "cores_busy": None})
+        else:
+            quality(row, args)
         print(json.dumps(asdict(row)), flush=True)
         rows.append(row)
         if args.out:
             write(args.out, rows)
+    # Speeds last and back to back, so that their ratios come from one stretch of this shared machine.
+    for row in rows:
+        rate, busy = speed(row.model, zf_dir, args.zf, args.speed_n)
+        row.docs_per_s, row.cores_busy = round(rate, 2), round(busy, 2)
+        print(f"{row.model}: {rate:.1f} docs/s, {busy:.2f} cores busy", flush=True)
+    if args.out:
+        write(args.out, rows)
     return rows
 
 
-def table(rows: list[Row]) -> str:
-    reference = rows[0]
-    def fmt(value, ci=None):
-        if value is None:
-            return "= default"
-        text = f"{value:.3f}"
-        return text + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "")
+def fmt(value, ci=None, digits: int = 3) -> str:
+    if value is None:
+        return "-"
+    return f"{value:,.{digits}f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "")
 
+
+def table(rows: list[Row]) -> str:
+    reference = rows[0].docs_per_s
     lines = ["| option | docs/s | × e5 | cores busy | ZF hit@10 | ZF MRR@10 | MOROCO P@5 | RO-STS ρ |",
              "|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r.option} (`{r.model}`) | {r.docs_per_s:,.1f} | {r.docs_per_s / reference.docs_per_s:,.1f} | {r.cores_busy:.2f} "
-                     f"| {fmt(r.hit10, r.hit10_ci)} | {fmt(r.mrr10, r.mrr10_ci)} "
+        ratio = r.docs_per_s / reference if r.docs_per_s and reference else None
+        models = [m.replace(f"{Path.cwd()}/", "") for m in dict.fromkeys([r.model, r.moroco_model or r.model])]
+        lines.append(f"| {r.option} (`{'`, MOROCO `'.join(models)}`) | {fmt(r.docs_per_s, digits=1)} | {fmt(ratio, digits=1)} "
+                     f"| {fmt(r.cores_busy, digits=2)} | {fmt(r.hit10, r.hit10_ci)} | {fmt(r.mrr10, r.mrr10_ci)} "
                      f"| {fmt(r.moroco_p5, r.moroco_p5_ci)} | {fmt(r.sts_spearman)} |")
     return "\n".join(lines)
 
@@ -176,11 +213,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--zf", type=Path, default=Path("eval/data/zf-2020-2021.jsonl"))
     parser.add_argument("--zf-cache", type=Path, default=Path("eval/cache/zf"))
+    parser.add_argument("--zf-static-archive", type=Path, default=None,
+                        help="Take the ZF static model from this data dir (e.g. eval/cache/zfdev: 2013-2021, so "
+                             "that the distillation samples 13,635 articles before 2021 instead of the pool's 2,371)")
     parser.add_argument("--moroco", type=Path, default=Path("eval/data/moroco.jsonl"))
     parser.add_argument("--moroco-cache", type=Path, default=Path("eval/cache/moroco"))
     parser.add_argument("--sts", type=Path, default=Path("../shared/data/ro-sts/RO-STS.test.with_genre.tsv"))
     parser.add_argument("--speed-n", type=int, default=200, help="ZF articles timed per option")
-    parser.add_argument("--out", type=Path, default=None, help="Write models.md and models.json here.")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="Write models.md and models.json here; quality measured there before is reused.")
+    parser.add_argument("--fresh", action="store_true", help="Measure every option's quality again.")
     args = parser.parse_args()
     print(table(run(args)))
 

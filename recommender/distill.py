@@ -15,6 +15,7 @@ import time
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -39,7 +40,7 @@ HELD_OUT_EVERY = 10  # every tenth sample article scores the fit, before it is r
 @dataclass(frozen=True)
 class DistillOptions:
     teacher: str = "e5-small-q4"
-    sample: int = 4000
+    sample: int = 10_000
     until: datetime | None = None  # sample only articles published before
     min_count: int = 2
     max_words: int = 100_000
@@ -55,12 +56,13 @@ class DistillResult:
     seconds: float
 
 
-def run_distill(settings: Settings, opts: DistillOptions) -> DistillResult:
+def run_distill(settings: Settings, opts: DistillOptions, echo: Callable[[str], None] = lambda _: None) -> DistillResult:
     started = time.monotonic()
     teacher_name = model_name(opts.teacher)
     if teacher_name.startswith(("static:", "hashing:")):
         raise RecommenderError(f"the teacher must be a sentence encoder (e5-small-q4 or st:...), not {teacher_name}")
     store = Store(settings.store_path)
+    echo("counting the archive's words")
     counts = WordCounts()
     for text in store.all_texts():
         counts.add(text)
@@ -72,8 +74,12 @@ def run_distill(settings: Settings, opts: DistillOptions) -> DistillResult:
                                f"{opts.min_count}+ times, {len(sample)} articles to sample; ingest the archive first")
     teacher = load_model(teacher_name, device=settings.device, batch_size=settings.batch_size,
                          models_dir=settings.models_dir)
+    echo(f"{len(vocabulary.keys):,} words from {counts.texts:,} texts; {teacher_name} embeds each word once "
+         f"(cached: a rerun resumes)")
     words = _teacher_vectors(store, teacher, vocabulary.spellings, "teacher: words", opts.progress)
+    echo(f"{teacher_name} embeds the sample: {len(sample):,} articles (those it already has cost nothing)")
     targets = _teacher_vectors(store, teacher, [text for _, text in sample], "teacher: sample articles", opts.progress)
+    echo("fitting the word vectors to the sample")
     fitted, meta = _fit(vocabulary, words, [text for _, text in sample], targets, opts, counts.texts, teacher_name)
     path = _publish(settings.models_dir, vocabulary, fitted, meta)
     return DistillResult(f"static:{path.name}", path, meta, time.monotonic() - started)
