@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import time
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
@@ -230,8 +231,9 @@ def main() -> None:
 def write(out: Path, rows: list[Row]) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / "models.json").write_text(json.dumps([asdict(r) for r in rows], indent=2) + "\n")
-    (out / "models.md").write_text(f"# Embedding options ({os.cpu_count()} cores)\n\n```sh\n"
-                                   f"python eval/bench_models.py --out {out}\n```\n\n{table(rows)}\n")
+    command = " ".join(["python eval/bench_models.py", *sys.argv[1:]])
+    (out / "models.md").write_text(f"# Embedding options ({os.cpu_count()} cores)\n\n```sh\n{command}\n```\n\n"
+                                   f"{table(rows)}\n")
 
 
 if __name__ == "__main__":
