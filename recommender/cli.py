@@ -469,6 +469,37 @@ def distill(data_dir, teacher, sample, until, min_count, max_words, ridge, as_js
     click.echo(f"use it: recommender reembed --model {result.model}")
 
 
+@main.command("models")
+@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="[env RECOMMENDER_DATA_DIR; default ./data]")
+@click.option("--json", "as_json", is_flag=True, help="Print each model's metadata as JSON.")
+def models_command(data_dir, as_json):
+    """List the static models `recommender distill` built in the data dir.
+
+    \b
+    Example:
+      recommender models
+      recommender reembed --model static:s2     # serve one
+    """
+    from dataclasses import asdict
+
+    from embeddings.static import read_meta
+
+    home = load_settings(data_dir=data_dir).models_dir
+    names = sorted((p for p in home.glob("s*") if p.name[1:].isdigit()), key=lambda p: int(p.name[1:])) \
+        if home.exists() else []
+    rows = [{"model": f"static:{p.name}", **asdict(read_meta(p))} for p in names]
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    if not rows:
+        click.echo("no static models yet: build one with recommender distill")
+    for r in rows:
+        click.echo(f"{r['model']:12} {r['words']:>8,} words  dim {r['dimension']}  from {r['teacher']}, "
+                   f"{r['sample']:,} articles" + (f" before {r['sample_until'][:10]}" if r["sample_until"] else "")
+                   + f"  held-out cosine {r['heldout_cosine_fitted']:.3f}")
+
+
 @main.group()
 def index():
     """Index versions: list, activate (switch or roll back), prune.

@@ -1,6 +1,8 @@
 """The static model: its embedder, its fit against brute-force least squares, and
 `recommender distill` end to end with the real e5 teacher on a small archive."""
 
+import json
+
 import numpy as np
 import pytest
 from click.testing import CliRunner
@@ -136,6 +138,17 @@ def test_distill_cli_errors_are_clear(tmp_path, archive):
     assert not archive.models_dir.exists()
     helped = runner.invoke(main, ["distill", "--help"])
     assert helped.exit_code == 0 and "static:s1" in helped.output
+    none = runner.invoke(main, ["models", "--data-dir", str(archive.data_dir)])
+    assert none.exit_code == 0 and "no static models yet" in none.output
+
+
+def test_models_lists_what_distill_built(archive):
+    run_distill(archive, DistillOptions(sample=30))
+    runner = CliRunner()
+    listed = runner.invoke(main, ["models", "--data-dir", str(archive.data_dir)])
+    assert listed.exit_code == 0 and listed.output.startswith("static:s1") and "30 articles" in listed.output
+    rows = json.loads(runner.invoke(main, ["models", "--data-dir", str(archive.data_dir), "--json"]).output)
+    assert [(r["model"], r["teacher"], r["sample"]) for r in rows] == [("static:s1", "e5-small-q4", 30)]
 
 
 def test_too_small_an_archive_is_refused(tmp_path):
