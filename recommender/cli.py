@@ -122,6 +122,22 @@ def main() -> None:
     """
 
 
+def data_dir_option(func):
+    return click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+                        help="[env RECOMMENDER_DATA_DIR; default ./data]")(func)
+
+
+def echo_rows(rows: list[dict], as_json: bool, empty: str, line) -> None:
+    """A listing: JSON for machines, else a line per row (or what to do when there is none)."""
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    if not rows:
+        click.echo(empty)
+    for row in rows:
+        click.echo(line(row))
+
+
 def progress_option(func):
     return click.option("--progress/--no-progress", default=None,
                         help="Progress bars. [default: on when standard error is a terminal, so logs stay clean]")(func)
@@ -470,8 +486,7 @@ def distill(data_dir, teacher, sample, until, min_count, max_words, ridge, as_js
 
 
 @main.command("models")
-@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="[env RECOMMENDER_DATA_DIR; default ./data]")
+@data_dir_option
 @click.option("--json", "as_json", is_flag=True, help="Print each model's metadata as JSON.")
 def models_command(data_dir, as_json):
     """List the static models `recommender distill` built in the data dir.
@@ -489,15 +504,10 @@ def models_command(data_dir, as_json):
     names = sorted((p for p in home.glob("s*") if p.name[1:].isdigit()), key=lambda p: int(p.name[1:])) \
         if home.exists() else []
     rows = [{"model": f"static:{p.name}", **asdict(read_meta(p))} for p in names]
-    if as_json:
-        click.echo(json.dumps(rows, indent=2))
-        return
-    if not rows:
-        click.echo("no static models yet: build one with recommender distill")
-    for r in rows:
-        click.echo(f"{r['model']:12} {r['words']:>8,} words  dim {r['dimension']}  from {r['teacher']}, "
-                   f"{r['sample']:,} articles" + (f" before {r['sample_until'][:10]}" if r["sample_until"] else "")
-                   + f"  held-out cosine {r['heldout_cosine_fitted']:.3f}")
+    echo_rows(rows, as_json, "no static models yet: build one with recommender distill",
+              lambda r: f"{r['model']:12} {r['words']:>8,} words  dim {r['dimension']}  from {r['teacher']}, "
+                        f"{r['sample']:,} articles" + (f" before {r['sample_until'][:10]}" if r["sample_until"] else "")
+                        + f"  held-out cosine {r['heldout_cosine_fitted']:.3f}")
 
 
 @main.group()
@@ -529,14 +539,9 @@ def index_list(data_dir, as_json):
     active = versions.active()
     rows = [{"version": m.version, "model": m.model, "dimension": m.dimension, "count": m.count,
              "created": m.created_at, "active": m.version == active} for m in versions.metas()]
-    if as_json:
-        click.echo(json.dumps(rows, indent=2))
-        return
-    if not rows:
-        click.echo("no index versions yet: ingest articles first")
-    for row in rows:
-        click.echo(f"{'*' if row['active'] else ' '} {row['version']:5} {row['model']:30} dim {row['dimension']:5} "
-                   f"{row['count']:>8} articles  created {row['created']}")
+    echo_rows(rows, as_json, "no index versions yet: ingest articles first",
+              lambda row: f"{'*' if row['active'] else ' '} {row['version']:5} {row['model']:30} "
+                          f"dim {row['dimension']:5} {row['count']:>8} articles  created {row['created']}")
 
 
 @index.command("activate")
@@ -678,11 +683,6 @@ def _profiles(data_dir):
     from recommender.profiles import Profiles
 
     return Profiles(load_settings(data_dir=data_dir).profiles_dir)
-
-
-def data_dir_option(func):
-    return click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-                        help="[env RECOMMENDER_DATA_DIR; default ./data]")(func)
 
 
 @profile.command("list")
