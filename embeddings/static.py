@@ -75,10 +75,15 @@ class StaticEmbedder:
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         out = np.zeros((len(texts), self.dimension), dtype=np.float32)
         for row, text in enumerate(texts):
-            ids = [i for i in map(self._ids.get, folded_words(text)) if i is not None]
+            ids = word_ids(text, self._ids)
             if ids:
                 out[row] = self._vectors[ids].sum(axis=0)
         return l2_normalize(out)
+
+
+def word_ids(text: str, ids: dict[str, int]) -> list[int]:
+    """The vocabulary rows of a text's words, in order; unknown words are skipped."""
+    return [i for i in map(ids.get, folded_words(text)) if i is not None]
 
 
 @dataclass(frozen=True)
@@ -118,7 +123,7 @@ def mean_matrix(texts: Sequence[str], vocabulary: Vocabulary):
     ids = {key: i for i, key in enumerate(vocabulary.keys)}
     rows, cols = [], []
     for row, text in enumerate(texts):
-        found = [i for i in map(ids.get, folded_words(text)) if i is not None]
+        found = word_ids(text, ids)
         rows += [row] * len(found)
         cols += found
     counts = sparse.csr_matrix((vocabulary.weights[cols], (rows, cols)), shape=(len(texts), len(ids)))
@@ -148,6 +153,12 @@ def save(path: Path, vocabulary: Vocabulary, vectors: np.ndarray, meta: StaticMe
     scaled = (vectors * vocabulary.weights[:, None]).astype(np.float32)
     np.savez(path / MODEL_FILE, words=np.array(vocabulary.keys), vectors=scaled)
     (path / META_FILE).write_text(json.dumps(asdict(meta), indent=2) + "\n")
+
+
+def built(models_dir: Path) -> list[Path]:
+    """The model directories s1, s2, ... in `models_dir`, oldest first."""
+    found = [p for p in models_dir.glob("s*") if p.name[1:].isdigit()] if models_dir.exists() else []
+    return sorted(found, key=lambda p: int(p.name[1:]))
 
 
 def read_meta(path: Path) -> StaticMeta:

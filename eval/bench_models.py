@@ -79,14 +79,12 @@ def resolve(option: Option, data_dir: Path, dataset: Path, until: datetime | Non
     `data_dir`, built there once (the dataset is ingested first so it has words to count)."""
     if option.model != "static":
         return option.model
-    from embeddings.static import read_meta
+    from embeddings.static import built, read_meta
     from recommender.distill import DistillOptions, run_distill
     from recommender.engine import Engine
 
-    home = archive or data_dir
-    models = home / "models"
     want = until.isoformat() if until else None
-    for path in sorted(models.glob("s*")) if models.exists() else []:
+    for path in built(settings_for(archive or data_dir, "e5-small-q4").models_dir):
         if read_meta(path).sample_until == want:
             return f"static:{path.resolve()}" if archive else f"static:{path.name}"
     if archive:
@@ -100,13 +98,14 @@ def speed(model: str, data_dir: Path, dataset: Path, n: int) -> tuple[float, flo
     from recommender.articles import parse_article
     from recommender.models import load_model
 
+    settings = settings_for(data_dir, model)
     texts = []
     with dataset.open(encoding="utf-8") as fh:
         for line in fh:
-            texts.append(parse_article(json.loads(line)).embed_text(settings_for(data_dir, model).embed_chars).text)
+            texts.append(parse_article(json.loads(line)).embed_text(settings.embed_chars).text)
             if len(texts) >= n:
                 break
-    embedder = load_model(model, models_dir=data_dir / "models")
+    embedder = load_model(model, models_dir=settings.models_dir)
     embedder.embed(texts[:4])  # load and warm up
     started, cpu = time.perf_counter(), time.process_time()
     for start in range(0, len(texts), 32):
@@ -139,7 +138,7 @@ def sts(model: str, data_dir: Path, path: Path) -> float:
     from recommender.store import Store
 
     data_dir.mkdir(parents=True, exist_ok=True)
-    embedder = load_model(model, models_dir=data_dir / "models")
+    embedder = load_model(model, models_dir=settings_for(data_dir, model).models_dir)
     return evaluate_sts(path, embedder, Store(data_dir / "store.sqlite")).spearman
 
 

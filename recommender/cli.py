@@ -475,7 +475,9 @@ def distill(data_dir, teacher, sample, until, min_count, max_words, ridge, as_js
     result = run_distill(settings, DistillOptions(teacher, sample, _utc(until), min_count, max_words, ridge,
                                                   show_progress(progress)), echo=lambda m: click.echo(m, err=True))
     if as_json:
-        click.echo(to_json({"model": result.model, "path": str(result.path), **result.meta.__dict__}))
+        from dataclasses import asdict
+
+        click.echo(to_json({"model": result.model, "path": str(result.path), **asdict(result.meta)}))
         return
     m = result.meta
     click.echo(f"built {result.model} in {result.seconds:.0f} s: {m.words:,} words, dimension {m.dimension}, "
@@ -498,12 +500,10 @@ def models_command(data_dir, as_json):
     """
     from dataclasses import asdict
 
-    from embeddings.static import read_meta
+    from embeddings.static import built, read_meta
 
-    home = load_settings(data_dir=data_dir).models_dir
-    names = sorted((p for p in home.glob("s*") if p.name[1:].isdigit()), key=lambda p: int(p.name[1:])) \
-        if home.exists() else []
-    rows = [{"model": f"static:{p.name}", **asdict(read_meta(p))} for p in names]
+    rows = [{"model": f"static:{p.name}", **asdict(read_meta(p))}
+            for p in built(load_settings(data_dir=data_dir).models_dir)]
     echo_rows(rows, as_json, "no static models yet: build one with recommender distill",
               lambda r: f"{r['model']:12} {r['words']:>8,} words  dim {r['dimension']}  from {r['teacher']}, "
                         f"{r['sample']:,} articles" + (f" before {r['sample_until'][:10]}" if r["sample_until"] else "")

@@ -23,6 +23,7 @@ from embeddings.static import (
     StaticMeta,
     Vocabulary,
     WordCounts,
+    built,
     fit,
     mean_cosine,
     mean_matrix,
@@ -103,8 +104,8 @@ def _fit(vocabulary: Vocabulary, words: np.ndarray, texts: list[str], targets: n
 
 def _publish(models_dir: Path, vocabulary: Vocabulary, fitted: np.ndarray, meta: StaticMeta) -> Path:
     models_dir.mkdir(parents=True, exist_ok=True)
-    taken = [int(p.name[1:]) for p in models_dir.glob("s*") if p.name[1:].isdigit()]
-    final = models_dir / f"s{max(taken, default=0) + 1}"
+    taken = built(models_dir)
+    final = models_dir / f"s{int(taken[-1].name[1:]) + 1 if taken else 1}"
     partial = models_dir / f".{final.name}.partial"
     shutil.rmtree(partial, ignore_errors=True)
     save(partial, vocabulary, fitted, meta)
