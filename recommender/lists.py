@@ -133,6 +133,25 @@ def stored_list(store: Store, key: str, article_id: str, k: int) -> list[Related
     return [item.shown_as(infos[item.num]) for item in cached]
 
 
+def last_stored_list(store: Store, key: str, num: int, k: int, filters: Filters) -> list[RelatedItem] | None:
+    """The list last stored for an article, even if changes since have not reached it
+    yet, without its deleted and filtered-out items: what a server still loading its
+    index serves. None when there is none or too few items remain."""
+    from datetime import datetime, timezone
+
+    row = store.list_row(key, num)
+    if row is None:
+        return None
+    cached = [CachedItem.from_json(i) for i in json.loads(row[0])]
+    infos = store.infos([num] + [item.num for item in cached])
+    if num not in infos:
+        return None
+    reference = infos[num].published_at or datetime.now(timezone.utc)
+    out = [item.shown_as(infos[item.num]) for item in cached
+           if item.num in infos and filters.accepts(infos[item.num], reference)]
+    return out[:k] if len(out) >= min(k, len(cached)) else None
+
+
 class ListUpkeep:
     """Computes lists with the default ranking and keeps them current after writes."""
 

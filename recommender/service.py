@@ -26,7 +26,7 @@ from recommender import ranker
 from recommender.articles import Article
 from recommender.engine import Engine
 from recommender.errors import ArticleNotFound, NoIndex
-from recommender.lists import CachedList, RelatedLists
+from recommender.lists import CachedList, RelatedLists, last_stored_list, lists_key
 from recommender.ranking import Filters, RelatedItem
 from recommender.settings import Settings
 from recommender.state import IndexState
@@ -49,6 +49,16 @@ class Related:
     index_version: str
 
 
+@dataclass(frozen=True)
+class Warming:
+    """What a server still loading its index tells /readyz."""
+
+    index_version: str | None
+    model: str
+    ranking_profile: str
+    loading_seconds: float
+
+
 class Counters:
     """What the service counts; the metrics endpoint reads it."""
 
@@ -67,6 +77,8 @@ class Service:
         self._snapshot: Snapshot | None = None
         self._saved_seq = -1
         self.failure: str | None = None  # why start() failed, for /readyz
+        self._cold: Engine | None = None  # the engine while its index loads: the store is usable already
+        self._started_at = time.monotonic()
         self._serving: int | None = None  # the serving lock's descriptor
         self.lists = ListWorker(self)
 
@@ -74,14 +86,18 @@ class Service:
 
     def start(self) -> None:
         """Open the active version, or create an empty one; then the server is ready.
-        Lists still missing are served live until the list worker fills them."""
+        Lists still missing are served live until the list worker fills them. While a
+        large index loads, the store answers what it can (`warming`)."""
         engine = Engine(self.settings, self._embedder)
+        self._started_at = time.monotonic()
+        self._cold = engine
         try:
             state = engine.state()
         except NoIndex:
             state = engine.new_version()
         lists = engine.lists_for(state)
         self._snapshot = Snapshot(engine, state, lists)
+        self._cold = None
         self._saved_seq = state.meta.applied_seq
         self._serving = engine.versions.hold_serving()  # a CLI ingest leaves the lists to this server
         # Changes applied before a crash and never followed by their lists: the worker's first job.
@@ -101,10 +117,26 @@ class Service:
         return self._snapshot is not None
 
     @property
+    def warming(self) -> bool:
+        """The index is still loading, and has been for long enough that the store answers meanwhile."""
+        return (self._snapshot is None and self._cold is not None and self.failure is None
+                and time.monotonic() - self._started_at >= self.settings.warm_after_seconds)
+
+    @property
     def snapshot(self) -> Snapshot:
         if self._snapshot is None:
             raise NoIndex("the index is still loading")
         return self._snapshot
+
+    def warming_facts(self) -> Warming:
+        engine = self._engine()
+        return Warming(engine.versions.active(), engine.model, engine.profile.name,
+                       round(time.monotonic() - self._started_at, 1))
+
+    def _engine(self) -> Engine:
+        """The serving engine; while warming, the one whose index is loading (its store serves)."""
+        cold = self._cold
+        return cold if self._snapshot is None and cold is not None and self.warming else self.snapshot.engine
 
     CATCH_UP_CHUNK = 200  # changes applied per hold of the write lock when catching up others' writes
 
@@ -173,6 +205,8 @@ class Service:
     # --- reads ----------------------------------------------------------------
 
     def related(self, article_id: str, k: int, filters: Filters, diversity: float | None = None) -> Related:
+        if self._snapshot is None and self.warming:
+            return self._while_warming(article_id, k, filters, diversity)
         snap = self.snapshot
         num = snap.state.by_id.get(article_id)
         if num is None:
@@ -195,6 +229,21 @@ class Service:
             items = self._from_cache(snap, num, cached, k, filters, strict=False) or []
             return Related(items, snap.engine.model, snap.state.version)
         return Related(items, snap.engine.model, snap.state.version)
+
+    def _while_warming(self, article_id: str, k: int, filters: Filters, diversity: float | None) -> Related:
+        """The list last stored for the article, from the store alone; ranking live needs the index."""
+        engine = self._engine()
+        num = engine.store.num_of(article_id)
+        if num is None:
+            raise ArticleNotFound(article_id)
+        version = engine.versions.active()
+        items = None
+        if version and diversity is None and k <= self.settings.precompute_k:
+            items = last_stored_list(engine.store, lists_key(version, engine.profile.name), num, k, filters)
+        if items is None:
+            raise NoIndex("the index is still loading; until then only precomputed lists are served")
+        self.counters.hits += 1
+        return Related(items, engine.model, version)
 
     def _live(self, snap: Snapshot, num: int, article_id: str, k: int, filters: Filters,
               diversity: float | None) -> list[RelatedItem]:
@@ -234,7 +283,7 @@ class Service:
         return Related(items, snap.engine.model, snap.state.version)
 
     def article(self, article_id: str) -> StoredArticle:
-        found = self.snapshot.engine.store.get(article_id)
+        found = self._engine().store.get(article_id)
         if found is None:
             raise ArticleNotFound(article_id)
         return found
@@ -244,19 +293,22 @@ class Service:
     def upsert(self, articles: list[Article]) -> list[UpsertResult]:
         """Store and index articles; visible to readers when this returns. The
         embedding happens before the write lock is taken: reads and other
-        writers' swaps go on meanwhile."""
-        engine = self.snapshot.engine
+        writers' swaps go on meanwhile. While warming, articles are stored and the
+        index takes them in as it finishes loading."""
+        engine = self._engine()
         written = engine.upsert(articles)
-        with self._write:
-            self._advance()
+        if self._snapshot is not None:
+            with self._write:
+                self._advance()
         return written.results
 
     def delete(self, article_id: str) -> None:
-        engine = self.snapshot.engine
+        engine = self._engine()
         if engine.delete([article_id]):
             raise ArticleNotFound(article_id)
-        with self._write:
-            self._advance()
+        if self._snapshot is not None:
+            with self._write:
+                self._advance()
 
 
 class ListWorker:

@@ -89,6 +89,9 @@ class Settings(BaseSettings):
     save_seconds: float = Field(60.0, gt=0)
     # Fill lists that are missing (say, after a bulk load without them) once the server is up.
     precompute_on_start: bool = True
+    # A server whose index takes longer than this to load (a large archive) answers meanwhile from
+    # the store: precomputed lists, article reads and writes; /readyz says "warming".
+    warm_after_seconds: float = Field(5.0, ge=0)
     # Open routes that parse and embed text (POST /v1/related, /v1/rewrite) at once; more get a 429.
     # One: on a 2-core box a second one only slows the CMS's writes and the page views.
     max_concurrent_drafts: int = Field(1, ge=1, le=64)

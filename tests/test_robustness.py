@@ -216,3 +216,41 @@ def test_sigterm_stops_the_server_within_a_few_seconds_while_lists_are_recompute
     finally:
         if server.poll() is None:
             server.kill()
+
+
+def test_a_server_whose_index_is_still_loading_serves_from_the_store(settings, stories, monkeypatch):
+    """A large index loads for minutes: meanwhile /readyz says "warming", precomputed lists
+    and article reads come from the store, writes are stored; once loaded, the index has them."""
+    from recommender.state import Indexes
+
+    settings = settings.model_copy(update={"api_keys": KEY, "warm_after_seconds": 0})
+    Engine(settings, embedder=CountingEmbedder()).ingest([str(stories)])
+    expected = [i.id for i in Engine(settings, embedder=CountingEmbedder()).related("ukr-2")]
+    loaded = threading.Event()
+    real_open = Indexes.open_active
+
+    def slow_open(indexes):
+        loaded.wait(30)
+        return real_open(indexes)
+
+    monkeypatch.setattr(Indexes, "open_active", slow_open)
+    with TestClient(create_app(settings, embedder=CountingEmbedder())) as client:
+        ready = client.get("/readyz")
+        assert ready.status_code == 200 and ready.json()["status"] == "warming"
+        assert [i["id"] for i in client.get("/v1/articles/ukr-2/related").json()["items"]] == expected
+        assert client.get("/v1/articles/nope/related").status_code == 404
+        assert client.get("/v1/articles/ukr-2/related", params={"diversity": 0.5}).status_code == 503  # needs the index
+        assert client.get("/v1/articles/ukr-2").status_code == 200
+        put = client.put("/v1/articles/ukr-5", json=article("ukr-5", "Armistițiul din Marea Neagră, prelungit",
+                                                             "Ucraina și Rusia prelungesc armistițiul pe mare."),
+                         headers=AUTH)
+        assert put.status_code == 200
+        loaded.set()
+        deadline = time.monotonic() + 10
+        while client.get("/readyz").json()["status"] != "ready":
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        assert client.get("/readyz").json()["articles"] == len(STORY_ARTICLES) + 1
+        assert client.app.state.service.lists.wait_idle(10)
+        items = client.get("/v1/articles/ukr-1/related", params={"k": 10}).json()["items"]
+        assert "ukr-5" in [i["id"] for i in items]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
+
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
@@ -19,10 +21,13 @@ def healthz() -> dict:
 def readyz(service: ServiceDep) -> JSONResponse:
     if service.failure:
         return JSONResponse({"status": "failed", "detail": service.failure}, status_code=503)
+    if service.warming:  # a large index still loading: precomputed lists and writes are served from the store
+        return JSONResponse({"status": "warming", "index_loaded": False, **asdict(service.warming_facts())})
     if not service.ready:
         return JSONResponse({"status": "loading"}, status_code=503)
     snap = service.snapshot
-    return JSONResponse({"status": "ready", "index_version": snap.state.version, "model": snap.engine.model,
+    return JSONResponse({"status": "ready", "index_loaded": True, "index_version": snap.state.version,
+                         "model": snap.engine.model,
                          "articles": snap.state.vectors.count, "ranking_profile": snap.engine.profile.name,
                          # a newly activated profile whose lists are being computed; the current one serves meanwhile
                          "ranking_profile_pending": service.lists.preparing,
