@@ -329,7 +329,7 @@ def stats(settings, as_json):
     refreshed = store.lists_refreshed_seq(lists_key(active, profile)) if active else None
     behind = len(store.changed_between(refreshed, found.last_change)) if refreshed is not None else 0
     if as_json:
-        data = asdict(found) | {"active_version": active, "versions": [asdict(m) for m in versions.metas()],
+        data = asdict(found) | {"active_version": active, "versions": [asdict(m) | {"tombstones": len(m.tombstones)} for m in versions.metas()],
                                 "ranking_profile": profile, "lists_pending": behind}
         click.echo(to_json(data))
         return
@@ -338,7 +338,8 @@ def stats(settings, as_json):
         click.echo(f"vectors: {count} by {model}")
     click.echo("sections: " + ", ".join(f"{s or '(none)'} {n}" for s, n in found.sections.items()))
     click.echo(f"ranking profile: {profile}")
-    click.echo(f"active index: {active or 'none'}"
+    served = next((asdict(m) for m in versions.metas() if m.version == active), None)
+    click.echo(f"active index: {active or 'none'}" + (f", {search_kind(served)}" if served else "")
                + (f"; related lists not yet recomputed for {behind} changed articles" if behind else ""))
 
 
@@ -525,9 +526,12 @@ def index():
 @index.command("list")
 @click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="[env RECOMMENDER_DATA_DIR; default ./data]")
-@click.option("--json", "as_json", is_flag=True, help="Print [{version, model, dimension, count, created, active}].")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print [{version, model, dimension, count, kind, recall_at_10, created, active}].")
 def index_list(data_dir, as_json):
-    """Show the index versions and which one serves.
+    """Show the index versions and which one serves, with each one's search: exact,
+    or HNSW (above RECOMMENDER_ANN__EXACT_BELOW articles, 200,000 by default) with
+    its recall@10 against exact search, measured when it was built.
 
     \b
     Example:
@@ -537,11 +541,17 @@ def index_list(data_dir, as_json):
 
     versions = Versions(load_settings(data_dir=data_dir).index_dir)
     active = versions.active()
-    rows = [{"version": m.version, "model": m.model, "dimension": m.dimension, "count": m.count,
-             "created": m.created_at, "active": m.version == active} for m in versions.metas()]
+    rows = [{"version": m.version, "model": m.model, "dimension": m.dimension, "count": m.count, "kind": m.kind,
+             "recall_at_10": m.recall_at_10, "created": m.created_at, "active": m.version == active}
+            for m in versions.metas()]
     echo_rows(rows, as_json, "no index versions yet: ingest articles first",
               lambda row: f"{'*' if row['active'] else ' '} {row['version']:5} {row['model']:30} "
-                          f"dim {row['dimension']:5} {row['count']:>8} articles  created {row['created']}")
+                          f"dim {row['dimension']:5} {row['count']:>8} articles  {search_kind(row)}  "
+                          f"created {row['created']}")
+
+
+def search_kind(meta: dict) -> str:
+    return "exact" if meta["kind"] == "exact" else f"{meta['kind']} (recall@10 {meta['recall_at_10']:.3f})"
 
 
 @index.command("activate")

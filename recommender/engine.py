@@ -46,7 +46,7 @@ class Engine:
         else:
             active = self.versions.active_meta()
             self.model = model_name(settings.model or (active.model if active else DEFAULT_MODEL))
-        self.indexes = Indexes(self.store, self.versions, self.model)
+        self.indexes = Indexes(self.store, self.versions, self.model, settings.ann)
         self.profiles = Profiles(settings.profiles_dir)
         self.profile = profile or self.profiles.active()
         # The active profile's weights are the ranking's defaults (the built-in profile's are the

@@ -1,9 +1,11 @@
 """FAISS over L2-normalized vectors: inner product is cosine similarity.
 
-Exact search (IndexFlatIP) by default: at newsroom archive sizes (10^5 to 10^6
-articles of 384 dimensions) it answers in milliseconds and never misses. The
-IDMap2 wrapper keeps the store's stable int64 article numbers as FAISS ids and
-allows add, remove and reconstruct without a rebuild.
+The main index is exact (IndexFlatIP) below `AnnSettings.exact_below` articles
+and HNSW above it (a million exact searches of a million vectors would take most
+of a day; HNSW answers in about a millisecond, its recall@10 measured and kept in
+the sidecar). The IDMap2 wrapper keeps the store's stable int64 article numbers
+as FAISS ids; writes go to a small exact delta, and HNSW rows replaced or deleted
+stay in the graph as tombstones, filtered out of every search, until a rebuild.
 """
 
 from __future__ import annotations
@@ -11,13 +13,14 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 
 from recommender.errors import IndexMismatch
+from recommender.settings import AnnSettings
 
 INDEX_FILE = "index.faiss"
 META_FILE = "meta.json"
@@ -35,9 +38,14 @@ class IndexMeta:
     created_at: str
     applied_seq: int = 0  # the last store change (changes.seq) this index reflects
     random_pair_mean: float = 0.0  # mean cosine of random article pairs (see VectorIndex.random_pair_mean)
+    kind: str = "exact"  # the main index: exact or hnsw
+    recall_at_10: float = 1.0  # of the main index's search against exact search, on a sample
+    tombstones: list[int] = field(default_factory=list)  # rows of an HNSW main replaced or deleted, filtered out
 
 
 BATCH_CELLS = 8_000_000  # query x article scores held at once by a batched search (32 MB)
+RECALL_SAMPLE = 200  # queries of the recall@10 check of an HNSW index
+REBUILD_SHARE = 0.1  # tombstones, as a share of an HNSW main index, that trigger a rebuild at save
 
 
 class VectorIndex:
@@ -49,20 +57,54 @@ class VectorIndex:
 
     COMPACT_AT = 512
 
-    def __init__(self, dimension: int, faiss_index=None):
+    def __init__(self, dimension: int, faiss_index=None, ann: AnnSettings | None = None,
+                 tombstones: np.ndarray | None = None, recall: float = 1.0):
         import faiss
 
         self.dimension = dimension
         self._faiss = faiss
+        self.ann = ann or AnnSettings()
         self.main = faiss_index if faiss_index is not None else self._empty()
-        self._main_ids = frozenset(self._ids_of(self.main).tolist())
+        # Rows of an HNSW main whose article was replaced or deleted before it was saved: the
+        # graph cannot drop them, and a replaced article's new row carries the same id.
+        self.tombstones = np.zeros(0, dtype=np.int64) if tombstones is None else np.asarray(tombstones, np.int64)
+        self._main_ids = self._alive_ids(self.main, self.tombstones)
         self.delta = self._empty()
         self._delta_ids: set[int] = set()
         self.dead: set[int] = set()  # main rows replaced or removed since the last compaction
         self._view = None  # (main, what _main_view read of it)
+        self._selector = None  # (dead set size, a FAISS selector excluding the dead rows)
+        self.recall = recall  # recall@10 of the main index (1 when exact)
 
     def _empty(self):
         return self._faiss.IndexIDMap2(self._faiss.IndexFlatIP(self.dimension))
+
+    def _alive_ids(self, index, tombstones: np.ndarray) -> frozenset[int]:
+        ids = self._ids_of(index)
+        if len(tombstones):
+            ids = np.delete(ids, tombstones)
+        return frozenset(ids.tolist())
+
+    @property
+    def kind(self) -> str:
+        return "hnsw" if self._hnsw(self.main) is not None else "exact"
+
+    def _hnsw(self, index):
+        inner = self._faiss.downcast_index(index.index)
+        return inner if isinstance(inner, self._faiss.IndexHNSWFlat) else None
+
+    def _kind_for(self, count: int) -> str:
+        if self.ann.kind != "auto":
+            return self.ann.kind
+        return "hnsw" if count >= self.ann.exact_below else "exact"
+
+    def _empty_main(self, count: int):
+        """An empty main index of the kind `count` articles call for."""
+        if self._kind_for(count) == "exact":
+            return self._empty()
+        graph = self._faiss.IndexHNSWFlat(self.dimension, self.ann.hnsw_m, self._faiss.METRIC_INNER_PRODUCT)
+        graph.hnsw.efConstruction = self.ann.ef_construction
+        return self._faiss.IndexIDMap2(graph)
 
     def _ids_of(self, index) -> np.ndarray:
         return self._faiss.vector_to_array(index.id_map).astype(np.int64)
@@ -71,11 +113,12 @@ class VectorIndex:
         """A copy sharing the (immutable) main index: cost proportional to the delta."""
         copy = VectorIndex.__new__(VectorIndex)
         copy.dimension, copy._faiss = self.dimension, self._faiss
-        copy.main, copy._main_ids = self.main, self._main_ids
+        copy.main, copy._main_ids, copy.tombstones = self.main, self._main_ids, self.tombstones
         copy.delta = self._faiss.clone_index(self.delta)
         copy._delta_ids = set(self._delta_ids)
         copy.dead = set(self.dead)
         copy._view = self._view
+        copy.ann, copy.recall, copy._selector = self.ann, self.recall, None
         return copy
 
     @property
@@ -121,7 +164,11 @@ class VectorIndex:
         vectors = np.ascontiguousarray(np.atleast_2d(vectors), dtype=np.float32)
         k = max(1, min(k, self.count))
         parts_s, parts_n = [], []
-        if self.main.ntotal and len(vectors) > 1:
+        if self.main.ntotal and self._hnsw(self.main) is not None:
+            scores, nums = self._search_graph(vectors, min(k, self.main.ntotal))
+            parts_s.append(scores)
+            parts_n.append(nums)
+        elif self.main.ntotal and len(vectors) > 1:
             scores, nums = self._search_main_batch(vectors, min(k + len(self.dead), self.main.ntotal))
             parts_s.append(scores)
             parts_n.append(nums)
@@ -142,6 +189,21 @@ class VectorIndex:
         scores = np.where(nums < 0, -np.inf, scores)
         order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
         return np.take_along_axis(scores, order, axis=1), np.take_along_axis(nums, order, axis=1)
+
+    def _search_graph(self, vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """HNSW search of the main index by row, tombstones and dead rows excluded by a
+        selector (not by fetching k + their number: there may be thousands)."""
+        _, _, _, row_ids = self._main_view()
+        params = self._faiss.SearchParametersHNSW(efSearch=max(self.ann.ef_search, k))
+        if self.dead or len(self.tombstones):
+            if self._selector is None or self._selector[0] != len(self.dead):
+                dead = np.isin(row_ids, np.fromiter(self.dead, dtype=np.int64, count=len(self.dead)))
+                rows = np.union1d(self.tombstones, np.flatnonzero(dead)).astype(np.int64)
+                batch = self._faiss.IDSelectorBatch(rows)
+                self._selector = (len(self.dead), batch, self._faiss.IDSelectorNot(batch))
+            params.sel = self._selector[2]
+        scores, rows = self._hnsw(self.main).search(vectors, k, params=params)
+        return scores, np.where(rows >= 0, row_ids[np.maximum(rows, 0)], -1)
 
     def _search_main_batch(self, vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Exact search of many queries as one matrix product over the main vectors, read
@@ -188,36 +250,75 @@ class VectorIndex:
         if cached is not None and cached[0] is self.main:
             return cached[1]
         ids = self._ids_of(self.main)
-        order = np.argsort(ids, kind="stable")
+        alive = np.delete(np.arange(len(ids)), self.tombstones) if len(self.tombstones) else np.arange(len(ids))
+        order = alive[np.argsort(ids[alive], kind="stable")]
         if self.main.ntotal:
-            flat = self._faiss.downcast_index(self.main.index)
-            raw = self._faiss.rev_swig_ptr(flat.get_xb(), self.main.ntotal * self.dimension)
-            vectors = np.asarray(raw).reshape(self.main.ntotal, self.dimension)
+            vectors = self._stored(self.main)
         else:
             vectors = np.zeros((0, self.dimension), dtype=np.float32)
         view = (ids[order], order, vectors, ids)
         self._view = (self.main, view)
         return view
 
-    def _maybe_compact(self) -> None:
-        if len(self._delta_ids) + len(self.dead) > self.COMPACT_AT:
-            self.compact()
+    def _stored(self, index) -> np.ndarray:
+        """The vectors of an IDMap2-wrapped flat or HNSW index, in row order, read in place."""
+        inner = self._hnsw(index)
+        flat = self._faiss.downcast_index(inner.storage if inner is not None else index.index)
+        raw = self._faiss.rev_swig_ptr(flat.get_xb(), index.ntotal * self.dimension)
+        return np.asarray(raw).reshape(index.ntotal, self.dimension)
 
-    def compact(self) -> None:
-        """Fold delta and dead rows into a new main index (the old one is left to readers)."""
-        main = self._empty()
-        if self.main.ntotal:
-            ids = self._ids_of(self.main)
-            flat = self._faiss.downcast_index(self.main.index)
-            vectors = self._faiss.rev_swig_ptr(flat.get_xb(), self.main.ntotal * self.dimension)
-            vectors = np.asarray(vectors).reshape(self.main.ntotal, self.dimension)
-            keep = ~np.isin(ids, np.fromiter(self.dead, dtype=np.int64)) if self.dead else np.ones(len(ids), bool)
-            if keep.any():
-                main.add_with_ids(np.ascontiguousarray(vectors[keep]), ids[keep])
+    def _maybe_compact(self) -> None:
+        # An HNSW main is only rebuilt when saved (outside the server's write lock): folding
+        # writes into a graph of a million vectors takes far too long for a write to wait.
+        # So is a change of kind: an exact index that grows past `exact_below` turns HNSW when saved.
+        if len(self._delta_ids) + len(self.dead) > self.COMPACT_AT and self._hnsw(self.main) is None:
+            self.compact(kind="exact")
+
+    def compact(self, kind: str | None = None) -> None:
+        """Fold delta and dead rows into a new main index of `kind` (by default, what the
+        archive's size calls for); the old one is left to readers. An HNSW main that
+        stays HNSW takes the delta in a copy of its graph and keeps its tombstones,
+        unless they passed REBUILD_SHARE."""
+        count = self.count
+        kind = kind or self._kind_for(count)
+        incremental = (self._hnsw(self.main) is not None and kind == "hnsw"
+                       and len(self.dead) + len(self.tombstones) <= REBUILD_SHARE * self.main.ntotal)
+        ids = self._ids_of(self.main)
+        gone = np.isin(ids, np.fromiter(self.dead, dtype=np.int64, count=len(self.dead)))
+        gone[self.tombstones] = True
+        if incremental:
+            main = self._faiss.clone_index(self.main) if self.delta.ntotal else self.main
+            tombstones = np.flatnonzero(gone)
+        else:
+            main, tombstones = (self._empty() if kind == "exact" else self._empty_main(count)), None
+            if self.main.ntotal and not gone.all():
+                main.add_with_ids(np.ascontiguousarray(self._stored(self.main)[~gone]), ids[~gone])
         if self.delta.ntotal:
             main.add_with_ids(self.reconstruct_delta(), self._ids_of(self.delta))
-        self.main, self._main_ids = main, frozenset(self._ids_of(main).tolist())
+        if main is not self.main:
+            self.recall = self.measure_recall(main)
+        self.main, self.tombstones = main, np.zeros(0, np.int64) if tombstones is None else tombstones
+        self._main_ids = self._alive_ids(main, self.tombstones)
         self.delta, self._delta_ids, self.dead = self._empty(), set(), set()
+        self._selector, self._view = None, None  # the view's rows depend on the tombstones too
+
+    def measure_recall(self, index, k: int = 10) -> float:
+        """Recall@k of an index's search against exact search over its own vectors,
+        on a fixed sample of its rows (1 for an exact index)."""
+        if self._hnsw(index) is None or index.ntotal <= k:
+            return 1.0
+        vectors = self._stored(index)
+        rows = np.random.default_rng(0).choice(index.ntotal, size=min(RECALL_SAMPLE, index.ntotal), replace=False)
+        queries = np.ascontiguousarray(vectors[rows])
+        params = self._faiss.SearchParametersHNSW(efSearch=max(self.ann.ef_search, k))
+        _, found = self._hnsw(index).search(queries, k, params=params)  # rows, like the exact top below
+        hits = 0
+        for start in range(0, len(queries), 32):
+            scores = queries[start:start + 32] @ vectors.T
+            exact = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+            for row, top in enumerate(exact):
+                hits += len(set(top.tolist()) & set(found[start + row].tolist()))
+        return round(hits / (len(queries) * k), 4)
 
     def reconstruct_delta(self) -> np.ndarray:
         flat = self._faiss.downcast_index(self.delta.index)
@@ -244,25 +345,28 @@ class VectorIndex:
     def save(self, directory: Path, meta: IndexMeta) -> None:
         """Write index and sidecar so that a crash leaves either the old or the new pair."""
         directory.mkdir(parents=True, exist_ok=True)
-        if self.delta.ntotal or self.dead:
+        if (self.delta.ntotal or self.dead or len(self.tombstones) > REBUILD_SHARE * self.main.ntotal
+                or self._kind_for(self.count) != self.kind):
             self.compact()
         meta.count = self.count
+        meta.kind, meta.recall_at_10 = self.kind, self.recall
+        meta.tombstones = self.tombstones.tolist()
         atomic_write(directory / INDEX_FILE, self._faiss.serialize_index(self.main).tobytes())
         atomic_write(directory / META_FILE, json.dumps(asdict(meta), indent=2).encode())
 
     @classmethod
-    def load(cls, directory: Path) -> tuple["VectorIndex", IndexMeta]:
+    def load(cls, directory: Path, ann: AnnSettings | None = None) -> tuple["VectorIndex", IndexMeta]:
         import faiss
 
         meta = read_meta(directory)
         raw = np.fromfile(directory / INDEX_FILE, dtype=np.uint8)
         index = faiss.deserialize_index(raw)
-        if index.d != meta.dimension or index.ntotal != meta.count:
+        if index.d != meta.dimension or index.ntotal != meta.count + len(meta.tombstones):
             raise IndexMismatch(
                 f"index {meta.version} does not match its sidecar (dimension {index.d} vs {meta.dimension}, "
-                f"count {index.ntotal} vs {meta.count})"
+                f"count {index.ntotal} vs {meta.count} and {len(meta.tombstones)} tombstones)"
             )
-        return cls(meta.dimension, index), meta
+        return cls(meta.dimension, index, ann, np.asarray(meta.tombstones, dtype=np.int64), meta.recall_at_10), meta
 
 
 def read_meta(directory: Path) -> IndexMeta:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import tzinfo
 from pathlib import Path
+from typing import Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, Field, field_validator
@@ -56,6 +57,23 @@ class RankingSettings(BaseModel):
     weights: dict[str, float] = Field(default_factory=lambda: dict(DEFAULT_WEIGHTS))
 
 
+class AnnSettings(BaseModel):
+    """How the main vector index is built. From the environment: RECOMMENDER_ANN__<FIELD>.
+
+    Exact search reads every vector for every query: at a million 384-dimension
+    vectors, 56 ms a query. HNSW answers in about a millisecond and misses a few
+    neighbours; eval/bench_scale.py measures its recall@10, and `index list` shows it.
+    """
+
+    model_config = {"extra": "forbid"}
+
+    kind: Literal["auto", "exact", "hnsw"] = "auto"  # auto: exact below `exact_below` articles, HNSW above
+    exact_below: int = Field(200_000, ge=0)
+    hnsw_m: int = Field(16, ge=4, le=128)  # graph links per vector: more, better recall, more memory
+    ef_construction: int = Field(40, ge=8, le=1024)
+    ef_search: int = Field(128, ge=8, le=4096)  # candidates explored per query: more, better recall, slower
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="RECOMMENDER_", env_nested_delimiter="__", extra="ignore")
 
@@ -76,6 +94,7 @@ class Settings(BaseSettings):
     # Lists computed ahead of time hold this many items; requests for more go live.
     precompute_k: int = Field(10, ge=1, le=50)
     ranking: RankingSettings = Field(default_factory=RankingSettings)
+    ann: AnnSettings = Field(default_factory=AnnSettings)
 
     # --- the API ---
     # Comma-separated bearer keys for writes; with none, writes are refused.

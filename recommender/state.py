@@ -18,6 +18,7 @@ from recommender.articles import ArticleInfo
 from recommender.errors import IndexMismatch, NoIndex
 from recommender.index import IndexMeta, VectorIndex, now_iso
 from recommender.lexical import LexicalIndex
+from recommender.settings import AnnSettings
 from recommender.store import Store
 from recommender.text import terms
 from recommender.timeline import Timeline
@@ -85,10 +86,11 @@ class IndexState:
 class Indexes:
     """The index versions of one model: open the active one, build, catch up, save."""
 
-    def __init__(self, store: Store, versions: Versions, model: str):
+    def __init__(self, store: Store, versions: Versions, model: str, ann: AnnSettings | None = None):
         self.store = store
         self.versions = versions
         self.model = model
+        self.ann = ann or AnnSettings()
 
     def active_meta(self) -> IndexMeta | None:
         """The active version's sidecar; IndexMismatch if it was built with another model."""
@@ -107,7 +109,7 @@ class Indexes:
                           hint="ingest articles first, e.g. recommender ingest articles.jsonl")
         path = self.versions.path(meta.version)
         try:
-            vectors, meta = VectorIndex.load(path)
+            vectors, meta = VectorIndex.load(path, self.ann)
         except (IndexMismatch, RuntimeError, OSError, ValueError) as exc:
             # The index is only a cache of the store's vectors, so a damaged file is rebuilt, not fatal.
             log.warning("index %s unreadable (%s); rebuilding it from the store", meta.version, exc)
@@ -122,7 +124,7 @@ class Indexes:
     def build_state(self, version: str, dimension: int) -> IndexState:
         """A full in-memory index for this model from the store's vectors."""
         meta = IndexMeta(version, self.model, dimension, 0, now_iso(), self.store.last_change())
-        state = IndexState(version, meta, VectorIndex(dimension))
+        state = IndexState(version, meta, VectorIndex(dimension, ann=self.ann))
         state.apply(self.store.index_rows(self.model))
         self.catch_up(state)
         state.meta.random_pair_mean = state.vectors.random_pair_mean()

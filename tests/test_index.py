@@ -142,3 +142,73 @@ def test_a_clone_changes_without_touching_the_original(random_vectors):
     np.testing.assert_allclose(index.reconstruct(np.array([2])), random_vectors[2:3])
     assert copy.count == 99 and 0 not in copy and 500 in copy
     np.testing.assert_allclose(copy.reconstruct(np.array([2])), random_vectors[100:101])
+
+
+def hnsw_index(vectors, nums, exact_below=0):
+    from recommender.settings import AnnSettings
+
+    index = VectorIndex(vectors.shape[1], ann=AnnSettings(exact_below=exact_below, ef_search=64))
+    index.upsert(nums, vectors)
+    index.compact()  # the kind the size calls for: what a save or a build does
+    return index
+
+
+def test_above_its_threshold_the_main_index_is_hnsw_and_finds_what_exact_search_finds(random_vectors):
+    nums = np.arange(2000, 2500, dtype=np.int64)
+    oracle = {int(n): v for n, v in zip(nums, random_vectors)}
+    assert hnsw_index(random_vectors, nums, exact_below=501).kind == "exact"
+    index = hnsw_index(random_vectors, nums)
+    assert index.kind == "hnsw" and index.recall >= 0.95
+    queries = l2_normalize(np.random.default_rng(10).normal(size=(30, 32)))
+    _, found = index.search(queries, 10)
+    hits = sum(len(set(found[q]) & set(brute_force(oracle, query, 10)[0])) for q, query in enumerate(queries))
+    assert hits / 300 >= 0.95
+    np.testing.assert_allclose(index.reconstruct(nums[[3, 1]]), random_vectors[[3, 1]])
+
+
+def test_hnsw_rows_replaced_or_deleted_never_come_back_even_after_a_save(tmp_path, random_vectors):
+    nums = np.arange(500, dtype=np.int64)
+    index = hnsw_index(random_vectors, nums)
+    index.remove(nums[:40])  # tombstones: the graph cannot drop rows
+    moved = l2_normalize(np.random.default_rng(11).normal(size=(5, 32)))
+    index.upsert(nums[40:45], moved)
+    assert index.main.ntotal == 500 and index.count == 460
+
+    def check(idx):
+        _, found = idx.search(random_vectors[:45], 20)
+        assert not np.isin(found, nums[:40]).any()
+        _, found = idx.search(moved, 1)
+        assert found[:, 0].tolist() == nums[40:45].tolist()  # their new vectors, from the delta or the graph
+
+    check(index)
+    index.save(tmp_path / "v1", IndexMeta("v1", "m", 32, 0, "t"))
+    meta = read_meta(tmp_path / "v1")
+    assert meta.kind == "hnsw" and meta.count == 460 and len(meta.tombstones) == 45 and meta.recall_at_10 >= 0.9
+    loaded, _ = VectorIndex.load(tmp_path / "v1")
+    assert loaded.count == 460
+    check(loaded)
+    loaded.remove(nums[45:60])  # past REBUILD_SHARE: the next save rebuilds the graph without them
+    loaded.save(tmp_path / "v2", IndexMeta("v2", "m", 32, 0, "t"))
+    rebuilt, meta = VectorIndex.load(tmp_path / "v2")
+    assert meta.tombstones == [] and rebuilt.main.ntotal == rebuilt.count == 445
+
+
+def test_an_archive_above_the_threshold_is_served_by_hnsw_with_its_recall_shown(tmp_path, stories):
+    from click.testing import CliRunner
+
+    from recommender.cli import main
+    from recommender.settings import AnnSettings, Settings
+
+    exact = Engine(Settings(data_dir=tmp_path / "exact", model="hashing:256"), embedder=CountingEmbedder())
+    exact.ingest([str(stories)])
+    settings = Settings(data_dir=tmp_path / "ann", model="hashing:256", ann=AnnSettings(exact_below=5))
+    engine = Engine(settings, embedder=CountingEmbedder())
+    engine.ingest([str(stories)])
+    meta = read_meta(engine.versions.path("v1"))
+    assert meta.kind == "hnsw" and meta.recall_at_10 == 1.0  # a graph of a handful of articles misses nothing
+    reloaded = Engine(settings, embedder=CountingEmbedder())
+    assert reloaded.state().vectors.kind == "hnsw"
+    for seed in ("ukr-1", "fot-1"):
+        assert [i.id for i in reloaded.related(seed, k=4)] == [i.id for i in exact.related(seed, k=4)]
+    listed = CliRunner().invoke(main, ["index", "list", "--data-dir", str(settings.data_dir)])
+    assert "hnsw (recall@10 1.000)" in listed.output
