@@ -35,7 +35,7 @@ def tfidf_matrix(state, nums: np.ndarray):
     from scipy.sparse import csr_matrix
 
     lexical = state.lexical
-    docs = [lexical._docs.get(int(n), (np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64))) for n in nums]
+    docs = [lexical.doc(n) or (np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)) for n in nums]
     indptr = np.cumsum([0] + [len(d[0]) for d in docs])
     cols = np.concatenate([d[0] for d in docs])
     tf = np.concatenate([d[1] for d in docs]).astype(np.float64)

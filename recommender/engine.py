@@ -100,7 +100,7 @@ class Engine:
         return self.indexes.build_version(self.versions.new_name(), self.embedder.dimension, activate=True)
 
     def lists_for(self, state: IndexState) -> RelatedLists:
-        return RelatedLists(self.store, state.version, self.profile.name)
+        return RelatedLists(self.store, state.version, self.profile.name, self.settings.precompute_k)
 
     # --- writes -------------------------------------------------------------
 

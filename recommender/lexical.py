@@ -5,11 +5,18 @@ newsroom adds and removes articles all day, and the ranker only needs the
 scores of a few hundred candidates. So term statistics are kept here,
 incrementally; full lexical search (a candidate source of the ranking) runs on
 an inverted index built in bulk, with the documents changed since scored directly.
+
+Documents live in a `_Base` (one CSR of term ids and counts for the whole
+archive: about 8 bytes a distinct term of a document, memory-mapped when read
+back from an index version) plus a small dictionary of those changed since; a
+Python object per document would take gigabytes at a million articles.
 """
 
 from __future__ import annotations
 
+import json
 from collections import Counter
+from pathlib import Path
 from typing import Iterable
 
 import numpy as np
@@ -18,6 +25,52 @@ K1 = 1.2
 B = 0.75
 REBUILD_MIN = 1000  # changed documents scored directly before the inverted index is rebuilt
 MLT_MAX_TERMS = 25  # like Lucene's More-Like-This: the seed's 25 most telling terms
+FOLD_MIN = 20_000  # changed documents kept apart before they are folded into the base
+
+Doc = tuple[np.ndarray, np.ndarray]  # (term ids, counts)
+EMPTY: Doc = (np.zeros(0, dtype=np.int32), np.zeros(0, dtype=np.int32))
+
+
+class _Base:
+    """Documents as one CSR: row i is document nums[i] (nums sorted). Never changed in place."""
+
+    def __init__(self, nums: np.ndarray, indptr: np.ndarray, ids: np.ndarray, counts: np.ndarray):
+        self.nums, self.indptr, self.ids, self.counts = nums, indptr, ids, counts
+
+    @classmethod
+    def empty(cls) -> "_Base":
+        return cls(np.zeros(0, np.int64), np.zeros(1, np.int64), np.zeros(0, np.int32), np.zeros(0, np.int32))
+
+    def row(self, num: int) -> int | None:
+        at = int(np.searchsorted(self.nums, num))
+        return at if at < len(self.nums) and self.nums[at] == num else None
+
+    def doc(self, row: int) -> Doc:
+        lo, hi = self.indptr[row], self.indptr[row + 1]
+        return self.ids[lo:hi], self.counts[lo:hi]
+
+    def alive(self, gone: Iterable[int]) -> np.ndarray:
+        keep = np.ones(len(self.nums), dtype=bool)
+        gone = np.fromiter(gone, dtype=np.int64)
+        if len(gone):
+            keep[np.isin(self.nums, gone)] = False
+        return keep
+
+    def merged(self, gone: set[int], docs: dict[int, Doc]) -> "_Base":
+        """A new base: this one without `gone`, plus `docs`."""
+        keep = self.alive(gone)
+        lengths = np.diff(self.indptr)
+        entries = np.repeat(keep, lengths)
+        nums = np.concatenate([self.nums[keep], np.fromiter(docs.keys(), dtype=np.int64, count=len(docs))])
+        sizes = np.concatenate([lengths[keep], [len(d[0]) for d in docs.values()]]).astype(np.int64)
+        ids = np.concatenate([self.ids[entries]] + [d[0] for d in docs.values()]).astype(np.int32)
+        counts = np.concatenate([self.counts[entries]] + [d[1] for d in docs.values()]).astype(np.int32)
+        starts = np.concatenate([[0], np.cumsum(sizes)])[:-1]
+        order = np.argsort(nums, kind="stable")
+        indptr = np.concatenate([[0], np.cumsum(sizes[order])]).astype(np.int64)
+        # Entry j of the output comes from its row's start in the input plus its offset in the row.
+        take = np.arange(indptr[-1]) + np.repeat(starts[order] - indptr[:-1], sizes[order])
+        return _Base(nums[order], indptr, ids[take], counts[take])
 
 
 class LexicalIndex:
@@ -25,7 +78,10 @@ class LexicalIndex:
         self.vocab: dict[str, int] = {}
         self._terms: list[str] = []  # term id -> term
         self._df = np.zeros(1024, dtype=np.int64)
-        self._docs: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # num -> (term ids, counts)
+        self._base = _Base.empty()
+        self._gone: set[int] = set()  # base documents removed or replaced since the base was built
+        self._docs: dict[int, Doc] = {}  # documents added or replaced since
+        self._count = 0
         self._total_len = 0
         self._postings: _Postings | None = None  # the inverted index, built on first full search
 
@@ -34,16 +90,32 @@ class LexicalIndex:
         copy.vocab = dict(self.vocab)
         copy._terms = list(self._terms)
         copy._df = self._df.copy()
+        copy._base = self._base  # immutable: a fold replaces it
+        copy._gone = set(self._gone)
         copy._docs = dict(self._docs)  # the per-document arrays are replaced, never changed in place
-        copy._total_len = self._total_len
+        copy._count, copy._total_len = self._count, self._total_len
         copy._postings = self._postings  # immutable: a write replaces it
         return copy
 
     def __len__(self) -> int:
-        return len(self._docs)
+        return self._count
 
     def __contains__(self, num: int) -> bool:
-        return num in self._docs
+        return self.doc(num) is not None
+
+    def nums(self) -> np.ndarray:
+        """Every document's num, sorted."""
+        base = self._base.nums[self._base.alive(self._gone)]
+        return np.union1d(base, np.fromiter(self._docs.keys(), dtype=np.int64, count=len(self._docs)))
+
+    def doc(self, num: int) -> Doc | None:
+        """(term ids, counts) of a document, or None."""
+        num = int(num)
+        found = self._docs.get(num)
+        if found is not None or num in self._gone:
+            return found
+        row = self._base.row(num)
+        return None if row is None else self._base.doc(row)
 
     def _ids(self, terms: Iterable[str], grow: bool) -> list[int]:
         out = []
@@ -58,30 +130,43 @@ class LexicalIndex:
                 out.append(tid)
         return out
 
-    def _doc(self, terms: list[str], grow: bool) -> tuple[np.ndarray, np.ndarray]:
-        return np.unique(np.asarray(self._ids(terms, grow=grow), dtype=np.int64), return_counts=True)
+    def _doc(self, terms: list[str], grow: bool) -> Doc:
+        ids, counts = np.unique(np.asarray(self._ids(terms, grow=grow), dtype=np.int32), return_counts=True)
+        return ids, counts.astype(np.int32)
 
     def add(self, num: int, terms: list[str]) -> None:
         self.remove(num)
         ids, counts = self._doc(terms, grow=True)
         self._docs[num] = (ids, counts)
         self._df[ids] += 1
+        self._count += 1
         self._total_len += int(counts.sum())
         self._changed(num)
+        if len(self._docs) > max(FOLD_MIN, len(self._base.nums) // 8):
+            self.fold()
 
     def remove(self, num: int) -> None:
-        doc = self._docs.pop(num, None)
-        if doc is not None:
-            self._df[doc[0]] -= 1
-            self._total_len -= int(doc[1].sum())
-            self._changed(num)
+        doc = self.doc(num)
+        if doc is None:
+            return
+        if self._docs.pop(num, None) is None:
+            self._gone.add(num)
+        self._df[doc[0]] -= 1
+        self._count -= 1
+        self._total_len -= int(doc[1].sum())
+        self._changed(num)
+
+    def fold(self) -> None:
+        """Fold the changed documents into a new base (O(archive), once per many writes)."""
+        self._base = self._base.merged(self._gone, self._docs)
+        self._gone, self._docs = set(), {}
 
     def _changed(self, num: int) -> None:
         if self._postings is not None:
             self._postings = self._postings.changed(num)
 
     def idf(self, term_ids: np.ndarray) -> np.ndarray:
-        n = max(len(self._docs), 1)
+        n = max(self._count, 1)
         df = self._df[term_ids]
         return np.log1p((n - df + 0.5) / (df + 0.5))
 
@@ -98,10 +183,9 @@ class LexicalIndex:
     def score(self, query: tuple[np.ndarray, np.ndarray], nums: Iterable[int]) -> np.ndarray:
         """BM25 of each of `nums` (0 for an unknown num) against the query, from the
         documents' own term arrays: only their entries for the query's terms are weighed."""
-        empty = (np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64))
-        return self._score_docs(query, [self._docs.get(int(n), empty) for n in nums])
+        return self._score_docs(query, [self.doc(n) or EMPTY for n in nums])
 
-    def _score_docs(self, query: tuple[np.ndarray, np.ndarray], docs: list[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
+    def _score_docs(self, query: tuple[np.ndarray, np.ndarray], docs: list[Doc]) -> np.ndarray:
         if not docs or len(query[0]) == 0:
             return np.zeros(len(docs))
         cols = np.concatenate([d[0] for d in docs])
@@ -112,7 +196,7 @@ class LexicalIndex:
         terms, weights = query[0][order], (query[1] * self.idf(query[0]))[order]
         at = np.minimum(np.searchsorted(terms, cols), len(terms) - 1)
         hit = terms[at] == cols
-        avgdl = self._total_len / max(len(self._docs), 1) or 1.0
+        avgdl = self._total_len / max(self._count, 1) or 1.0
         f, r = tf[hit], rows[hit]
         bm25 = weights[at[hit]] * f * (K1 + 1) / (f + K1 * (1 - B + B * lengths[r] / avgdl))
         return np.bincount(r, weights=bm25, minlength=len(docs))
@@ -122,7 +206,7 @@ class LexicalIndex:
         return float(self._score_docs(query, [self._doc(terms, grow=False)])[0])
 
     def terms_of(self, num: int) -> list[str]:
-        doc = self._docs.get(num)
+        doc = self.doc(num)
         return [] if doc is None else [self._terms[i] for i in doc[0]]
 
     def idf_of(self, terms: Iterable[str]) -> dict[str, float]:
@@ -136,9 +220,9 @@ class LexicalIndex:
         postings = self._current_postings()
         weights = np.zeros(len(self.vocab))
         weights[query[0]] = query[1] * self.idf(query[0])
-        main = postings.scores(weights, self._total_len / max(len(self._docs), 1) or 1.0)
-        delta = sorted(n for n in postings.delta if n in self._docs)
-        extra = self._score_docs(query, [self._docs[n] for n in delta]) if delta else np.zeros(0)
+        main = postings.scores(weights, self._total_len / max(self._count, 1) or 1.0)
+        delta = sorted(n for n in postings.delta if n in self)
+        extra = self._score_docs(query, [self.doc(n) for n in delta]) if delta else np.zeros(0)
         scores = np.concatenate([main, extra])
         nums = np.concatenate([postings.nums, np.asarray(delta, dtype=np.int64)])
         hits = np.flatnonzero(scores > 0)  # usually a small share of the corpus
@@ -147,7 +231,8 @@ class LexicalIndex:
         if k == 0:
             return np.zeros(0), np.zeros(0, dtype=np.int64)
         top = np.argpartition(-scores, k - 1)[:k]
-        top = top[np.lexsort((nums[top], -scores[top]))]
+        top = np.flatnonzero(scores >= scores[top].min())  # ties at the cut too, so the lowest nums win them
+        top = top[np.lexsort((nums[top], -scores[top]))][:k]
         return scores[top], nums[top]
 
     def _current_postings(self) -> "_Postings":
@@ -155,43 +240,61 @@ class LexicalIndex:
         last build outnumber a tenth of it (a main-plus-delta design, like the vectors)."""
         postings = self._postings
         if postings is None or len(postings.delta) > max(REBUILD_MIN, len(postings.nums) // 10):
-            postings = self._postings = _Postings.build(self)
+            # Built from a merged copy: a reader must not fold a published index under other readers.
+            base = self._base.merged(self._gone, self._docs) if self._gone or self._docs else self._base
+            postings = self._postings = _Postings.build(base, len(self.vocab))
         return postings
+
+    # --- persistence: saved with an index version, read back memory-mapped -------------
+
+    def save(self, directory: Path) -> None:
+        """Write the documents and vocabulary into `directory` (which the caller renames into place)."""
+        self.fold()
+        directory.mkdir(parents=True, exist_ok=True)
+        for name in ("nums", "indptr", "ids", "counts"):
+            np.save(directory / f"{name}.npy", np.ascontiguousarray(getattr(self._base, name)))
+        (directory / "terms.json").write_text(json.dumps(self._terms, ensure_ascii=False))
+
+    @classmethod
+    def load(cls, directory: Path) -> "LexicalIndex":
+        lexical = cls()
+        arrays = {name: np.load(directory / f"{name}.npy", mmap_mode="r")
+                  for name in ("nums", "indptr", "ids", "counts")}
+        lexical._base = _Base(**arrays)
+        lexical._terms = json.loads((directory / "terms.json").read_text())
+        lexical.vocab = {term: i for i, term in enumerate(lexical._terms)}
+        lexical._df = np.bincount(arrays["ids"], minlength=max(len(lexical._terms), 1024)).astype(np.int64)
+        lexical._count = len(arrays["nums"])
+        lexical._total_len = int(arrays["counts"].sum(dtype=np.int64))
+        return lexical
 
 
 class _Postings:
-    """A term-major (CSC) matrix of term counts, built in bulk, plus the documents
-    changed since (`delta`, scored directly). BM25 is computed at query time on the
-    query terms' entries only, with the current statistics, so it is exact. Never
-    changed in place: a write makes a new one sharing the matrix."""
+    """A term-major (CSC) matrix of term counts, built in bulk from a base, plus the
+    documents changed since (`delta`, scored directly). BM25 is computed at query
+    time on the query terms' entries only, with the current statistics, so it is
+    exact. Never changed in place: a write makes a new one sharing the matrix."""
 
-    def __init__(self, nums: np.ndarray, counts, lengths: np.ndarray, row_of: dict[int, int], dead: np.ndarray,
-                 delta: frozenset[int]):
-        self.nums, self.counts, self.lengths, self.row_of = nums, counts, lengths, row_of
+    def __init__(self, nums: np.ndarray, counts, lengths: np.ndarray, dead: np.ndarray, delta: frozenset[int]):
+        self.nums, self.counts, self.lengths = nums, counts, lengths
         self.dead, self.delta = dead, delta
 
     @classmethod
-    def build(cls, lexical: LexicalIndex) -> "_Postings":
-        from scipy.sparse import csc_matrix
+    def build(cls, base: _Base, vocabulary: int) -> "_Postings":
+        from scipy.sparse import csr_matrix
 
-        docs = list(lexical._docs.values())
-        nums = np.fromiter(lexical._docs.keys(), dtype=np.int64, count=len(docs))
-        indptr = np.cumsum([0] + [len(d[0]) for d in docs])
-        cols = np.concatenate([d[0] for d in docs]) if docs else np.zeros(0, dtype=np.int64)
-        tf = np.concatenate([d[1] for d in docs]).astype(np.float32) if docs else np.zeros(0, dtype=np.float32)
-        rows = np.repeat(np.arange(len(docs)), np.diff(indptr))
-        counts = csc_matrix((tf, (rows, cols)), shape=(len(docs), len(lexical.vocab)))
-        lengths = np.array([float(d[1].sum()) for d in docs])
-        return cls(nums, counts, lengths, {int(n): i for i, n in enumerate(nums)}, np.zeros(len(docs), dtype=bool),
-                   frozenset())
+        rows = csr_matrix((np.asarray(base.counts, dtype=np.float32), np.asarray(base.ids), np.asarray(base.indptr)),
+                          shape=(len(base.nums), vocabulary))
+        lengths = np.asarray(rows.sum(axis=1), dtype=np.float64).ravel()
+        return cls(np.asarray(base.nums), rows.tocsc(), lengths, np.zeros(len(base.nums), dtype=bool), frozenset())
 
     def changed(self, num: int) -> "_Postings":
         dead = self.dead
-        row = self.row_of.get(num)
-        if row is not None and not dead[row]:
+        at = int(np.searchsorted(self.nums, num))
+        if at < len(self.nums) and self.nums[at] == num and not dead[at]:
             dead = dead.copy()
-            dead[row] = True
-        return _Postings(self.nums, self.counts, self.lengths, self.row_of, dead, self.delta | {num})
+            dead[at] = True
+        return _Postings(self.nums, self.counts, self.lengths, dead, self.delta | {num})
 
     def scores(self, weights: np.ndarray, avgdl: float) -> np.ndarray:
         """BM25 of every document of the matrix for per-term query weights (idf included)."""

@@ -60,57 +60,75 @@ def lists_key(version: str, profile: str) -> str:
 
 
 class RelatedLists:
-    """The lists of one index version and ranking profile: in memory, backed by the store."""
+    """The lists of one index version and ranking profile. They live in the store
+    (a page view reads one row by primary key); memory holds only which articles
+    each list shows, as one int32 row per article, to find the lists a change touches:
+    about 40 MB for a million lists, where the lists themselves would take gigabytes."""
 
-    def __init__(self, store: Store, version: str, profile: str):
+    GROW = 1.5  # the reverse map grows by this factor when a larger article number comes
+
+    def __init__(self, store: Store, version: str, profile: str, width: int = 10):
         self.store = store
         self.version = version
         self.profile = profile
         self.key = lists_key(version, profile)
-        self._lists: dict[int, CachedList] = {}
-        self._containing: dict[int, set[int]] = {}  # item num -> lists that show it
+        self.width = width
+        self._items = np.full((0, width), -1, dtype=np.int32)  # row num: the nums its list shows
+        self._has = np.zeros(0, dtype=bool)  # row num: its list is stored (it may be empty)
         self._lock = threading.Lock()
-        for num, items, fresh in store.list_rows(self.key):
-            self._remember(num, CachedList(tuple(CachedItem.from_json(i) for i in json.loads(items)), fresh))
+        rows = [(num, [item[0] for item in json.loads(items)[:width]]) for num, items, _ in store.list_rows(self.key)]
+        self._remember(rows)
 
-    def _remember(self, num: int, cached: CachedList) -> None:
-        old = self._lists.get(num)
-        if old is not None:
-            for item in old.items:
-                self._containing.get(item.num, set()).discard(num)
-        self._lists[num] = cached
-        for item in cached.items:
-            self._containing.setdefault(item.num, set()).add(num)
+    def _remember(self, rows: list[tuple[int, list[int]]]) -> None:
+        if not rows:
+            return
+        top = max(num for num, _ in rows)
+        if top >= len(self._items):
+            size = max(top + 1, int(len(self._items) * self.GROW))
+            grown = np.full((size, self.width), -1, dtype=np.int32)
+            grown[: len(self._items)] = self._items
+            has = np.zeros(size, dtype=bool)
+            has[: len(self._has)] = self._has
+            self._items, self._has = grown, has
+        for num, shown in rows:
+            self._items[num] = -1
+            self._items[num, : min(len(shown), self.width)] = shown[: self.width]
+            self._has[num] = True
 
     def __len__(self) -> int:
-        return len(self._lists)
+        return int(np.count_nonzero(self._has))
 
     def get(self, num: int) -> CachedList | None:
-        return self._lists.get(num)
+        row = self.store.list_row(self.key, num)
+        if row is None:
+            return None
+        return CachedList(tuple(CachedItem.from_json(i) for i in json.loads(row[0])), row[1])
 
     def put_many(self, lists: dict[int, list[CachedItem]]) -> None:
-        self.store.put_lists(self.key, {
-            num: json.dumps([[i.num, i.relevance, i.rank_score, i.reason] for i in items], ensure_ascii=False)
-            for num, items in lists.items()})
+        self.store.put_lists(self.key, {num: encode(items) for num, items in lists.items()})
         with self._lock:
-            for num, items in lists.items():
-                self._remember(num, CachedList(tuple(items), True))
+            self._remember([(num, [i.num for i in items]) for num, items in lists.items()])
 
     def containing(self, nums: Iterable[int]) -> set[int]:
-        with self._lock:
-            return {owner for n in nums for owner in self._containing.get(n, ())}
+        wanted = np.fromiter(nums, dtype=np.int64)
+        if len(wanted) == 0:
+            return set()
+        items = self._items
+        return set(np.flatnonzero(np.isin(items, wanted).any(axis=1)).tolist())
 
     def missing_or_stale(self, nums: Iterable[int]) -> list[int]:
-        return [n for n in nums if (c := self._lists.get(n)) is None or not c.fresh]
+        """Those of `nums` without a stored list (stored lists are always fresh: a change
+        that concerns one recomputes it)."""
+        has = self._has
+        return [n for n in nums if n >= len(has) or not has[n]]
 
     def forget(self, nums: list[int]) -> None:
         """Deleted articles: their own lists go (lists that show them are filtered at read time)."""
         self.store.delete_lists(self.key, nums)
         with self._lock:
             for n in nums:
-                cached = self._lists.pop(n, None)
-                for item in cached.items if cached else ():
-                    self._containing.get(item.num, set()).discard(n)
+                if n < len(self._items):
+                    self._items[n], self._has[n] = -1, False
 
 
 def encode(items: list[CachedItem]) -> str:

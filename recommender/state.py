@@ -8,8 +8,13 @@ re-embedding job all reach a served index the same way.
 
 from __future__ import annotations
 
+import json
 import logging
+import os
+import shutil
+import tempfile
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Iterable
 
 import numpy as np
@@ -115,8 +120,16 @@ class Indexes:
             log.warning("index %s unreadable (%s); rebuilding it from the store", meta.version, exc)
             return self.build_version(meta.version, meta.dimension, activate=False)
         state = IndexState(meta.version, meta, vectors)
-        for info, term_text, entity_text, _ in self.store.index_rows(self.model, with_vectors=False):
-            state.set_info(info, term_text, entity_text)
+        saved = load_lexical(path, meta.applied_seq)
+        if saved is not None:  # what the version saved: read back memory-mapped, no text parsed
+            state.lexical, state.entities, state.titles = saved
+            for info in self.store.all_infos():
+                state.infos[info.num] = info
+                state.by_id[info.id] = info.num
+                state.timeline.set(info.num, info.published_at.timestamp() if info.published_at else None)
+        else:
+            for info, term_text, entity_text, _ in self.store.index_rows(self.model, with_vectors=False):
+                state.set_info(info, term_text, entity_text)
         state.timeline.settle()
         self.catch_up(state)
         return state
@@ -150,6 +163,45 @@ class Indexes:
         return nums
 
     def save(self, state: IndexState) -> None:
+        """The vectors, and the lexical indexes that a restart then reads back instead of
+        parsing every article again. The lexical files go first and carry the change
+        they reflect; a sidecar that does not match them makes a restart parse the store."""
         state.meta.random_pair_mean = state.vectors.random_pair_mean()
         with self.versions.save_lock(state.version):
-            state.vectors.save(self.versions.path(state.version), state.meta)
+            path = self.versions.path(state.version)
+            save_lexical(path, state, state.meta.applied_seq)
+            state.vectors.save(path, state.meta)
+
+
+LEXICAL_DIR = "lexical"
+LEXICAL_PARTS = ("text", "entities", "titles")
+
+
+def save_lexical(path: Path, state: IndexState, applied_seq: int) -> None:
+    path.mkdir(parents=True, exist_ok=True)
+    fresh = Path(tempfile.mkdtemp(dir=path, prefix=f".{LEXICAL_DIR}."))
+    try:
+        for name, lexical in zip(LEXICAL_PARTS, (state.lexical, state.entities, state.titles)):
+            lexical.save(fresh / name)
+        (fresh / "meta.json").write_text(json.dumps({"applied_seq": applied_seq}))
+        old = path / LEXICAL_DIR
+        if old.exists():
+            retired = path / f".{LEXICAL_DIR}.old.{os.getpid()}"
+            os.replace(old, retired)
+            shutil.rmtree(retired, ignore_errors=True)  # a reader holding its maps keeps their pages
+        os.replace(fresh, old)
+    finally:
+        shutil.rmtree(fresh, ignore_errors=True)
+
+
+def load_lexical(path: Path, applied_seq: int) -> tuple[LexicalIndex, LexicalIndex, LexicalIndex] | None:
+    """The saved lexical indexes when they reflect exactly `applied_seq`, else None."""
+    directory = path / LEXICAL_DIR
+    try:
+        if json.loads((directory / "meta.json").read_text())["applied_seq"] != applied_seq:
+            return None
+        return tuple(LexicalIndex.load(directory / name) for name in LEXICAL_PARTS)
+    except (OSError, ValueError, KeyError) as exc:
+        if not isinstance(exc, FileNotFoundError):
+            log.warning("lexical index in %s unreadable (%s); parsing the store instead", path, exc)
+        return None

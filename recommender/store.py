@@ -287,6 +287,11 @@ class Store:
             for row in self.conn.execute(sql + where + " ORDER BY a.num", params + batch):
                 yield _info(row[:9]), row[9], row[10], row[11]
 
+    def all_infos(self) -> Iterator[ArticleInfo]:
+        """What ranking keeps of every article, without its text."""
+        for row in self.conn.execute(f"SELECT {INFO_COLUMNS} FROM articles a ORDER BY a.num"):
+            yield _info(row)
+
     def count_texts(self) -> int:
         """Distinct texts: what a full re-embedding has to cover."""
         return self.conn.execute("SELECT COUNT(DISTINCT content_hash) FROM articles").fetchone()[0]

@@ -1,3 +1,4 @@
+import dataclasses
 import json
 import re
 
@@ -278,7 +279,8 @@ def test_stale_cached_list_is_served_when_the_engine_fails(client, monkeypatch):
     client.get("/v1/articles/ukr-2/related")  # cached
     service = client.app.state.service
     snap = service.snapshot
-    monkeypatch.setattr(snap.lists, "get", lambda num: type(snap.lists._lists[num])(snap.lists._lists[num].items, False))
+    stored = snap.lists.get
+    monkeypatch.setattr(snap.lists, "get", lambda num: dataclasses.replace(stored(num), fresh=False))
 
     def broken(*args, **kwargs):
         raise RuntimeError("index on fire")

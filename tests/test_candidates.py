@@ -44,8 +44,40 @@ def test_bm25_search_matches_brute_force_through_adds_updates_and_removes():
     assert 5001 in lexical.search(query, 5)[1] and 5001 not in before.search(query, 5)[1]
 
 
+def test_bm25_survives_folds_and_a_save_read_back_memory_mapped(tmp_path, monkeypatch):
+    import recommender.lexical
+
+    monkeypatch.setattr(recommender.lexical, "FOLD_MIN", 50)  # fold into the base every few dozen writes
+    rng = np.random.default_rng(3)
+    vocab = [f"w{i}" for i in range(80)]
+    lexical, plain = LexicalIndex(), {}
+    for step in range(900):
+        n = int(rng.integers(0, 400))
+        if step % 9 == 0:
+            lexical.remove(n)
+            plain.pop(n, None)
+        else:
+            plain[n] = list(rng.choice(vocab, size=rng.integers(0, 25)))
+            lexical.add(n, plain[n])
+        if step == 450:
+            frozen, frozen_nums = lexical.clone(), sorted(plain)
+    query = lexical.query(["w1", "w5", "w9", "w11"])
+    assert lexical.nums().tolist() == sorted(plain) and len(lexical) == len(plain)
+    assert frozen.nums().tolist() == frozen_nums  # a clone does not see later writes, folds included
+    assert_search_is_exact(lexical, query)
+    lexical.save(tmp_path / "lex")
+    loaded = LexicalIndex.load(tmp_path / "lex")
+    nums = sorted(plain)
+    np.testing.assert_allclose(loaded.score(query, nums), lexical.score(query, nums))
+    assert loaded.terms_of(nums[0]) == lexical.terms_of(nums[0]) and loaded.idf_of(vocab) == lexical.idf_of(vocab)
+    loaded.add(9999, ["w1", "w5", "w5"])  # a loaded index takes writes like any other
+    loaded.remove(nums[1])
+    assert_search_is_exact(loaded, query)
+    assert 9999 in loaded and nums[1] not in loaded
+
+
 def assert_search_is_exact(lexical: LexicalIndex, query) -> None:
-    nums = np.array(sorted(lexical._docs))
+    nums = lexical.nums()
     brute = lexical.score(query, nums.tolist())
     scores, found = lexical.search(query, 20)
     expected = nums[np.lexsort((nums, -brute))][:20]

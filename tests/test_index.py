@@ -212,3 +212,37 @@ def test_an_archive_above_the_threshold_is_served_by_hnsw_with_its_recall_shown(
         assert [i.id for i in reloaded.related(seed, k=4)] == [i.id for i in exact.related(seed, k=4)]
     listed = CliRunner().invoke(main, ["index", "list", "--data-dir", str(settings.data_dir)])
     assert "hnsw (recall@10 1.000)" in listed.output
+
+
+def test_a_restart_reads_the_saved_lexical_indexes_and_ranks_as_if_it_had_parsed_the_store(tmp_path, stories):
+    import shutil
+
+    from recommender.ranking import Filters
+    from recommender.settings import Settings
+    from recommender.state import LEXICAL_DIR
+    from tests.conftest import article, write_jsonl
+
+    settings = Settings(data_dir=tmp_path / "d", model="hashing:256")
+    Engine(settings, embedder=CountingEmbedder()).ingest([str(stories)])
+    # A change after the save: the restart applies it on top of what it read back.
+    late = write_jsonl(tmp_path / "late.jsonl", [article("late-1", "Armistițiul din Marea Neagră, prelungit",
+                                                         "Ucraina și Rusia prelungesc armistițiul pe mare.")])
+    Engine(settings, embedder=CountingEmbedder()).ingest([str(late)], index=False)
+
+    def live_lists():
+        engine = Engine(settings, embedder=CountingEmbedder())
+        state = engine.state()
+        return [[(i.id, i.relevance, i.reason) for i in ranker_rank(engine, state, seed)]
+                for seed in ("ukr-1", "ukr-2", "fot-1", "late-1")], state
+
+    def ranker_rank(engine, state, seed):
+        from recommender import ranker
+
+        return ranker.rank(state, engine.seed(state, seed), Filters(), engine.ranking(k=5))
+
+    read_back, state = live_lists()
+    assert type(state.lexical._base.ids).__name__ == "memmap" and "late-1" in state.by_id
+    shutil.rmtree(settings.index_dir / "v1" / LEXICAL_DIR)
+    parsed, state = live_lists()
+    assert type(state.lexical._base.ids).__name__ != "memmap"
+    assert read_back == parsed and any(parsed)

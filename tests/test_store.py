@@ -110,3 +110,21 @@ def test_a_file_that_is_not_a_store_is_refused(tmp_path):
     path.write_bytes(b"this is not a database, just some bytes" * 100)
     with pytest.raises(StoreError, match="not a recommender store"):
         Store(path)
+
+
+def test_related_lists_live_in_the_store_and_memory_keeps_only_who_shows_whom(tmp_path):
+    from recommender.lists import CachedItem, RelatedLists
+    from recommender.store import Store
+
+    store = Store(tmp_path / "store.sqlite")
+    lists = RelatedLists(store, "v1", "default", width=3)
+    item = lambda n: CachedItem(n, 0.5, 0.5, "why")  # noqa: E731
+    lists.put_many({1: [item(2), item(3)], 2: [item(1)], 500: [item(3), item(1), item(2), item(4)], 7: []})
+    assert lists.containing([3]) == {1, 500} and lists.containing([4]) == set()  # beyond the width: not kept
+    assert lists.missing_or_stale([1, 2, 3, 7, 500, 10_000]) == [3, 10_000]  # an empty list is a list
+    assert [i.num for i in lists.get(500).items] == [3, 1, 2, 4] and lists.get(3) is None
+    lists.forget([1])
+    assert lists.containing([2, 3]) == {500} and lists.get(1) is None
+    reopened = RelatedLists(Store(tmp_path / "store.sqlite"), "v1", "default", width=3)
+    assert reopened.containing([1]) == {2, 500} and len(reopened) == 3
+    assert RelatedLists(store, "v1", "other-profile").containing([1]) == set()
