@@ -183,15 +183,44 @@ class LexicalIndex:
     def score(self, query: tuple[np.ndarray, np.ndarray], nums: Iterable[int]) -> np.ndarray:
         """BM25 of each of `nums` (0 for an unknown num) against the query, from the
         documents' own term arrays: only their entries for the query's terms are weighed."""
-        return self._score_docs(query, [self.doc(n) or EMPTY for n in nums])
+        nums = np.asarray(nums if isinstance(nums, np.ndarray) else list(nums), dtype=np.int64)
+        if len(nums) == 0 or len(query[0]) == 0:
+            return np.zeros(len(nums))
+        return self._bm25(query, *self._entries(nums), len(nums))
+
+    def _entries(self, nums: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(term ids, counts, position in `nums`) of the documents' entries: those in the
+        base gathered in one vectorised step, the few changed since one by one."""
+        base = self._base
+        changed = np.zeros(len(nums), dtype=bool)
+        if self._docs or self._gone:
+            special = np.fromiter(self._docs.keys() | self._gone, dtype=np.int64)
+            changed = np.isin(nums, special)
+        at = np.minimum(np.searchsorted(base.nums, nums), max(len(base.nums) - 1, 0))
+        in_base = (base.nums[at] == nums) & ~changed if len(base.nums) else np.zeros(len(nums), dtype=bool)
+        rows = at[in_base]
+        starts, sizes = base.indptr[rows], base.indptr[rows + 1] - base.indptr[rows]
+        offsets = np.concatenate([[0], np.cumsum(sizes)])[:-1]
+        take = np.arange(int(sizes.sum())) + np.repeat(starts - offsets, sizes)
+        parts = [(base.ids[take], base.counts[take], np.repeat(np.flatnonzero(in_base), sizes))]
+        for i in np.flatnonzero(changed):
+            doc = self._docs.get(int(nums[i]))
+            if doc is not None:
+                parts.append((doc[0], doc[1], np.full(len(doc[0]), i)))
+        return tuple(np.concatenate([p[j] for p in parts]) for j in range(3))
 
     def _score_docs(self, query: tuple[np.ndarray, np.ndarray], docs: list[Doc]) -> np.ndarray:
         if not docs or len(query[0]) == 0:
             return np.zeros(len(docs))
         cols = np.concatenate([d[0] for d in docs])
-        tf = np.concatenate([d[1] for d in docs]).astype(np.float64)
+        tf = np.concatenate([d[1] for d in docs])
         rows = np.repeat(np.arange(len(docs)), [len(d[0]) for d in docs])
-        lengths = np.bincount(rows, weights=tf, minlength=len(docs))
+        return self._bm25(query, cols, tf, rows, len(docs))
+
+    def _bm25(self, query: tuple[np.ndarray, np.ndarray], cols: np.ndarray, tf: np.ndarray, rows: np.ndarray,
+              n: int) -> np.ndarray:
+        tf = tf.astype(np.float64)
+        lengths = np.bincount(rows, weights=tf, minlength=n)
         order = np.argsort(query[0])
         terms, weights = query[0][order], (query[1] * self.idf(query[0]))[order]
         at = np.minimum(np.searchsorted(terms, cols), len(terms) - 1)
@@ -199,7 +228,7 @@ class LexicalIndex:
         avgdl = self._total_len / max(self._count, 1) or 1.0
         f, r = tf[hit], rows[hit]
         bm25 = weights[at[hit]] * f * (K1 + 1) / (f + K1 * (1 - B + B * lengths[r] / avgdl))
-        return np.bincount(r, weights=bm25, minlength=len(docs))
+        return np.bincount(r, weights=bm25, minlength=n)
 
     def score_terms(self, query: tuple[np.ndarray, np.ndarray], terms: list[str]) -> float:
         """BM25 of a document that is not in the index, such as a draft or the seed."""
@@ -260,7 +289,8 @@ class LexicalIndex:
         lexical = cls()
         arrays = {name: np.load(directory / f"{name}.npy", mmap_mode="r")
                   for name in ("nums", "indptr", "ids", "counts")}
-        lexical._base = _Base(**arrays)
+        # Plain arrays over the maps: a numpy memmap slice costs a Python object per access.
+        lexical._base = _Base(**{name: array.view(np.ndarray) for name, array in arrays.items()})
         lexical._terms = json.loads((directory / "terms.json").read_text())
         lexical.vocab = {term: i for i, term in enumerate(lexical._terms)}
         lexical._df = np.bincount(arrays["ids"], minlength=max(len(lexical._terms), 1024)).astype(np.int64)

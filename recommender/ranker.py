@@ -60,12 +60,13 @@ def stored_seed(state: IndexState, store: Store, article_id: str, embed: Embed) 
     if num is None:
         raise ArticleNotFound(article_id)
     info = state.infos[num]
-    text = store.get_text(article_id) or info.title
+    text, text_terms = store.text_and_terms(article_id) or ("", [])
+    text = text or info.title
     if num in state.vectors:
         vector = state.vectors.reconstruct(np.array([num]))[0]
     else:  # stored but not embedded yet (an ingest was interrupted)
         vector = embed([text])[0]
-    seed_terms = SeedTerms(terms(text), terms(info.title), state.entities.terms_of(num))
+    seed_terms = SeedTerms(text_terms or terms(text), terms(info.title), state.entities.terms_of(num))
     return Seed(num, info.content_hash, vector, info.published_at, info.title, text, seed_terms, info.section,
                 info.tags)
 
@@ -82,10 +83,13 @@ def draft_seed(title: str, body: str, published_at: datetime | None, embed_chars
 class Explainer:
     """Builds each item's reason from the seed's words, computed once per list."""
 
-    def __init__(self, lexical: LexicalIndex, seed_text: str):
+    def __init__(self, lexical: LexicalIndex, seed_text: str, seed_terms: list[str] | None = None):
+        """`seed_terms`: terms(seed_text), when the seed has them already (stemming costs ms)."""
         self.lexical = lexical
         pairs = surface_words(seed_text)
-        self.seed_terms = stem_words([folded for _, folded in pairs])
+        if seed_terms is None or len(seed_terms) != len(pairs):
+            seed_terms = stem_words([folded for _, folded in pairs])
+        self.seed_terms = seed_terms
         self.surface: dict[str, str] = {}
         for stem, (word, _) in zip(self.seed_terms, pairs):
             self.surface.setdefault(stem, word)
@@ -123,7 +127,7 @@ def rank(state: IndexState, seed: Seed, filters: Filters, opts: RankingSettings,
     spread = spread / spread.max() if spread.max() > 0 else np.ones(len(pool))
     chosen = [pool[i] for i in mmr_select(spread, sims, opts.k, opts.diversity, opts.duplicate_threshold)]
     deltas = _deltas(state, nums[chosen], reference)
-    explain = Explainer(state.lexical, seed.text)
+    explain = Explainer(state.lexical, seed.text, seed.terms.text)
     return [_item(state, explain, int(nums[i]), float(relevance_[i]), float(score[i]), delta)
             for i, delta in zip(chosen, deltas)]
 

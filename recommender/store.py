@@ -325,6 +325,11 @@ class Store:
         row = self.conn.execute("SELECT text FROM articles WHERE id = ?", (article_id,)).fetchone()
         return row[0] if row else None
 
+    def text_and_terms(self, article_id: str) -> tuple[str, list[str]] | None:
+        """The article's text and its stemmed words as stored at write time (stemming again costs ms)."""
+        row = self.conn.execute("SELECT text, terms FROM articles WHERE id = ?", (article_id,)).fetchone()
+        return (row[0], row[1].split()) if row else None
+
     def texts_missing_vectors(self, model: str) -> list[tuple[str, str]]:
         """(content_hash, text) of every distinct text that `model` has not embedded."""
         return self.conn.execute(
