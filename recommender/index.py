@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import uuid
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -41,11 +42,14 @@ class IndexMeta:
     kind: str = "exact"  # the main index: exact or hnsw
     recall_at_10: float = 1.0  # of the main index's search against exact search, on a sample
     tombstones: list[int] = field(default_factory=list)  # rows of an HNSW main replaced or deleted, filtered out
+    delta_file: str | None = None  # writes since an HNSW main was built, saved beside it (exact search)
+    main_token: str = ""  # names the main index file's contents: an unchanged main is not written again
 
 
 BATCH_CELLS = 8_000_000  # query x article scores held at once by a batched search (32 MB)
 RECALL_SAMPLE = 200  # queries of the recall@10 check of an HNSW index
 REBUILD_SHARE = 0.1  # tombstones, as a share of an HNSW main index, that trigger a rebuild at save
+DELTA_SHARE = 0.05  # writes, as a share of an HNSW main index, saved beside it rather than folded into it
 
 
 class VectorIndex:
@@ -75,6 +79,7 @@ class VectorIndex:
         self._view = None  # (main, what _main_view read of it)
         self._selector = None  # (dead set size, a FAISS selector excluding the dead rows)
         self.recall = recall  # recall@10 of the main index (1 when exact)
+        self.main_token = uuid.uuid4().hex  # new with every new main
 
     def _empty(self):
         return self._faiss.IndexIDMap2(self._faiss.IndexFlatIP(self.dimension))
@@ -118,7 +123,7 @@ class VectorIndex:
         copy._delta_ids = set(self._delta_ids)
         copy.dead = set(self.dead)
         copy._view = self._view
-        copy.ann, copy.recall, copy._selector = self.ann, self.recall, None
+        copy.ann, copy.recall, copy._selector, copy.main_token = self.ann, self.recall, None, self.main_token
         return copy
 
     @property
@@ -297,6 +302,7 @@ class VectorIndex:
             main.add_with_ids(self.reconstruct_delta(), self._ids_of(self.delta))
         if main is not self.main:
             self.recall = self.measure_recall(main)
+            self.main_token = uuid.uuid4().hex
         self.main, self.tombstones = main, np.zeros(0, np.int64) if tombstones is None else tombstones
         self._main_ids = self._alive_ids(main, self.tombstones)
         self.delta, self._delta_ids, self.dead = self._empty(), set(), set()
@@ -342,31 +348,59 @@ class VectorIndex:
 
     # --- persistence --------------------------------------------------------
 
+    def _keeps_graph(self) -> bool:
+        """Whether a save leaves an HNSW main as it is, the writes since saved beside it:
+        copying and extending a graph of a million vectors for a few writes costs minutes."""
+        n = self.main.ntotal
+        return (self._hnsw(self.main) is not None and self._kind_for(self.count) == "hnsw"
+                and len(self.tombstones) + len(self.dead) <= REBUILD_SHARE * n and self.delta.ntotal <= DELTA_SHARE * n)
+
     def save(self, directory: Path, meta: IndexMeta) -> None:
-        """Write index and sidecar so that a crash leaves either the old or the new pair."""
+        """Write index and sidecar so that a crash leaves either the old or the new pair:
+        the sidecar, written last, names the delta file it goes with."""
         directory.mkdir(parents=True, exist_ok=True)
-        if (self.delta.ntotal or self.dead or len(self.tombstones) > REBUILD_SHARE * self.main.ntotal
-                or self._kind_for(self.count) != self.kind):
+        if not self._keeps_graph() and (self.delta.ntotal or self.dead or self._kind_for(self.count) != self.kind
+                                        or len(self.tombstones) > REBUILD_SHARE * self.main.ntotal):
             self.compact()
-        meta.count = self.count
-        meta.kind, meta.recall_at_10 = self.kind, self.recall
-        meta.tombstones = self.tombstones.tolist()
-        atomic_write(directory / INDEX_FILE, self._faiss.serialize_index(self.main).tobytes())
+        tombstones = self.tombstones
+        if self.dead:
+            _, _, _, row_ids = self._main_view()
+            tombstones = np.union1d(tombstones, np.flatnonzero(np.isin(row_ids, list(self.dead))))
+        try:
+            written = read_meta(directory).main_token == self.main_token and (directory / INDEX_FILE).exists()
+        except (OSError, ValueError, TypeError):
+            written = False
+        if not written:
+            atomic_write_index(self._faiss, self.main, directory / INDEX_FILE)
+        delta_file = f"delta-{meta.applied_seq}-{uuid.uuid4().hex[:8]}.faiss" if self.delta.ntotal else None
+        if delta_file:
+            atomic_write_index(self._faiss, self.delta, directory / delta_file)
+        meta.count, meta.kind, meta.recall_at_10 = self.count, self.kind, self.recall
+        meta.tombstones, meta.delta_file, meta.main_token = tombstones.tolist(), delta_file, self.main_token
         atomic_write(directory / META_FILE, json.dumps(asdict(meta), indent=2).encode())
+        for old in directory.glob("delta-*.faiss"):
+            if old.name != delta_file:
+                old.unlink(missing_ok=True)
 
     @classmethod
     def load(cls, directory: Path, ann: AnnSettings | None = None) -> tuple["VectorIndex", IndexMeta]:
         import faiss
 
         meta = read_meta(directory)
-        raw = np.fromfile(directory / INDEX_FILE, dtype=np.uint8)
-        index = faiss.deserialize_index(raw)
-        if index.d != meta.dimension or index.ntotal != meta.count + len(meta.tombstones):
+        index = faiss.read_index(str(directory / INDEX_FILE))
+        delta = faiss.read_index(str(directory / meta.delta_file)) if meta.delta_file else None
+        extra = delta.ntotal if delta is not None else 0
+        if index.d != meta.dimension or index.ntotal + extra != meta.count + len(meta.tombstones):
             raise IndexMismatch(
                 f"index {meta.version} does not match its sidecar (dimension {index.d} vs {meta.dimension}, "
-                f"count {index.ntotal} vs {meta.count} and {len(meta.tombstones)} tombstones)"
+                f"count {index.ntotal} and {extra} since vs {meta.count} and {len(meta.tombstones)} tombstones)"
             )
-        return cls(meta.dimension, index, ann, np.asarray(meta.tombstones, dtype=np.int64), meta.recall_at_10), meta
+        loaded = cls(meta.dimension, index, ann, np.asarray(meta.tombstones, dtype=np.int64), meta.recall_at_10)
+        loaded.main_token = meta.main_token or loaded.main_token
+        if delta is not None:
+            loaded.delta = delta
+            loaded._delta_ids = set(loaded._ids_of(delta).tolist())
+        return loaded, meta
 
 
 def read_meta(directory: Path) -> IndexMeta:
@@ -375,6 +409,20 @@ def read_meta(directory: Path) -> IndexMeta:
 
 def now_iso() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def atomic_write_index(faiss, index, path: Path) -> None:
+    """A FAISS index written straight to a file, then renamed into place (no copy in memory)."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    os.close(fd)
+    try:
+        faiss.write_index(index, tmp)
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def atomic_write(path: Path, data: bytes) -> None:

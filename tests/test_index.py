@@ -184,13 +184,23 @@ def test_hnsw_rows_replaced_or_deleted_never_come_back_even_after_a_save(tmp_pat
     index.save(tmp_path / "v1", IndexMeta("v1", "m", 32, 0, "t"))
     meta = read_meta(tmp_path / "v1")
     assert meta.kind == "hnsw" and meta.count == 460 and len(meta.tombstones) == 45 and meta.recall_at_10 >= 0.9
-    loaded, _ = VectorIndex.load(tmp_path / "v1")
+    loaded, _ = VectorIndex.load(tmp_path / "v1", index.ann)
     assert loaded.count == 460
     check(loaded)
+    # A few writes later, a save leaves the graph's file alone and writes them beside it.
+    graph_file = (tmp_path / "v1" / "index.faiss").stat().st_ino
+    loaded.upsert(np.array([7000]), moved[:1])
+    loaded.save(tmp_path / "v1", IndexMeta("v1", "m", 32, 0, "t", applied_seq=2))
+    assert (tmp_path / "v1" / "index.faiss").stat().st_ino == graph_file
+    assert [p.name for p in (tmp_path / "v1").glob("delta-*")] == [read_meta(tmp_path / "v1").delta_file]
+    again, _ = VectorIndex.load(tmp_path / "v1", index.ann)
+    assert again.count == 461 and again.search(moved[:1], 2)[1][0].tolist() in ([7000, 40], [40, 7000])
+    check(again)
+    loaded = again
     loaded.remove(nums[45:60])  # past REBUILD_SHARE: the next save rebuilds the graph without them
     loaded.save(tmp_path / "v2", IndexMeta("v2", "m", 32, 0, "t"))
-    rebuilt, meta = VectorIndex.load(tmp_path / "v2")
-    assert meta.tombstones == [] and rebuilt.main.ntotal == rebuilt.count == 445
+    rebuilt, meta = VectorIndex.load(tmp_path / "v2", index.ann)
+    assert meta.tombstones == [] and rebuilt.main.ntotal == rebuilt.count == 446 and rebuilt.kind == "hnsw"
 
 
 def test_an_archive_above_the_threshold_is_served_by_hnsw_with_its_recall_shown(tmp_path, stories):
