@@ -247,14 +247,14 @@ class LexicalIndex:
         """(scores, nums) of the k best documents in the whole corpus, from the
         inverted index: the cost is that of the query terms' postings, not of the corpus."""
         postings = self._current_postings()
-        weights = np.zeros(len(self.vocab))
-        weights[query[0]] = query[1] * self.idf(query[0])
-        main = postings.scores(weights, self._total_len / max(self._count, 1) or 1.0)
+        terms, at = np.unique(query[0], return_index=True)
+        weights = (query[1] * self.idf(query[0]))[at]
+        main_nums, main = postings.scores(terms, weights, self._total_len / max(self._count, 1) or 1.0)
         delta = sorted(n for n in postings.delta if n in self)
         extra = self._score_docs(query, [self.doc(n) for n in delta]) if delta else np.zeros(0)
         scores = np.concatenate([main, extra])
-        nums = np.concatenate([postings.nums, np.asarray(delta, dtype=np.int64)])
-        hits = np.flatnonzero(scores > 0)  # usually a small share of the corpus
+        nums = np.concatenate([main_nums, np.asarray(delta, dtype=np.int64)])
+        hits = np.flatnonzero(scores > 0)
         scores, nums = scores[hits], nums[hits]
         k = min(k, len(hits))
         if k == 0:
@@ -326,16 +326,20 @@ class _Postings:
             dead[at] = True
         return _Postings(self.nums, self.counts, self.lengths, dead, self.delta | {num})
 
-    def scores(self, weights: np.ndarray, avgdl: float) -> np.ndarray:
-        """BM25 of every document of the matrix for per-term query weights (idf included)."""
-        terms = np.flatnonzero(weights[: self.counts.shape[1]])
+    def scores(self, terms: np.ndarray, weights: np.ndarray, avgdl: float) -> tuple[np.ndarray, np.ndarray]:
+        """(nums, BM25) of the documents of the matrix holding any of `terms` (distinct,
+        weights with idf included): the cost is their postings', not the archive's."""
+        known = terms < self.counts.shape[1]
+        terms, weights = terms[known], weights[known]
         if len(terms) == 0 or len(self.nums) == 0:
-            return np.zeros(len(self.nums))
-        sub = self.counts[:, terms]
-        tf = sub.data.astype(np.float64)
-        rows = sub.indices
-        per_entry = np.repeat(weights[terms], np.diff(sub.indptr))
-        bm25 = per_entry * tf * (K1 + 1) / (tf + K1 * (1 - B + B * self.lengths[rows] / avgdl))
-        scores = np.bincount(rows, weights=bm25, minlength=len(self.nums))
-        scores[self.dead] = 0.0
-        return scores
+            return np.zeros(0, dtype=np.int64), np.zeros(0)
+        starts, ends = self.counts.indptr[terms], self.counts.indptr[terms + 1]
+        sizes = ends - starts
+        offsets = np.concatenate([[0], np.cumsum(sizes)])[:-1]
+        take = np.arange(int(sizes.sum())) + np.repeat(starts - offsets, sizes)
+        rows, tf = self.counts.indices[take], self.counts.data[take].astype(np.float64)
+        bm25 = np.repeat(weights, sizes) * tf * (K1 + 1) / (tf + K1 * (1 - B + B * self.lengths[rows] / avgdl))
+        hit, inverse = np.unique(rows, return_inverse=True)
+        scores = np.bincount(inverse, weights=bm25, minlength=len(hit))
+        alive = ~self.dead[hit]
+        return self.nums[hit[alive]], scores[alive]

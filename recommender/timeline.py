@@ -46,7 +46,15 @@ class Timeline:
         times, nums = self._sorted if not self._pending else self.settle()
         lo = np.searchsorted(times, when - before, side="left")
         hi = np.searchsorted(times, when + after, side="right")
-        closest = np.argsort(np.abs(times[lo:hi] - when), kind="stable")[:limit]
+        gaps = np.abs(times[lo:hi] - when)
+        if limit <= 0:
+            return nums[:0]
+        if limit < len(gaps):  # a month of a large archive holds thousands: sort only the closest
+            cut = np.partition(gaps, limit - 1)[limit - 1]
+            near = np.flatnonzero(gaps <= cut)
+            closest = near[np.argsort(gaps[near], kind="stable")][:limit]
+        else:
+            closest = np.argsort(gaps, kind="stable")
         return nums[lo:hi][closest]
 
     def settle(self) -> tuple[np.ndarray, np.ndarray]:
