@@ -77,6 +77,7 @@ class LexicalIndex:
     def __init__(self) -> None:
         self.vocab: dict[str, int] = {}
         self._terms: list[str] = []  # term id -> term
+        self._known = 0  # terms of the (shared) vocabulary this index knows: ids below
         self._df = np.zeros(1024, dtype=np.int64)
         self._base = _Base.empty()
         self._gone: set[int] = set()  # base documents removed or replaced since the base was built
@@ -87,8 +88,9 @@ class LexicalIndex:
 
     def clone(self) -> "LexicalIndex":
         copy = LexicalIndex()
-        copy.vocab = dict(self.vocab)
-        copy._terms = list(self._terms)
+        # Shared, not copied (a million terms per write): both only ever grow, and each side
+        # knows only the first `_known` terms, so a term the other side adds does not exist here.
+        copy.vocab, copy._terms, copy._known = self.vocab, self._terms, self._known
         copy._df = self._df.copy()
         copy._base = self._base  # immutable: a fold replaces it
         copy._gone = set(self._gone)
@@ -122,10 +124,14 @@ class LexicalIndex:
         for term in terms:
             tid = self.vocab.get(term)
             if tid is None and grow:
-                tid = self.vocab[term] = len(self.vocab)
-                self._terms.append(term)
-                if tid >= len(self._df):
-                    self._df = np.concatenate([self._df, np.zeros(len(self._df), dtype=np.int64)])
+                self._terms.append(term)  # the list first: whoever finds the id finds its term
+                tid = self.vocab[term] = len(self._terms) - 1
+            if tid is not None and tid >= self._known:
+                if not grow:  # added by another clone after this one was made
+                    continue
+                self._known = len(self._terms)
+                if self._known > len(self._df):
+                    self._df = np.concatenate([self._df, np.zeros(max(len(self._df), self._known), dtype=np.int64)])
             if tid is not None:
                 out.append(tid)
         return out
@@ -239,7 +245,7 @@ class LexicalIndex:
         return [] if doc is None else [self._terms[i] for i in doc[0]]
 
     def idf_of(self, terms: Iterable[str]) -> dict[str, float]:
-        known = sorted({t for t in terms if t in self.vocab})
+        known = sorted({t for t in terms if self.vocab.get(t, self._known) < self._known})
         values = self.idf(np.asarray([self.vocab[t] for t in known], dtype=np.int64))
         return dict(zip(known, values.tolist()))
 
@@ -293,6 +299,7 @@ class LexicalIndex:
         lexical._base = _Base(**{name: array.view(np.ndarray) for name, array in arrays.items()})
         lexical._terms = json.loads((directory / "terms.json").read_text())
         lexical.vocab = {term: i for i, term in enumerate(lexical._terms)}
+        lexical._known = len(lexical._terms)
         lexical._df = np.bincount(arrays["ids"], minlength=max(len(lexical._terms), 1024)).astype(np.int64)
         lexical._count = len(arrays["nums"])
         lexical._total_len = int(arrays["counts"].sum(dtype=np.int64))

@@ -140,3 +140,15 @@ def test_every_source_brings_candidates_that_pass_the_filters(archive):
 
 def test_names_and_time_put_the_story_first(archive):
     assert [i.id for i in archive.related("s-3", k=2)] == ["s-2", "s-1"]
+
+
+def test_a_clone_shares_the_vocabulary_yet_never_sees_terms_added_after_it():
+    lexical = LexicalIndex()
+    lexical.add(1, ["alfa", "beta"])
+    frozen = lexical.clone()
+    for n in range(2, 3000):  # enough new terms to grow the frequencies past the clone's
+        lexical.add(n, [f"nou{n}", "alfa"])
+    assert frozen.query(["nou5", "alfa"])[0].tolist() == [lexical.vocab["alfa"]]
+    assert frozen.idf_of(["nou5", "alfa"]).keys() == {"alfa"}
+    assert frozen.score_terms(frozen.query(["alfa"]), ["nou7", "alfa"]) > 0 and len(frozen) == 1
+    assert frozen.search(frozen.query(["alfa", "nou9"]), 5)[1].tolist() == [1]
