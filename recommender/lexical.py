@@ -15,6 +15,9 @@ Python object per document would take gigabytes at a million articles.
 from __future__ import annotations
 
 import json
+import os
+import tempfile
+import uuid
 from collections import Counter
 from pathlib import Path
 from typing import Iterable
@@ -34,8 +37,33 @@ EMPTY: Doc = (np.zeros(0, dtype=np.int32), np.zeros(0, dtype=np.int32))
 class _Base:
     """Documents as one CSR: row i is document nums[i] (nums sorted). Never changed in place."""
 
-    def __init__(self, nums: np.ndarray, indptr: np.ndarray, ids: np.ndarray, counts: np.ndarray):
+    ARRAYS = ("nums", "indptr", "ids", "counts")
+
+    def __init__(self, nums: np.ndarray, indptr: np.ndarray, ids: np.ndarray, counts: np.ndarray,
+                 token: str | None = None):
         self.nums, self.indptr, self.ids, self.counts = nums, indptr, ids, counts
+        self.token = token or uuid.uuid4().hex  # names its files: a base is written once
+
+    @classmethod
+    def of(cls, docs: dict[int, Doc]) -> "_Base":
+        return cls.empty().merged(set(), docs)
+
+    def write(self, directory: Path) -> None:
+        """Into `directory`/base-<token>, unless already there (a rename makes it appear whole)."""
+        final = directory / f"base-{self.token}"
+        if final.exists():
+            return
+        fresh = Path(tempfile.mkdtemp(dir=directory, prefix=".base."))
+        for name in self.ARRAYS:
+            np.save(fresh / f"{name}.npy", np.ascontiguousarray(getattr(self, name)))
+        os.replace(fresh, final)
+
+    @classmethod
+    def read(cls, directory: Path, token: str) -> "_Base":
+        # Plain arrays over the maps: a numpy memmap slice costs a Python object per access.
+        arrays = {name: np.load(directory / f"base-{token}" / f"{name}.npy", mmap_mode="r").view(np.ndarray)
+                  for name in cls.ARRAYS}
+        return cls(**arrays, token=token)
 
     @classmethod
     def empty(cls) -> "_Base":
@@ -141,8 +169,11 @@ class LexicalIndex:
         return ids, counts.astype(np.int32)
 
     def add(self, num: int, terms: list[str]) -> None:
+        self._put(num, self._doc(terms, grow=True))
+
+    def _put(self, num: int, doc: Doc) -> None:
         self.remove(num)
-        ids, counts = self._doc(terms, grow=True)
+        ids, counts = doc
         self._docs[num] = (ids, counts)
         self._df[ids] += 1
         self._count += 1
@@ -282,28 +313,41 @@ class LexicalIndex:
 
     # --- persistence: saved with an index version, read back memory-mapped -------------
 
-    def save(self, directory: Path) -> None:
-        """Write the documents and vocabulary into `directory` (which the caller renames into place)."""
-        self.fold()
+    def save(self, directory: Path) -> dict:
+        """Write into `directory` what `load` needs, and return the manifest naming it (the
+        caller writes it last). The base, often hundreds of MB, is written once; later
+        saves add the documents changed since and the vocabulary, under new names."""
         directory.mkdir(parents=True, exist_ok=True)
-        for name in ("nums", "indptr", "ids", "counts"):
-            np.save(directory / f"{name}.npy", np.ascontiguousarray(getattr(self._base, name)))
-        (directory / "terms.json").write_text(json.dumps(self._terms, ensure_ascii=False))
+        self._base.write(directory)
+        name = uuid.uuid4().hex
+        changed = _Base.of(self._docs)
+        np.savez(directory / f"delta-{name}.npz", gone=np.fromiter(self._gone, dtype=np.int64, count=len(self._gone)),
+                 **{part: getattr(changed, part) for part in _Base.ARRAYS})
+        (directory / f"terms-{name}.json").write_text(json.dumps(self._terms[: self._known], ensure_ascii=False))
+        return {"base": self._base.token, "delta": f"delta-{name}.npz", "terms": f"terms-{name}.json"}
 
     @classmethod
-    def load(cls, directory: Path) -> "LexicalIndex":
+    def load(cls, directory: Path, manifest: dict) -> "LexicalIndex":
         lexical = cls()
-        arrays = {name: np.load(directory / f"{name}.npy", mmap_mode="r")
-                  for name in ("nums", "indptr", "ids", "counts")}
-        # Plain arrays over the maps: a numpy memmap slice costs a Python object per access.
-        lexical._base = _Base(**{name: array.view(np.ndarray) for name, array in arrays.items()})
-        lexical._terms = json.loads((directory / "terms.json").read_text())
+        lexical._base = base = _Base.read(directory, manifest["base"])
+        lexical._terms = json.loads((directory / manifest["terms"]).read_text())
         lexical.vocab = {term: i for i, term in enumerate(lexical._terms)}
         lexical._known = len(lexical._terms)
-        lexical._df = np.bincount(arrays["ids"], minlength=max(len(lexical._terms), 1024)).astype(np.int64)
-        lexical._count = len(arrays["nums"])
-        lexical._total_len = int(arrays["counts"].sum(dtype=np.int64))
+        lexical._df = np.bincount(base.ids, minlength=max(lexical._known, 1024)).astype(np.int64)
+        lexical._count = len(base.nums)
+        lexical._total_len = int(base.counts.sum(dtype=np.int64))
+        with np.load(directory / manifest["delta"]) as delta:
+            gone, changed = delta["gone"], _Base(**{part: delta[part] for part in _Base.ARRAYS})
+        for num in gone.tolist():
+            lexical.remove(num)
+        for row, num in enumerate(changed.nums.tolist()):
+            lexical._put(num, changed.doc(row))
+        lexical._postings = None
         return lexical
+
+    @staticmethod
+    def files(manifest: dict) -> set[str]:
+        return {f"base-{manifest['base']}", manifest["delta"], manifest["terms"]}
 
 
 class _Postings:

@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
-import tempfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Iterable
@@ -21,7 +19,7 @@ import numpy as np
 
 from recommender.articles import ArticleInfo
 from recommender.errors import IndexMismatch, NoIndex
-from recommender.index import IndexMeta, VectorIndex, now_iso
+from recommender.index import IndexMeta, VectorIndex, atomic_write, now_iso
 from recommender.lexical import LexicalIndex
 from recommender.settings import AnnSettings
 from recommender.store import Store
@@ -178,28 +176,32 @@ LEXICAL_PARTS = ("text", "entities", "titles")
 
 
 def save_lexical(path: Path, state: IndexState, applied_seq: int) -> None:
-    path.mkdir(parents=True, exist_ok=True)
-    fresh = Path(tempfile.mkdtemp(dir=path, prefix=f".{LEXICAL_DIR}."))
-    try:
-        for name, lexical in zip(LEXICAL_PARTS, (state.lexical, state.entities, state.titles)):
-            lexical.save(fresh / name)
-        (fresh / "meta.json").write_text(json.dumps({"applied_seq": applied_seq}))
-        old = path / LEXICAL_DIR
-        if old.exists():
-            retired = path / f".{LEXICAL_DIR}.old.{os.getpid()}"
-            os.replace(old, retired)
-            shutil.rmtree(retired, ignore_errors=True)  # a reader holding its maps keeps their pages
-        os.replace(fresh, old)
-    finally:
-        shutil.rmtree(fresh, ignore_errors=True)
+    """Each part's files, then the manifest naming them (written last, atomically), then
+    the files no manifest names any more. A base is written once: later saves add only
+    the documents changed since, so a minute's writes do not rewrite hundreds of MB."""
+    directory = path / LEXICAL_DIR
+    manifests = {name: lexical.save(directory / name)
+                 for name, lexical in zip(LEXICAL_PARTS, (state.lexical, state.entities, state.titles))}
+    atomic_write(directory / "meta.json", json.dumps({"applied_seq": applied_seq, "parts": manifests}).encode())
+    for name, manifest in manifests.items():
+        keep = LexicalIndex.files(manifest)
+        for entry in (directory / name).iterdir():
+            if entry.name not in keep:  # a reader that mapped an old base keeps its pages
+                shutil.rmtree(entry, ignore_errors=True) if entry.is_dir() else entry.unlink(missing_ok=True)
 
 
 def load_lexical(path: Path, applied_seq: int) -> tuple[LexicalIndex, LexicalIndex, LexicalIndex] | None:
     """The saved lexical indexes when they reflect exactly `applied_seq`, else None."""
     directory = path / LEXICAL_DIR
     try:
-        if json.loads((directory / "meta.json").read_text())["applied_seq"] != applied_seq:
+        meta = json.loads((directory / "meta.json").read_text())
+        if meta["applied_seq"] != applied_seq:
             return None
+        return tuple(LexicalIndex.load(directory / name, meta["parts"][name]) for name in LEXICAL_PARTS)
+    except (OSError, ValueError, KeyError) as exc:
+        if not isinstance(exc, FileNotFoundError):
+            log.warning("lexical index in %s unreadable (%s); parsing the store instead", path, exc)
+        return None
         return tuple(LexicalIndex.load(directory / name) for name in LEXICAL_PARTS)
     except (OSError, ValueError, KeyError) as exc:
         if not isinstance(exc, FileNotFoundError):

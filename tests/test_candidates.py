@@ -65,8 +65,8 @@ def test_bm25_survives_folds_and_a_save_read_back_memory_mapped(tmp_path, monkey
     assert lexical.nums().tolist() == sorted(plain) and len(lexical) == len(plain)
     assert frozen.nums().tolist() == frozen_nums  # a clone does not see later writes, folds included
     assert_search_is_exact(lexical, query)
-    lexical.save(tmp_path / "lex")
-    loaded = LexicalIndex.load(tmp_path / "lex")
+    manifest = lexical.save(tmp_path / "lex")
+    loaded = LexicalIndex.load(tmp_path / "lex", manifest)
     nums = sorted(plain)
     np.testing.assert_allclose(loaded.score(query, nums), lexical.score(query, nums))
     assert loaded.terms_of(nums[0]) == lexical.terms_of(nums[0]) and loaded.idf_of(vocab) == lexical.idf_of(vocab)
@@ -74,6 +74,11 @@ def test_bm25_survives_folds_and_a_save_read_back_memory_mapped(tmp_path, monkey
     loaded.remove(nums[1])
     assert_search_is_exact(loaded, query)
     assert 9999 in loaded and nums[1] not in loaded
+    # Saved again: the same base, written once, plus what changed since.
+    again = LexicalIndex.load(tmp_path / "lex", loaded.save(tmp_path / "lex"))
+    assert again._base.token == manifest["base"] and again.nums().tolist() == loaded.nums().tolist()
+    np.testing.assert_allclose(again.score(query, again.nums()), loaded.score(query, loaded.nums()))
+    assert len(list((tmp_path / "lex").glob("base-*"))) == 1
 
 
 def assert_search_is_exact(lexical: LexicalIndex, query) -> None:
