@@ -195,10 +195,12 @@ def measure_freshness(base: str, stories: list[list[str]], trials: int) -> list[
             story = rng.choice([s for s in stories if len(s) >= 3])
             first = client.get(f"/v1/articles/{story[0]}").json()
             last = client.get(f"/v1/articles/{story[-1]}").json()
-            # Same story and topic, new wording: related to the first piece, not a copy of it.
-            words = (last["body"] + " " + first["body"]).split()
+            # Same story and topic, new wording: mostly the first piece's words (so it ranks among
+            # the first piece's ten, in stories of up to a dozen pieces), not a copy of it.
+            own, other = first["body"].split(), last["body"].split()
+            words = rng.sample(own, int(len(own) * 0.6)) + rng.sample(other, int(len(other) * 0.3))
             rng.shuffle(words)
-            follow_up = {"title": " ".join(words[:8]), "body": " ".join(words[8:40]),
+            follow_up = {"title": first["title"] + " " + words[0], "body": " ".join(words),
                          "published_at": last["published_at"], "section": last["section"]}
             new_id = f"fresh-{trial}"
             client.get(f"/v1/articles/{story[0]}/related")  # its list is precomputed and hot
