@@ -95,9 +95,10 @@ def build(size: int, workdir: Path) -> tuple[Path, list[list[str]], dict]:
     return data, stories, report
 
 
-def prepare_index(data: Path) -> float | None:
+def prepare_index(data: Path, rebuild: bool = False) -> float | None:
     """Seconds to bring an archive built by an earlier release to this one's index
-    (HNSW by size, lexical indexes saved for a fast restart); None when it is current."""
+    (HNSW by size, lexical indexes saved for a fast restart), or to rebuild its graph
+    with the current settings; None when it is current."""
     from recommender.engine import Engine
     from recommender.settings import Settings
     from recommender.state import LEXICAL_DIR
@@ -107,10 +108,12 @@ def prepare_index(data: Path) -> float | None:
     meta = engine.indexes.active_meta()
     wanted = "hnsw" if meta.count >= settings.ann.exact_below else "exact"
     manifest = engine.versions.path(meta.version) / LEXICAL_DIR / "meta.json"
-    if meta.kind == wanted and manifest.exists() and "parts" in json.loads(manifest.read_text()):
+    if not rebuild and meta.kind == wanted and manifest.exists() and "parts" in json.loads(manifest.read_text()):
         return None
     started = time.perf_counter()
-    engine.indexes.save(engine.state())
+    state = engine.state()
+    state.vectors.compact(rebuild=rebuild)
+    engine.indexes.save(state)
     return round(time.perf_counter() - started, 1)
 
 
@@ -243,7 +246,7 @@ def bench_size(size: int, args) -> dict:
     firsts = [s[0] for s in rng.sample(stories, min(200, len(stories)))]
     sample = firsts + [f"a{rng.randrange(size)}" for _ in range(1800)]
     result = {"articles": size, **result}
-    upgraded = prepare_index(data)
+    upgraded = prepare_index(data, args.rebuild_index)
     if upgraded is not None:
         result["index_upgrade_s"] = upgraded
     computed = precompute(data, sample, args.precompute_sample, args.workers)
@@ -304,6 +307,8 @@ def main() -> None:
     parser.add_argument("--precompute-sample", type=int, default=0, metavar="N",
                         help="compute N lists and extrapolate the archive's time (0: compute them all)")
     parser.add_argument("--requests", type=int, default=3000, help="sequential HTTP requests per size")
+    parser.add_argument("--rebuild-index", action="store_true",
+                        help="rebuild each archive's index with the current settings (RECOMMENDER_ANN__*)")
     args = parser.parse_args()
     args.workdir.mkdir(parents=True, exist_ok=True)
     done = args.workdir / "results.json"

@@ -279,14 +279,14 @@ class VectorIndex:
         if len(self._delta_ids) + len(self.dead) > self.COMPACT_AT and self._hnsw(self.main) is None:
             self.compact(kind="exact")
 
-    def compact(self, kind: str | None = None) -> None:
+    def compact(self, kind: str | None = None, rebuild: bool = False) -> None:
         """Fold delta and dead rows into a new main index of `kind` (by default, what the
         archive's size calls for); the old one is left to readers. An HNSW main that
         stays HNSW takes the delta in a copy of its graph and keeps its tombstones,
         unless they passed REBUILD_SHARE."""
         count = self.count
         kind = kind or self._kind_for(count)
-        incremental = (self._hnsw(self.main) is not None and kind == "hnsw"
+        incremental = (not rebuild and self._hnsw(self.main) is not None and kind == "hnsw"
                        and len(self.dead) + len(self.tombstones) <= REBUILD_SHARE * self.main.ntotal)
         ids = self._ids_of(self.main)
         gone = np.isin(ids, np.fromiter(self.dead, dtype=np.int64, count=len(self.dead)))
