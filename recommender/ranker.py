@@ -10,7 +10,7 @@ from typing import Callable
 import numpy as np
 from pydantic import ValidationError
 
-from recommender.articles import Article, content_hash, describe_validation_error
+from recommender.articles import Article, content_hash, describe_validation_error, title_key
 from recommender.errors import ArticleNotFound, InvalidQuery
 from recommender.lexical import LexicalIndex
 from recommender import candidates, features
@@ -20,7 +20,7 @@ from recommender.ranking import DAY, Filters, RelatedItem, age_phrase, mmr_selec
 from recommender.settings import RankingSettings
 from recommender.state import IndexState
 from recommender.store import Store
-from recommender.text import fold, stem_words, surface_words, terms
+from recommender.text import stem_words, surface_words, terms
 
 NO_FILTERS = Filters()
 POOL_MIN = 30  # MMR looks at this many top candidates at least
@@ -112,7 +112,7 @@ def rank(state: IndexState, seed: Seed, filters: Filters, opts: RankingSettings,
     relevance_ = (1 - opts.lexical_weight) * dense + opts.lexical_weight * lexical
     linear = score_pairs(pairs, opts.weights, opts.time_prior)
     score = 1.0 / (1.0 + np.exp(-np.clip(linear, -50, 50)))  # rank_score: the same order, in (0, 1)
-    seed_title = fold(seed.title).strip()
+    seed_title = title_key(seed.title)
     keep = (relevance_ >= opts.min_score) & (dense < opts.duplicate_threshold)
     keep &= np.array([state.infos[int(n)].title_key != seed_title for n in pairs.nums], dtype=bool)
     nums, relevance_, score, linear = pairs.nums[keep], relevance_[keep], score[keep], linear[keep]

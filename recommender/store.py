@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import sys
 import threading
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -500,8 +501,9 @@ def _parse_time(value: str | None) -> datetime | None:
 
 def _info(row: tuple) -> ArticleInfo:
     num, aid, title, url, published, section, language, chash, tags = row
-    return ArticleInfo(num, aid, title, url, _parse_time(published), section, language, chash,
-                       tuple(json.loads(tags)))
+    # A dozen sections and a few languages shared by every article, not a string each.
+    return ArticleInfo(num, aid, title, url, _parse_time(published), section and sys.intern(section),
+                       sys.intern(language), chash, tuple(json.loads(tags)))
 
 
 def _add_entities(conn: sqlite3.Connection) -> None:
