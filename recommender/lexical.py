@@ -390,7 +390,12 @@ class _Postings:
         take = np.arange(int(sizes.sum())) + np.repeat(starts - offsets, sizes)
         rows, tf = self.counts.indices[take], self.counts.data[take].astype(np.float64)
         bm25 = np.repeat(weights, sizes) * tf * (K1 + 1) / (tf + K1 * (1 - B + B * self.lengths[rows] / avgdl))
-        hit, inverse = np.unique(rows, return_inverse=True)
-        scores = np.bincount(inverse, weights=bm25, minlength=len(hit))
+        if len(rows) * 8 > len(self.nums):  # common terms: summing over every document beats sorting
+            every = np.bincount(rows, weights=bm25, minlength=len(self.nums))
+            hit = np.flatnonzero(every)
+            scores = every[hit]
+        else:
+            hit, inverse = np.unique(rows, return_inverse=True)
+            scores = np.bincount(inverse, weights=bm25, minlength=len(hit))
         alive = ~self.dead[hit]
         return self.nums[hit[alive]], scores[alive]

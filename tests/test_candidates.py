@@ -39,6 +39,8 @@ def test_bm25_search_matches_brute_force_through_adds_updates_and_removes():
         lexical.add(n, ["w1", "w1", "w2", "new"])
     lexical.add(5000, ["w3", "w7", "w7"])
     assert_search_is_exact(lexical, query)
+    lexical._current_postings()  # rebuilt with "new" in it: a rare term, scored through its few postings
+    assert_search_is_exact(lexical, lexical.query(["new"]))
     before = lexical.clone()
     lexical.add(5001, ["w1", "w2", "w3", "w7"])
     assert 5001 in lexical.search(query, 5)[1] and 5001 not in before.search(query, 5)[1]
