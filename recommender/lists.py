@@ -180,18 +180,26 @@ class ListUpkeep:
         self.embed = embed
 
     def affected(self, state: IndexState, lists: RelatedLists, changed: Iterable[int]) -> list[int]:
-        """The lists a change can touch: the changed articles' own, those of their
-        nearest neighbours (an earlier piece of a story must point to its
-        follow-up), and those that showed them. Deleted articles' lists are dropped."""
+        """The lists a change can touch, beyond the changed articles' own, which are
+        computed and stored here, first: those of the articles their new lists show
+        (an earlier piece of a story must point to its follow-up, and the follow-up's
+        list, from every candidate source, finds it more surely than an approximate
+        nearest-neighbour search), of their nearest neighbours, and of the lists that
+        showed them. Deleted articles' lists are dropped."""
         changed = set(changed)
         lists.forget([n for n in changed if n not in state.infos])
-        affected = {n for n in changed if n in state.infos} | lists.containing(changed)
-        for num in list(affected & changed):
-            if num in state.vectors:
-                vector = state.vectors.reconstruct(np.array([num]))
-                _, near = state.vectors.search(vector, self.precompute_k + 1)
-                affected.update(int(n) for n in near[0] if n >= 0)
-        return sorted(n for n in affected if n in state.infos)
+        own = sorted(n for n in changed if n in state.infos)
+        affected = lists.containing(changed)
+        for start in range(0, len(own), SEARCH_BATCH):
+            batch = {num: self.cached_items(state, items)
+                     for num, items in self.lists_for(state, own[start:start + SEARCH_BATCH])}
+            lists.put_many(batch)
+            affected.update(item.num for items in batch.values() for item in items)
+        embedded = [n for n in own if n in state.vectors]
+        if embedded:
+            _, near = state.vectors.search(state.vectors.reconstruct(np.asarray(embedded)), self.precompute_k + 1)
+            affected.update(int(n) for n in near.ravel() if n >= 0)
+        return sorted(n for n in affected - set(own) if n in state.infos)
 
     def refresh(self, state: IndexState, lists: RelatedLists, changed: Iterable[int], progress: bool = False) -> int:
         return self.compute(state, lists, self.affected(state, lists, changed), progress)

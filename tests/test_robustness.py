@@ -254,3 +254,26 @@ def test_a_server_whose_index_is_still_loading_serves_from_the_store(settings, s
         assert client.app.state.service.lists.wait_idle(10)
         items = client.get("/v1/articles/ukr-1/related", params={"k": 10}).json()["items"]
         assert "ukr-5" in [i["id"] for i in items]
+
+
+def test_a_follow_up_reaches_its_story_even_when_the_nearest_neighbour_search_misses(settings, stories, monkeypatch):
+    """An approximate index can miss a story's earlier piece among the follow-up's nearest
+    neighbours; the follow-up's own list, from every candidate source, still finds it."""
+    from recommender.index import VectorIndex
+
+    engine = Engine(settings, embedder=CountingEmbedder())
+    engine.ingest([str(stories)])
+    real_search = VectorIndex.search
+
+    def missing_neighbours(index, vectors, k):
+        scores, nums = real_search(index, vectors, k)
+        if k == settings.precompute_k + 1:  # the neighbour search of a write finds nothing
+            nums[:] = -1
+        return scores, nums
+
+    monkeypatch.setattr(VectorIndex, "search", missing_neighbours)
+    engine.upsert([parse_article(article("ukr-5", "Armistițiul din Marea Neagră, prelungit de Kiev",
+                                         "Ucraina propune prelungirea armistițiului pe mare pentru porturile ucrainene.",
+                                         "2025-04-10T10:00:00+00:00"))])
+    engine.sync(engine.state())
+    assert "ukr-5" in [i.id for i in Engine(settings, embedder=CountingEmbedder()).related("ukr-1", k=10)]
