@@ -28,6 +28,7 @@ K1 = 1.2
 B = 0.75
 REBUILD_MIN = 1000  # changed documents scored directly before the inverted index is rebuilt
 MLT_MAX_TERMS = 25  # like Lucene's More-Like-This: the seed's 25 most telling terms
+COMMON_SHARE, COMMON_MIN_DOCS = 0.02, 1000  # a term in more documents than both drives no search
 FOLD_MIN = 20_000  # changed documents kept apart before they are folded into the base
 
 Doc = tuple[np.ndarray, np.ndarray]  # (term ids, counts)
@@ -284,6 +285,7 @@ class LexicalIndex:
         """(scores, nums) of the k best documents in the whole corpus, from the
         inverted index: the cost is that of the query terms' postings, not of the corpus."""
         postings = self._current_postings()
+        query = self._without_common(query)
         terms, at = np.unique(query[0], return_index=True)
         weights = (query[1] * self.idf(query[0]))[at]
         main_nums, main = postings.scores(terms, weights, self._total_len / max(self._count, 1) or 1.0)
@@ -300,6 +302,15 @@ class LexicalIndex:
         top = np.flatnonzero(scores >= scores[top].min())  # ties at the cut too, so the lowest nums win them
         top = top[np.lexsort((nums[top], -scores[top]))][:k]
         return scores[top], nums[top]
+
+    def _without_common(self, query: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """The query without terms that most of the archive's postings belong to (like
+        More-Like-This's max_doc_freq): they barely move BM25, yet at a million articles
+        scanning them is most of a search. Candidates are still scored on every term."""
+        common = self._df[query[0]] > max(COMMON_MIN_DOCS, COMMON_SHARE * self._count)
+        if common.any() and not common.all():
+            return query[0][~common], query[1][~common]
+        return query
 
     def _current_postings(self) -> "_Postings":
         """The inverted index, rebuilt in bulk once the documents changed since its

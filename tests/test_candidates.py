@@ -159,3 +159,17 @@ def test_a_clone_shares_the_vocabulary_yet_never_sees_terms_added_after_it():
     assert frozen.idf_of(["nou5", "alfa"]).keys() == {"alfa"}
     assert frozen.score_terms(frozen.query(["alfa"]), ["nou7", "alfa"]) > 0 and len(frozen) == 1
     assert frozen.search(frozen.query(["alfa", "nou9"]), 5)[1].tolist() == [1]
+
+
+def test_bm25_search_skips_terms_in_most_documents_but_scores_candidates_on_every_term(monkeypatch):
+    import recommender.lexical
+
+    monkeypatch.setattr(recommender.lexical, "COMMON_MIN_DOCS", 10)
+    lexical = LexicalIndex()
+    for n in range(200):  # "comun" in every document, "rar" in a few, "comun" twice in 7
+        lexical.add(n, ["comun"] * (2 if n == 7 else 1) + (["rar"] if n % 50 == 0 else []) + [f"x{n}"])
+    query = lexical.query(["comun", "rar"])
+    assert lexical.search(query, 10)[1].tolist() == [0, 50, 100, 150]  # only "rar" drives the search
+    assert lexical.score(query, [7])[0] > lexical.score(query, [8])[0]  # while the scores count "comun"
+    only_common = lexical.query(["comun"])
+    assert lexical.search(only_common, 1)[1].tolist() == [7]  # a query of common terms alone keeps them
