@@ -114,6 +114,7 @@ class LexicalIndex:
         self._count = 0
         self._total_len = 0
         self._postings: _Postings | None = None  # the inverted index, built on first full search
+        self._changed_nums: np.ndarray | None = None  # the nums of _docs and _gone, as an array
 
     def clone(self) -> "LexicalIndex":
         copy = LexicalIndex()
@@ -197,9 +198,10 @@ class LexicalIndex:
     def fold(self) -> None:
         """Fold the changed documents into a new base (O(archive), once per many writes)."""
         self._base = self._base.merged(self._gone, self._docs)
-        self._gone, self._docs = set(), {}
+        self._gone, self._docs, self._changed_nums = set(), {}, None
 
     def _changed(self, num: int) -> None:
+        self._changed_nums = None
         if self._postings is not None:
             self._postings = self._postings.changed(num)
 
@@ -232,8 +234,10 @@ class LexicalIndex:
         base = self._base
         changed = np.zeros(len(nums), dtype=bool)
         if self._docs or self._gone:
-            special = np.fromiter(self._docs.keys() | self._gone, dtype=np.int64)
-            changed = np.isin(nums, special)
+            if self._changed_nums is None:  # kept until the next write: tens of thousands after a load
+                self._changed_nums = np.sort(np.fromiter(self._docs.keys() | self._gone, dtype=np.int64))
+            known = self._changed_nums
+            changed = known[np.minimum(np.searchsorted(known, nums), len(known) - 1)] == nums
         at = np.minimum(np.searchsorted(base.nums, nums), max(len(base.nums) - 1, 0))
         in_base = (base.nums[at] == nums) & ~changed if len(base.nums) else np.zeros(len(nums), dtype=bool)
         rows = at[in_base]
