@@ -14,9 +14,11 @@ import json
 import os
 import tempfile
 import uuid
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 
@@ -297,9 +299,11 @@ class VectorIndex:
         else:
             main, tombstones = (self._empty() if kind == "exact" else self._empty_main(count)), None
             if self.main.ntotal and not gone.all():
-                main.add_with_ids(np.ascontiguousarray(self._stored(self.main)[~gone]), ids[~gone])
+                with self._every_core():
+                    main.add_with_ids(np.ascontiguousarray(self._stored(self.main)[~gone]), ids[~gone])
         if self.delta.ntotal:
-            main.add_with_ids(self.reconstruct_delta(), self._ids_of(self.delta))
+            with self._every_core():
+                main.add_with_ids(self.reconstruct_delta(), self._ids_of(self.delta))
         if main is not self.main:
             self.recall = self.measure_recall(main)
             self.main_token = uuid.uuid4().hex
@@ -307,6 +311,17 @@ class VectorIndex:
         self._main_ids = self._alive_ids(main, self.tombstones)
         self.delta, self._delta_ids, self.dead = self._empty(), set(), set()
         self._selector, self._view = None, None  # the view's rows depend on the tombstones too
+
+    @contextmanager
+    def _every_core(self) -> Iterator[None]:
+        """Building a graph uses every core (a million vectors: half an hour on one); searches
+        meanwhile may take two threads, which costs them a little, not an answer."""
+        before = self._faiss.omp_get_max_threads()
+        self._faiss.omp_set_num_threads(os.cpu_count() or 1)
+        try:
+            yield
+        finally:
+            self._faiss.omp_set_num_threads(before)
 
     def measure_recall(self, index, k: int = 10) -> float:
         """Recall@k of an index's search against exact search over its own vectors,
