@@ -217,10 +217,12 @@ def serve(data: Path, sample: list[str], stories: list[list[str]], requests: int
                 assert response.status_code == 200, response.text
         rss, peak = rss_mb(server.pid)
         freshness = measure_freshness(base, [s for s in stories if s[0] in set(sample)] or stories, 5)
+        rss_after_writes = rss_mb(server.pid)[0]
     finally:
         server.terminate()
         server.wait(timeout=60)
     return {"ready_s": ready_s, "loaded_s": loaded_s, "rss_mb": rss, "peak_rss_mb": peak,
+            "rss_after_writes_mb": rss_after_writes,
             "p50_ms": round(percentile(latencies, 50), 2), "p99_ms": round(percentile(latencies, 99), 2),
             "freshness_ms_median": round(float(np.median(freshness)), 1), "freshness_ms_max": round(max(freshness), 1)}
 
@@ -264,7 +266,7 @@ def report(results: list[dict], out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / "scale.json").write_text(json.dumps(results, indent=2) + "\n")
     columns = ["articles", "ingest_s", "ingest_per_s", "embed_s", "lists_per_s", "precompute_min", "ann_recall_at_10",
-               "ready_s", "loaded_s", "rss_mb", "cli_related_s", "cli_stats_s", "p50_ms", "p99_ms", "freshness_ms_max"]
+               "ready_s", "loaded_s", "rss_mb", "rss_after_writes_mb", "cli_related_s", "cli_stats_s", "p50_ms", "p99_ms", "freshness_ms_max"]
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(str(r.get(c, "")) for c in columns) + " |" for r in results]
     (out / "scale.md").write_text("\n".join(lines) + "\n")

@@ -95,6 +95,7 @@ class Service:
             state = engine.state()
         except NoIndex:
             state = engine.new_version()
+        state.warm()  # else the first write after a start waits for it (5 s at a million articles)
         lists = engine.lists_for(state)
         self._snapshot = Snapshot(engine, state, lists)
         self._cold = None

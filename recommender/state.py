@@ -50,6 +50,11 @@ class IndexState:
                           dict(self.by_id), self.lexical.clone(), self.entities.clone(), self.titles.clone(),
                           self.timeline.clone())
 
+    def warm(self) -> None:
+        """Build what the first search would build: the inverted indexes of BM25."""
+        for lexical in (self.lexical, self.entities, self.titles):
+            lexical.warm()
+
     def set_info(self, info: ArticleInfo, term_text: str, entity_text: str) -> None:
         old = self.infos.get(info.num)
         if old is not None and old.id != info.id:
