@@ -15,6 +15,7 @@ Python object per document would take gigabytes at a million articles.
 from __future__ import annotations
 
 import json
+import mmap
 import os
 import tempfile
 import uuid
@@ -65,6 +66,16 @@ class _Base:
         arrays = {name: np.load(directory / f"base-{token}" / f"{name}.npy", mmap_mode="r").view(np.ndarray)
                   for name in cls.ARRAYS}
         return cls(**arrays, token=token)
+
+    def release(self) -> None:
+        """Let the kernel drop the pages of the files this base maps (they are read back
+        on demand): once the inverted index is built from them, a server that mostly
+        serves precomputed lists touches few of them, yet they counted as its memory."""
+        for name in self.ARRAYS:
+            mapped = getattr(getattr(self, name), "base", None)
+            mapping = getattr(mapped, "_mmap", None)
+            if mapping is not None and hasattr(mapping, "madvise"):
+                mapping.madvise(mmap.MADV_DONTNEED)
 
     @classmethod
     def empty(cls) -> "_Base":
@@ -317,7 +328,9 @@ class LexicalIndex:
         return query
 
     def warm(self) -> None:
+        """Build the inverted index now, then release the pages of the base it was read from."""
         self._current_postings()
+        self._base.release()
 
     def _current_postings(self) -> "_Postings":
         """The inverted index, rebuilt in bulk once the documents changed since its
