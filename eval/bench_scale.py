@@ -141,7 +141,9 @@ def precompute(data: Path, sample: list[str], per_size: int, workers: int) -> di
     load_s = time.perf_counter() - started
     lists = engine.lists_for(state)
     todo = engine.upkeep.missing(state, lists)
-    if per_size:
+    if per_size < 0:  # keep the earlier run's figures: only the lists served below
+        todo = sorted({state.by_id[i] for i in sample} & set(todo))
+    elif per_size:
         rng = random.Random(3)
         wanted = {state.by_id[i] for i in sample}
         todo = sorted(wanted | set(rng.sample(todo, min(per_size, len(todo)))) & set(todo))
@@ -251,8 +253,8 @@ def bench_size(size: int, args) -> dict:
     upgraded = prepare_index(data, args.rebuild_index)
     if upgraded is not None:
         result["index_upgrade_s"] = upgraded
-    computed = precompute(data, sample, args.precompute_sample, args.workers)
-    if computed["lists_computed"] == 0 and args.previous.get(size):  # a rerun: every list exists already
+    computed = precompute(data, sample, -1 if args.keep_precompute else args.precompute_sample, args.workers)
+    if (computed["lists_computed"] == 0 or args.keep_precompute) and args.previous.get(size):  # a rerun
         carried = ("lists_computed", "lists_per_s", "precompute_min", "precompute_extrapolated")
         computed.update({key: args.previous[size][key] for key in carried if key in args.previous[size]})
     result.update(computed)
@@ -309,6 +311,8 @@ def main() -> None:
     parser.add_argument("--precompute-sample", type=int, default=0, metavar="N",
                         help="compute N lists and extrapolate the archive's time (0: compute them all)")
     parser.add_argument("--requests", type=int, default=3000, help="sequential HTTP requests per size")
+    parser.add_argument("--keep-precompute", action="store_true",
+                        help="keep the precompute figures of the last run (compute only the lists served)")
     parser.add_argument("--rebuild-index", action="store_true",
                         help="rebuild each archive's index with the current settings (RECOMMENDER_ANN__*)")
     args = parser.parse_args()
