@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import threading
+from datetime import datetime, timezone
 from dataclasses import dataclass
 from typing import Iterable, Iterator
 
@@ -155,8 +156,6 @@ def last_stored_list(store: Store, key: str, num: int, k: int, filters: Filters)
     """The list last stored for an article, even if changes since have not reached it
     yet, without its deleted and filtered-out items: what a server still loading its
     index serves. None when there is none or too few items remain."""
-    from datetime import datetime, timezone
-
     row = store.list_row(key, num)
     if row is None:
         return None
