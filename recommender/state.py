@@ -133,9 +133,20 @@ class Indexes:
         else:
             for info, term_text, entity_text, _ in self.store.index_rows(self.model, with_vectors=False):
                 state.set_info(info, term_text, entity_text)
+            self._keep_lexical(state)
         state.timeline.settle()
         self.catch_up(state)
         return state
+
+    def _keep_lexical(self, state: IndexState) -> None:
+        """Save what was just parsed (a version saved by an earlier release, or damaged), so
+        the next start reads it back. It reflects the store as it is now, at least the
+        version's last change: the catch-up from that change then converges as usual."""
+        try:
+            with self.versions.save_lock(state.version):
+                save_lexical(self.versions.path(state.version), state, state.meta.applied_seq)
+        except OSError as exc:
+            log.warning("could not save the lexical index of %s (%s); the next start parses again", state.version, exc)
 
     def build_state(self, version: str, dimension: int) -> IndexState:
         """A full in-memory index for this model from the store's vectors."""

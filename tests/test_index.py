@@ -256,8 +256,10 @@ def test_a_restart_reads_the_saved_lexical_indexes_and_ranks_as_if_it_had_parsed
     Engine(settings, embedder=CountingEmbedder()).indexes.save(state)  # a later save: the base stays
     again, state = live_lists()  # the save took late-1 in: read back as a change beside the same base
     assert state.lexical._base.token == base and state.by_id["late-1"] in state.lexical._docs
-    shutil.rmtree(settings.index_dir / "v1" / LEXICAL_DIR)
+    shutil.rmtree(settings.index_dir / "v1" / LEXICAL_DIR)  # as a version saved by an earlier release
     parsed, state = live_lists()
     assert not isinstance(state.lexical._base.ids.base, np.memmap)
     assert again == parsed and any(parsed)
+    reread, state = live_lists()  # the parse was saved: the next start reads it back
+    assert isinstance(state.lexical._base.ids.base, np.memmap) and reread == parsed
     assert [[i[::2] for i in items] for items in read_back] == [[i[::2] for i in items] for items in parsed]
