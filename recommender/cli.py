@@ -329,7 +329,8 @@ def stats(settings, as_json):
     refreshed = store.lists_refreshed_seq(lists_key(active, profile)) if active else None
     behind = len(store.changed_between(refreshed, found.last_change)) if refreshed is not None else 0
     if as_json:
-        data = asdict(found) | {"active_version": active, "versions": [asdict(m) | {"tombstones": len(m.tombstones)} for m in versions.metas()],
+        listed = [asdict(m) | {"tombstones": len(m.tombstones)} for m in versions.metas()]
+        data = asdict(found) | {"active_version": active, "versions": listed,
                                 "ranking_profile": profile, "lists_pending": behind}
         click.echo(to_json(data))
         return
