@@ -43,16 +43,17 @@ SECTIONS = 12
 YEARS = 5
 
 
-def synthetic_archive(path: Path, size: int, seed: int = 0) -> list[list[str]]:
+def synthetic_archive(path: Path | None, size: int, seed: int = 0) -> list[list[str]]:
     """Write `size` articles as stories of 8 to 12 pieces over a few days, across
-    five years; return the stories (lists of ids, oldest first)."""
+    five years (to `path`; None: only the stories, of an archive built before);
+    return the stories (lists of ids, oldest first)."""
     rng = random.Random(seed)
     topics = [[word(rng) for _ in range(40)] for _ in range(1000)]
     common = [word(rng) for _ in range(800)]
     start = time.mktime((2021, 1, 1, 0, 0, 0, 0, 0, -1))
     stories: list[list[str]] = []
     n = 0
-    with path.open("w") as out:
+    with (path.open("w") if path else open(os.devnull, "w")) as out:
         while n < size:
             topic = rng.randrange(len(topics))
             names = [word(rng).capitalize() for _ in range(3)]
@@ -83,9 +84,9 @@ def build(size: int, workdir: Path) -> tuple[Path, list[list[str]], dict]:
 
     data, corpus = workdir / f"data-{size}", workdir / f"corpus-{size}.jsonl"
     done = workdir / f"ingest-{size}.json"
-    stories = synthetic_archive(corpus, size)
     if done.exists() and (data / "store.sqlite").exists():
-        return data, stories, json.loads(done.read_text())
+        return data, synthetic_archive(None, size), json.loads(done.read_text())
+    stories = synthetic_archive(corpus, size)
     started = time.perf_counter()
     Engine(Settings(data_dir=data, model=MODEL)).ingest([str(corpus)], progress=True, precompute=False)
     ingest_s = time.perf_counter() - started

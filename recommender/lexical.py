@@ -33,7 +33,13 @@ COMMON_SHARE, COMMON_MIN_DOCS = 0.02, 1000  # a term in more documents than both
 FOLD_MIN = 20_000  # changed documents kept apart before they are folded into the base
 
 Doc = tuple[np.ndarray, np.ndarray]  # (term ids, counts)
-EMPTY: Doc = (np.zeros(0, dtype=np.int32), np.zeros(0, dtype=np.int32))
+
+
+def ranges(starts: np.ndarray, sizes: np.ndarray) -> np.ndarray:
+    """The positions start, start + 1, ... of each (start, size) run, runs one after the
+    other: the entries of many rows of a CSR gathered in one step."""
+    offsets = np.concatenate([[0], np.cumsum(sizes)])[:-1]
+    return np.arange(int(np.sum(sizes))) + np.repeat(starts - offsets, sizes)
 
 
 class _Base:
@@ -107,9 +113,8 @@ class _Base:
         counts = np.concatenate([self.counts[entries]] + [d[1] for d in docs.values()]).astype(np.int32)
         starts = np.concatenate([[0], np.cumsum(sizes)])[:-1]
         order = np.argsort(nums, kind="stable")
+        take = ranges(starts[order], sizes[order])
         indptr = np.concatenate([[0], np.cumsum(sizes[order])]).astype(np.int64)
-        # Entry j of the output comes from its row's start in the input plus its offset in the row.
-        take = np.arange(indptr[-1]) + np.repeat(starts[order] - indptr[:-1], sizes[order])
         return _Base(nums[order], indptr, ids[take], counts[take])
 
 
@@ -253,8 +258,7 @@ class LexicalIndex:
         in_base = (base.nums[at] == nums) & ~changed if len(base.nums) else np.zeros(len(nums), dtype=bool)
         rows = at[in_base]
         starts, sizes = base.indptr[rows], base.indptr[rows + 1] - base.indptr[rows]
-        offsets = np.concatenate([[0], np.cumsum(sizes)])[:-1]
-        take = np.arange(int(sizes.sum())) + np.repeat(starts - offsets, sizes)
+        take = ranges(starts, sizes)
         parts = [(base.ids[take], base.counts[take], np.repeat(np.flatnonzero(in_base), sizes))]
         for i in np.flatnonzero(changed):
             doc = self._docs.get(int(nums[i]))
@@ -416,10 +420,9 @@ class _Postings:
         terms, weights = terms[known], weights[known]
         if len(terms) == 0 or len(self.nums) == 0:
             return np.zeros(0, dtype=np.int64), np.zeros(0)
-        starts, ends = self.counts.indptr[terms], self.counts.indptr[terms + 1]
-        sizes = ends - starts
-        offsets = np.concatenate([[0], np.cumsum(sizes)])[:-1]
-        take = np.arange(int(sizes.sum())) + np.repeat(starts - offsets, sizes)
+        starts = self.counts.indptr[terms]
+        sizes = self.counts.indptr[terms + 1] - starts
+        take = ranges(starts, sizes)
         rows, tf = self.counts.indices[take], self.counts.data[take].astype(np.float64)
         bm25 = np.repeat(weights, sizes) * tf * (K1 + 1) / (tf + K1 * (1 - B + B * self.lengths[rows] / avgdl))
         if len(rows) * 8 > len(self.nums):  # common terms: summing over every document beats sorting

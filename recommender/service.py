@@ -136,8 +136,8 @@ class Service:
 
     def _engine(self) -> Engine:
         """The serving engine; while warming, the one whose index is loading (its store serves)."""
-        cold = self._cold
-        return cold if self._snapshot is None and cold is not None and self.warming else self.snapshot.engine
+        cold = self._cold  # read once: the loader clears it when it is done
+        return cold if cold is not None and self.warming else self.snapshot.engine
 
     CATCH_UP_CHUNK = 200  # changes applied per hold of the write lock when catching up others' writes
 
@@ -206,7 +206,7 @@ class Service:
     # --- reads ----------------------------------------------------------------
 
     def related(self, article_id: str, k: int, filters: Filters, diversity: float | None = None) -> Related:
-        if self._snapshot is None and self.warming:
+        if self.warming:
             return self._while_warming(article_id, k, filters, diversity)
         snap = self.snapshot
         num = snap.state.by_id.get(article_id)

@@ -169,3 +169,11 @@ def test_related_ranks_live_when_the_lists_are_behind_the_store(run, stories, tm
                                          "Ucraina și Rusia au semnat armistițiul pe mare; porturile exportă cereale.",
                                          "2025-04-03T10:00:00+00:00"))])  # stored; no list knows it yet
     assert "ukr-4" in [i["id"] for i in json.loads(run("related", "ukr-3", "--json").stdout)]
+
+
+def test_a_bad_index_or_warm_start_setting_is_one_line(tmp_path, stories):
+    for name, value, field in (("RECOMMENDER_ANN__KIND", "fast", "ann.kind"),
+                               ("RECOMMENDER_WARM_AFTER_SECONDS", "-1", "warm_after_seconds")):
+        result = CliRunner().invoke(main, ["ingest", str(stories)], env={"RECOMMENDER_DATA_DIR": str(tmp_path), name: value})
+        assert result.exit_code == 1 and result.output.startswith(f"error: invalid setting: {field}"), result.output
+        assert not (tmp_path / "store.sqlite").exists()  # refused before anything was written
