@@ -28,7 +28,7 @@ WINDOW_LIMIT = 2  # the time source scores at most this many times its share, th
 MARGIN = 16  # fetched beyond a source's share, for the seed and filtered-out articles: one search, not two
 CLOSEST = 0.25  # share of the time source taken by closeness alone, before similarity picks the rest
 
-Accept = Callable[[int], bool]
+Accept = Callable[[np.ndarray], np.ndarray]  # nums -> which of them a list may show
 
 
 @dataclass(frozen=True)
@@ -63,15 +63,21 @@ def dense(state: IndexState, vector: np.ndarray, accept: Accept, wanted: int,
     enough pass or the whole index has been seen."""
     fetch = fetch_size(wanted)
     if nearest is not None:
-        ok = [int(n) for n in nearest if n >= 0 and accept(int(n))]
+        ok = _passing(nearest, accept)
         if len(ok) >= wanted or len(nearest) >= state.vectors.count:
-            return np.asarray(ok[:wanted], dtype=np.int64)
+            return ok[:wanted]
     while True:
         _, nums = state.vectors.search(vector, fetch)
-        ok = [int(n) for n in nums[0] if n >= 0 and accept(int(n))]
+        ok = _passing(nums[0], accept)
         if len(ok) >= wanted or fetch >= state.vectors.count:
-            return np.asarray(ok[:wanted], dtype=np.int64)
+            return ok[:wanted]
         fetch *= 4
+
+
+def _passing(nums: np.ndarray, accept: Accept) -> np.ndarray:
+    nums = np.asarray(nums, dtype=np.int64)
+    nums = nums[nums >= 0]
+    return nums[accept(nums)]
 
 
 def bm25(lexical: LexicalIndex, query, accept: Accept, wanted: int) -> np.ndarray:
@@ -80,9 +86,9 @@ def bm25(lexical: LexicalIndex, query, accept: Accept, wanted: int) -> np.ndarra
     fetch = wanted + MARGIN
     while True:
         _, nums = lexical.search(query, fetch)
-        ok = [int(n) for n in nums if accept(int(n))]
+        ok = _passing(nums, accept)
         if len(ok) >= wanted or len(nums) < fetch:
-            return np.asarray(ok[:wanted], dtype=np.int64)
+            return ok[:wanted]
         fetch *= 4
 
 
@@ -94,7 +100,8 @@ def around(state: IndexState, vector: np.ndarray, when: float | None, accept: Ac
         return np.zeros(0, dtype=np.int64)
     nums = state.timeline.window(when, window_days * DAY, 0.0 if past_only else window_days * DAY,
                                  WINDOW_LIMIT * wanted)  # closest in time first
-    nums = np.asarray([n for n in nums.tolist() if n in state.vectors and accept(n)], dtype=np.int64)
+    nums = np.asarray(nums, dtype=np.int64)
+    nums = nums[state.vectors.has(nums) & accept(nums)]
     if len(nums) <= wanted:
         return nums
     closest, rest = nums[: int(wanted * CLOSEST)], nums[int(wanted * CLOSEST):]

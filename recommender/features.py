@@ -62,13 +62,12 @@ class Pairs:
 
 def compute(state: IndexState, nums: np.ndarray, vector: np.ndarray, seed: SeedTerms,
             when: float | None, section: str | None, tags: tuple[str, ...]) -> Pairs:
-    infos = [state.infos[int(n)] for n in nums]
     dense = rescale(state.vectors.reconstruct(nums) @ vector, state.meta.random_pair_mean)
     lexical = normalized_bm25(state.lexical, seed.text, nums)
-    times = np.array([i.published_at.timestamp() if i.published_at else np.nan for i in infos])
+    times = state.columns.when[nums]
     undated = np.isnan(times) | (when is None)
     days = np.where(undated, 0.0, (times - (when or 0.0)) / DAY)
-    section = fold(section or "").strip()
+    section = state.columns.section_code(fold(section or "").strip())
     seed_tags = {fold(t) for t in tags}
     columns = {
         "dense": dense,
@@ -80,9 +79,8 @@ def compute(state: IndexState, nums: np.ndarray, vector: np.ndarray, seed: SeedT
         "log_days": np.log2(1 + np.abs(days) / 7),
         "after": (days > 0).astype(float),
         "undated": undated.astype(float),
-        "same_section": np.array([bool(section) and i.section_key == section for i in infos], dtype=float),
-        "tags": np.array([_jaccard(seed_tags, {fold(t) for t in i.tags}) if seed_tags and i.tags else 0.0
-                          for i in infos]),
+        "same_section": ((state.columns.section[nums] == section) & (section > 0)).astype(float),
+        "tags": _tags(state, nums, seed_tags),
     }
     columns.update(_derived(columns, np.where(undated, np.inf, np.abs(days))))
     return Pairs(nums, np.column_stack([columns[name] for name in FEATURES]) if len(nums) else
@@ -112,12 +110,21 @@ def normalized_bm25(lexical: LexicalIndex, seed_terms: list[str], nums: np.ndarr
     own = lexical.score_terms(query, seed_terms)
     if own <= 0 or len(nums) == 0:
         return np.zeros(len(nums))
-    return np.minimum(lexical.score(query, nums.tolist()) / own, 1.0)
+    return np.minimum(lexical.score(query, nums) / own, 1.0)
 
 
 def _z(values: np.ndarray) -> np.ndarray:
     std = values.std() if len(values) else 0.0
     return (values - values.mean()) / std if std > 0 else np.zeros(len(values))
+
+
+def _tags(state: IndexState, nums: np.ndarray, seed_tags: set[str]) -> np.ndarray:
+    """The Jaccard overlap of each candidate's tags with the seed's."""
+    if not seed_tags:
+        return np.zeros(len(nums))
+    tags = (state.infos[int(n)].tags for n in nums)
+    return np.fromiter((_jaccard(seed_tags, {fold(t) for t in t_}) if t_ else 0.0 for t_ in tags), dtype=float,
+                       count=len(nums))
 
 
 def _jaccard(a: set[str], b: set[str]) -> float:

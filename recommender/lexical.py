@@ -25,11 +25,17 @@ from typing import Iterable
 
 import numpy as np
 
+from recommender.columns import ABSENT, RowMap
+
 K1 = 1.2
 B = 0.75
 REBUILD_MIN = 1000  # changed documents scored directly before the inverted index is rebuilt
 MLT_MAX_TERMS = 25  # like Lucene's More-Like-This: the seed's 25 most telling terms
 COMMON_SHARE, COMMON_MIN_DOCS = 0.02, 1000  # a term in more documents than both drives no search
+# ... nor one in more than this many, whatever the archive's size (like More-Like-This's
+# max_doc_freq, a count): a story is a dozen articles, so a term in thousands does not
+# find it, and without the cap a search's cost grew with the archive (eval/bench_scale.py).
+COMMON_MAX_DOCS = 5000
 FOLD_MIN = 20_000  # changed documents kept apart before they are folded into the base
 
 Doc = tuple[np.ndarray, np.ndarray]  # (term ids, counts)
@@ -51,6 +57,16 @@ class _Base:
                  token: str | None = None):
         self.nums, self.indptr, self.ids, self.counts = nums, indptr, ids, counts
         self.token = token or uuid.uuid4().hex  # names its files: a base is written once
+        self._rows: RowMap | None = None
+
+    def rows(self, nums: np.ndarray) -> np.ndarray:
+        """The row of each of `nums`, ABSENT for those not in the base."""
+        return self._row_map().rows(nums)
+
+    def _row_map(self) -> RowMap:
+        if self._rows is None:  # a race builds it twice, to the same result
+            self._rows = RowMap(np.asarray(self.nums))
+        return self._rows
 
     @classmethod
     def of(cls, docs: dict[int, Doc]) -> "_Base":
@@ -88,8 +104,8 @@ class _Base:
         return cls(np.zeros(0, np.int64), np.zeros(1, np.int64), np.zeros(0, np.int32), np.zeros(0, np.int32))
 
     def row(self, num: int) -> int | None:
-        at = int(np.searchsorted(self.nums, num))
-        return at if at < len(self.nums) and self.nums[at] == num else None
+        row = self._row_map().row(num)
+        return None if row == ABSENT else row
 
     def doc(self, row: int) -> Doc:
         lo, hi = self.indptr[row], self.indptr[row + 1]
@@ -254,8 +270,8 @@ class LexicalIndex:
                 self._changed_nums = np.sort(np.fromiter(self._docs.keys() | self._gone, dtype=np.int64))
             known = self._changed_nums
             changed = known[np.minimum(np.searchsorted(known, nums), len(known) - 1)] == nums
-        at = np.minimum(np.searchsorted(base.nums, nums), max(len(base.nums) - 1, 0))
-        in_base = (base.nums[at] == nums) & ~changed if len(base.nums) else np.zeros(len(nums), dtype=bool)
+        at = base.rows(nums)
+        in_base = (at != ABSENT) & ~changed
         rows = at[in_base]
         starts, sizes = base.indptr[rows], base.indptr[rows + 1] - base.indptr[rows]
         take = ranges(starts, sizes)
@@ -293,7 +309,14 @@ class LexicalIndex:
 
     def terms_of(self, num: int) -> list[str]:
         doc = self.doc(num)
-        return [] if doc is None else [self._terms[i] for i in doc[0]]
+        return [] if doc is None else [self._terms[i] for i in doc[0].tolist()]
+
+    def bag_of(self, num: int) -> list[str] | None:
+        """The terms a document was added with, each as often, in another order (what
+        `query` and `score_terms` read); None when it is not in the index."""
+        doc = self.doc(num)
+        return None if doc is None else [self._terms[i] for i, c in zip(doc[0].tolist(), doc[1].tolist())
+                                         for _ in range(c)]
 
     def idf_of(self, terms: Iterable[str]) -> dict[str, float]:
         known = sorted({t for t in terms if self.vocab.get(t, self._known) < self._known})
@@ -326,7 +349,7 @@ class LexicalIndex:
         """The query without terms that most of the archive's postings belong to (like
         More-Like-This's max_doc_freq): they barely move BM25, yet at a million articles
         scanning them is most of a search. Candidates are still scored on every term."""
-        common = self._df[query[0]] > max(COMMON_MIN_DOCS, COMMON_SHARE * self._count)
+        common = self._df[query[0]] > min(max(COMMON_MIN_DOCS, COMMON_SHARE * self._count), COMMON_MAX_DOCS)
         if common.any() and not common.all():
             return query[0][~common], query[1][~common]
         return query

@@ -66,7 +66,9 @@ def stored_seed(state: IndexState, store: Store, article_id: str, embed: Embed) 
         vector = state.vectors.reconstruct(np.array([num]))[0]
     else:  # stored but not embedded yet (an ingest was interrupted)
         vector = embed([text])[0]
-    seed_terms = SeedTerms(text_terms or terms(text), terms(info.title), state.entities.terms_of(num))
+    title_terms = state.titles.bag_of(num)  # stemming the headline again costs more than the rest of a seed
+    seed_terms = SeedTerms(text_terms or terms(text), terms(info.title) if title_terms is None else title_terms,
+                           state.entities.terms_of(num))
     return Seed(num, info.content_hash, vector, info.published_at, info.title, text, seed_terms, info.section,
                 info.tags)
 
@@ -114,7 +116,7 @@ def rank(state: IndexState, seed: Seed, filters: Filters, opts: RankingSettings,
     score = 1.0 / (1.0 + np.exp(-np.clip(linear, -50, 50)))  # rank_score: the same order, in (0, 1)
     seed_title = title_key(seed.title)
     keep = (relevance_ >= opts.min_score) & (dense < opts.duplicate_threshold)
-    keep &= np.array([state.infos[int(n)].title_key != seed_title for n in pairs.nums], dtype=bool)
+    keep &= state.columns.title[pairs.nums] != seed_title
     nums, relevance_, score, linear = pairs.nums[keep], relevance_[keep], score[keep], linear[keep]
     if len(nums) == 0:
         return []
@@ -172,15 +174,13 @@ def relevance(state: IndexState, seed: Seed, filters: Filters, k: int,
     return nums, dense, (1 - lexical_weight) * dense + lexical_weight * lexical
 
 
-def _acceptor(state: IndexState, seed: Seed, filters: Filters, reference: datetime):
-    if filters == NO_FILTERS:  # the precomputed lists: a set lookup, not a date check per candidate
-        infos, own, content = state.infos, seed.num, seed.content_hash
-        return lambda num: num != own and (info := infos.get(num)) is not None and info.content_hash != content
-
-    def accept(num: int) -> bool:
-        info = state.infos.get(num)
-        return (info is not None and num != seed.num and info.content_hash != seed.content_hash
-                and filters.accepts(info, reference))
+def _acceptor(state: IndexState, seed: Seed, filters: Filters, reference: datetime) -> candidates.Accept:
+    def accept(nums: np.ndarray) -> np.ndarray:
+        ok = state.columns.others(nums, seed.num, seed.content_hash)
+        if filters != NO_FILTERS:  # a request's filters; the precomputed lists have none
+            for i in np.flatnonzero(ok):
+                ok[i] = filters.accepts(state.infos[int(nums[i])], reference)
+        return ok
 
     return accept
 

@@ -18,6 +18,7 @@ from typing import Iterable
 import numpy as np
 
 from recommender.articles import ArticleInfo
+from recommender.columns import Columns
 from recommender.errors import IndexMismatch, NoIndex
 from recommender.index import IndexMeta, VectorIndex, atomic_write, now_iso
 from recommender.lexical import LexicalIndex
@@ -43,12 +44,13 @@ class IndexState:
     entities: LexicalIndex = field(default_factory=LexicalIndex)  # ... over the named entities
     titles: LexicalIndex = field(default_factory=LexicalIndex)  # ... over the headline's terms
     timeline: Timeline = field(default_factory=Timeline)
+    columns: Columns = field(default_factory=Columns)  # `infos` as arrays, for a list's few hundred candidates
 
     def clone(self) -> "IndexState":
         """A copy that can be changed while readers keep using this one."""
         return IndexState(self.version, replace(self.meta), self.vectors.clone(), dict(self.infos),
                           dict(self.by_id), self.lexical.clone(), self.entities.clone(), self.titles.clone(),
-                          self.timeline.clone())
+                          self.timeline.clone(), self.columns.clone())
 
     def warm(self) -> None:
         """Build what the first search would build: the inverted indexes of BM25."""
@@ -61,6 +63,7 @@ class IndexState:
             self.by_id.pop(old.id, None)
         self.infos[info.num] = info
         self.by_id[info.id] = info.num
+        self.columns.set(info)
         self.lexical.add(info.num, term_text.split())
         self.entities.add(info.num, entity_text.split())
         self.titles.add(info.num, terms(info.title))
@@ -73,6 +76,7 @@ class IndexState:
             info = self.infos.pop(num, None)
             if info is not None:
                 self.by_id.pop(info.id, None)
+            self.columns.remove(num)
             for lexical in (self.lexical, self.entities, self.titles):
                 lexical.remove(num)
             self.timeline.remove(num)
@@ -130,6 +134,7 @@ class Indexes:
                 state.infos[info.num] = info
                 state.by_id[info.id] = info.num
                 state.timeline.set(info.num, info.published_at.timestamp() if info.published_at else None)
+            state.columns = Columns.of(list(state.infos.values()))
         else:
             for info, term_text, entity_text, _ in self.store.index_rows(self.model, with_vectors=False):
                 state.set_info(info, term_text, entity_text)
@@ -214,11 +219,6 @@ def load_lexical(path: Path, applied_seq: int) -> tuple[LexicalIndex, LexicalInd
         if meta["applied_seq"] != applied_seq:
             return None
         return tuple(LexicalIndex.load(directory / name, meta["parts"][name]) for name in LEXICAL_PARTS)
-    except (OSError, ValueError, KeyError) as exc:
-        if not isinstance(exc, FileNotFoundError):
-            log.warning("lexical index in %s unreadable (%s); parsing the store instead", path, exc)
-        return None
-        return tuple(LexicalIndex.load(directory / name) for name in LEXICAL_PARTS)
     except (OSError, ValueError, KeyError) as exc:
         if not isinstance(exc, FileNotFoundError):
             log.warning("lexical index in %s unreadable (%s); parsing the store instead", path, exc)

@@ -44,18 +44,27 @@ class Timeline:
         """Nums published in [when - before, when + after] (seconds), closest to `when`
         first, at most `limit` of them."""
         times, nums = self._sorted if not self._pending else self.settle()
-        lo = np.searchsorted(times, when - before, side="left")
-        hi = np.searchsorted(times, when + after, side="right")
-        gaps = np.abs(times[lo:hi] - when)
+        lo = int(np.searchsorted(times, when - before, side="left"))
+        hi = int(np.searchsorted(times, when + after, side="right"))
         if limit <= 0:
             return nums[:0]
-        if limit < len(gaps):  # a month of a large archive holds thousands: sort only the closest
-            cut = np.partition(gaps, limit - 1)[limit - 1]
-            near = np.flatnonzero(gaps <= cut)
-            closest = near[np.argsort(gaps[near], kind="stable")][:limit]
-        else:
-            closest = np.argsort(gaps, kind="stable")
+        if limit < hi - lo:
+            lo, hi = self._closest_span(times, when, lo, hi, limit)
+        closest = np.argsort(np.abs(times[lo:hi] - when), kind="stable")[:limit]
         return nums[lo:hi][closest]
+
+    @staticmethod
+    def _closest_span(times: np.ndarray, when: float, lo: int, hi: int, limit: int) -> tuple[int, int]:
+        """A span of [lo, hi) holding its `limit` articles closest to `when` and every one
+        tied with them. Times are sorted, so they lie within `limit` places of `when`: a
+        month of a million-article archive is some 16,000 articles, and this sorts a few hundred."""
+        at = int(np.searchsorted(times, when))
+        a, b = max(lo, at - limit), min(hi, at + limit)
+        gaps = np.abs(times[a:b] - when)
+        cut = np.partition(gaps, limit - 1)[limit - 1] if limit < len(gaps) else gaps.max()
+        slack = 1e-3  # seconds: |t - when| rounds, so the span is widened by far more than that
+        return (max(lo, int(np.searchsorted(times, when - cut - slack, side="left"))),
+                min(hi, int(np.searchsorted(times, when + cut + slack, side="right"))))
 
     def settle(self) -> tuple[np.ndarray, np.ndarray]:
         """Sort in the pending changes. The writer calls it before a state is

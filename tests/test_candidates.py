@@ -108,9 +108,11 @@ def test_timeline_window_matches_a_scan_through_writes_and_clones():
     for tl, expected in ((timeline, at), (frozen, frozen_at)):
         got = tl.window(500.0, 100.0, 50.0, limit=10_000)
         assert sorted(got.tolist()) == sorted(n for n, t in expected.items() if 400 <= t <= 550)
-    nearest = timeline.window(500.0, 1000.0, 1000.0, limit=5)
-    assert len(nearest) == 5 and max(abs(at[int(n)] - 500) for n in nearest) <= min(
-        abs(t - 500) for n, t in at.items() if n not in set(nearest.tolist()))
+    for when, limit in ((500.0, 5), (500.0, 40), (3.0, 30), (997.5, 7), (250.0, 400)):
+        # closest first; ties by time, then by num: the order of the sorted timeline
+        expected = sorted((n for n, t in at.items() if when - 300 <= t <= when + 200),
+                          key=lambda n: (abs(at[n] - when), at[n], n))[:limit]
+        assert timeline.window(when, 300.0, 200.0, limit).tolist() == expected
 
 
 @pytest.fixture
@@ -173,3 +175,17 @@ def test_bm25_search_skips_terms_in_most_documents_but_scores_candidates_on_ever
     assert lexical.score(query, [7])[0] > lexical.score(query, [8])[0]  # while the scores count "comun"
     only_common = lexical.query(["comun"])
     assert lexical.search(only_common, 1)[1].tolist() == [7]  # a query of common terms alone keeps them
+
+
+def test_bm25_search_skips_a_term_in_more_documents_than_the_cap_however_large_the_archive(monkeypatch):
+    import recommender.lexical
+
+    monkeypatch.setattr(recommender.lexical, "COMMON_MIN_DOCS", 10)
+    monkeypatch.setattr(recommender.lexical, "COMMON_SHARE", 0.5)  # 100 of the 200 documents
+    lexical = LexicalIndex()
+    for n in range(200):  # "des" in 40 documents (20 %, under the share), "rar" in 4
+        lexical.add(n, (["des"] * (3 if n == 1 else 1) if n % 5 == 1 else []) + (["rar"] if n % 50 == 0 else []))
+    query = lexical.query(["des", "rar"])
+    assert 1 in lexical.search(query, 10)[1].tolist()  # under the share, "des" drives the search
+    monkeypatch.setattr(recommender.lexical, "COMMON_MAX_DOCS", 20)
+    assert lexical.search(query, 10)[1].tolist() == [0, 50, 100, 150]

@@ -121,6 +121,8 @@ def test_search_matches_numpy_through_compactions(random_vectors, monkeypatch, c
             index.upsert(nums, vecs)
             oracle.update({int(n): v for n, v in zip(nums, vecs)})
         assert index.count == len(oracle) and set(index.ids().tolist()) == set(oracle)
+        asked = np.arange(-2, 210)
+        assert index.has(asked).tolist() == [int(n) in oracle for n in asked]
     query = random_vectors[0]
     expected, expected_scores = brute_force(oracle, query, 10)
     scores, found = index.search(query, 10)
@@ -181,11 +183,12 @@ def test_hnsw_rows_replaced_or_deleted_never_come_back_even_after_a_save(tmp_pat
         assert found[:, 0].tolist() == nums[40:45].tolist()  # their new vectors, from the delta or the graph
 
     check(index)
+    assert index.has(nums).tolist() == [n >= 40 for n in nums]
     index.save(tmp_path / "v1", IndexMeta("v1", "m", 32, 0, "t"))
     meta = read_meta(tmp_path / "v1")
     assert meta.kind == "hnsw" and meta.count == 460 and len(meta.tombstones) == 45 and meta.recall_at_10 >= 0.9
     loaded, _ = VectorIndex.load(tmp_path / "v1", index.ann)
-    assert loaded.count == 460
+    assert loaded.count == 460 and loaded.has(nums).tolist() == [n >= 40 for n in nums]
     check(loaded)
     # A few writes later, a save leaves the graph's file alone and writes them beside it.
     graph_file = (tmp_path / "v1" / "index.faiss").stat().st_ino
