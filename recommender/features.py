@@ -50,6 +50,20 @@ class SeedTerms:
 
 
 @dataclass(frozen=True)
+class Queries:
+    """The seed's BM25 queries (its most telling terms) in each lexical index: the
+    candidate sources and the features ask the same, so they are computed once."""
+
+    text: tuple[np.ndarray, np.ndarray]
+    title: tuple[np.ndarray, np.ndarray]
+    entities: tuple[np.ndarray, np.ndarray]
+
+    @classmethod
+    def of(cls, state: IndexState, seed: SeedTerms) -> "Queries":
+        return cls(state.lexical.query(seed.text), state.titles.query(seed.title), state.entities.query(seed.entities))
+
+
+@dataclass(frozen=True)
 class Pairs:
     """The feature matrix of one seed's candidates."""
 
@@ -61,9 +75,10 @@ class Pairs:
 
 
 def compute(state: IndexState, nums: np.ndarray, vector: np.ndarray, seed: SeedTerms,
-            when: float | None, section: str | None, tags: tuple[str, ...]) -> Pairs:
+            when: float | None, section: str | None, tags: tuple[str, ...], queries: Queries | None = None) -> Pairs:
+    queries = queries or Queries.of(state, seed)
     dense = rescale(state.vectors.reconstruct(nums) @ vector, state.meta.random_pair_mean)
-    lexical = normalized_bm25(state.lexical, seed.text, nums)
+    lexical = normalized_bm25(state.lexical, seed.text, nums, queries.text)
     times = state.columns.when[nums]
     undated = np.isnan(times) | (when is None)
     days = np.where(undated, 0.0, (times - (when or 0.0)) / DAY)
@@ -74,8 +89,8 @@ def compute(state: IndexState, nums: np.ndarray, vector: np.ndarray, seed: SeedT
         "dense_z": _z(dense),
         "lexical": lexical,
         "lexical_z": _z(lexical),
-        "title": normalized_bm25(state.titles, seed.title, nums),
-        "entities": normalized_bm25(state.entities, seed.entities, nums),
+        "title": normalized_bm25(state.titles, seed.title, nums, queries.title),
+        "entities": normalized_bm25(state.entities, seed.entities, nums, queries.entities),
         "log_days": np.log2(1 + np.abs(days) / 7),
         "after": (days > 0).astype(float),
         "undated": undated.astype(float),
@@ -103,10 +118,11 @@ def _reciprocal_rank(values: np.ndarray) -> np.ndarray:
     return 1.0 / ranks
 
 
-def normalized_bm25(lexical: LexicalIndex, seed_terms: list[str], nums: np.ndarray) -> np.ndarray:
-    """BM25 of each candidate for the seed's top terms, over the seed's own score: 1 is as
-    close as the seed to itself."""
-    query = lexical.query(seed_terms)
+def normalized_bm25(lexical: LexicalIndex, seed_terms: list[str], nums: np.ndarray,
+                    query: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
+    """BM25 of each candidate for the seed's top terms (`query`, when computed already),
+    over the seed's own score: 1 is as close as the seed to itself."""
+    query = lexical.query(seed_terms) if query is None else query
     own = lexical.score_terms(query, seed_terms)
     if own <= 0 or len(nums) == 0:
         return np.zeros(len(nums))

@@ -92,13 +92,14 @@ class Explainer:
         if seed_terms is None or len(seed_terms) != len(pairs):
             seed_terms = stem_words([folded for _, folded in pairs])
         self.seed_terms = seed_terms
+        self.seed_set = frozenset(seed_terms)
         self.surface: dict[str, str] = {}
         for stem, (word, _) in zip(self.seed_terms, pairs):
             self.surface.setdefault(stem, word)
         self.idf = lexical.idf_of(self.seed_terms)
 
     def reason(self, num: int) -> str:
-        return shared_terms_reason(self.seed_terms, self.lexical.terms_of(num), self.idf, self.surface)
+        return shared_terms_reason(self.seed_set, self.lexical.terms_of(num), self.idf, self.surface)
 
 
 def rank(state: IndexState, seed: Seed, filters: Filters, opts: RankingSettings,
@@ -135,12 +136,12 @@ def rank(state: IndexState, seed: Seed, filters: Filters, opts: RankingSettings,
 
 
 def gather(state: IndexState, seed: Seed, filters: Filters, opts: RankingSettings,
-           nearest: np.ndarray | None = None) -> candidates.Candidates:
+           nearest: np.ndarray | None = None, queries: features.Queries | None = None) -> candidates.Candidates:
     """Every source's candidates for the seed that pass the filters."""
     reference = seed.published_at or datetime.now(timezone.utc)
     when = seed.published_at.timestamp() if seed.published_at and opts.time_prior else None
-    return candidates.gather(state, seed.vector, state.lexical.query(seed.terms.text),
-                             state.entities.query(seed.terms.entities), when,
+    queries = queries or features.Queries.of(state, seed.terms)
+    return candidates.gather(state, seed.vector, queries.text, queries.entities, when,
                              _acceptor(state, seed, filters, reference), opts.candidates, opts.window_days,
                              filters.past_only, nearest)
 
@@ -149,8 +150,9 @@ def candidate_pairs(state: IndexState, seed: Seed, filters: Filters, opts: Ranki
                     nearest: np.ndarray | None = None) -> features.Pairs:
     """The candidates and their features: what the profile's weights score."""
     when = seed.published_at.timestamp() if seed.published_at else None
-    found = gather(state, seed, filters, opts, nearest)
-    return features.compute(state, found.nums, seed.vector, seed.terms, when, seed.section, seed.tags)
+    queries = features.Queries.of(state, seed.terms)
+    found = gather(state, seed, filters, opts, nearest, queries)
+    return features.compute(state, found.nums, seed.vector, seed.terms, when, seed.section, seed.tags, queries)
 
 
 def score_pairs(pairs: features.Pairs, weights: dict[str, float], time_prior: bool = True) -> np.ndarray:
