@@ -388,7 +388,9 @@ class Store:
         sections = dict(conn.execute(
             "SELECT COALESCE(section, ''), COUNT(*) FROM articles GROUP BY section ORDER BY COUNT(*) DESC"
         ).fetchall())
-        first, last = conn.execute("SELECT MIN(published_ts), MAX(published_ts) FROM articles").fetchone()
+        # Two subqueries: each reads one end of the index, where MIN and MAX together scan it all.
+        first, last = conn.execute("SELECT (SELECT MIN(published_ts) FROM articles), "
+                                   "(SELECT MAX(published_ts) FROM articles)").fetchone()
         return StoreStats(self.count(), by_model, sections, _from_ts(first), _from_ts(last), self.last_change())
 
     # --- precomputed lists ----------------------------------------------------
