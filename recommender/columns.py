@@ -108,7 +108,8 @@ class Columns:
         """Which of `nums` are stored articles other than `own` with a text other than
         `content_hash`'s: what any list may show of a seed."""
         out = self.has(nums)
-        out[out] = (nums[out] != (-1 if own is None else own)) & (self.content[nums[out]] != content_code(content_hash))
+        kept = nums[out]
+        out[out] = (kept != (-1 if own is None else own)) & (self.content[kept] != content_code(content_hash))
         return out
 
     def _code(self, key: str) -> int:

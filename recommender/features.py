@@ -138,9 +138,8 @@ def _tags(state: IndexState, nums: np.ndarray, seed_tags: set[str]) -> np.ndarra
     """The Jaccard overlap of each candidate's tags with the seed's."""
     if not seed_tags:
         return np.zeros(len(nums))
-    tags = (state.infos[int(n)].tags for n in nums)
-    return np.fromiter((_jaccard(seed_tags, {fold(t) for t in t_}) if t_ else 0.0 for t_ in tags), dtype=float,
-                       count=len(nums))
+    overlaps = (_jaccard(seed_tags, {fold(tag) for tag in state.infos[int(n)].tags}) for n in nums)
+    return np.fromiter(overlaps, dtype=float, count=len(nums))
 
 
 def _jaccard(a: set[str], b: set[str]) -> float:

@@ -145,7 +145,7 @@ class VectorIndex:
         delta, dead = self._sorted()
         found = rows.rows(nums) >= 0
         if len(dead):
-            found &= ~np.isin(nums, dead, assume_unique=False)
+            found &= ~np.isin(nums, dead)
         if len(delta):
             found |= np.isin(nums, delta)
         return found
