@@ -89,11 +89,11 @@ class _Base:
                   for name in cls.ARRAYS}
         return cls(**arrays, token=token)
 
-    def release(self) -> None:
+    def release(self, names: Iterable[str] = ARRAYS) -> None:
         """Let the kernel drop the pages of the files this base maps (they are read back
         on demand): once the inverted index is built from them, a server that mostly
         serves precomputed lists touches few of them, yet they counted as its memory."""
-        for name in self.ARRAYS:
+        for name in names:
             mapped = getattr(getattr(self, name), "base", None)
             mapping = getattr(mapped, "_mmap", None)
             if mapping is not None and hasattr(mapping, "madvise"):
@@ -119,19 +119,24 @@ class _Base:
         return keep
 
     def merged(self, gone: set[int], docs: dict[int, Doc]) -> "_Base":
-        """A new base: this one without `gone`, plus `docs`."""
+        """A new base: this one without `gone`, then `docs`. Its entries are written once
+        into arrays of their final size (rows are not sorted by num: a RowMap finds them),
+        since at a million articles each copy is 200 MB and they all counted at once."""
         keep = self.alive(gone)
         lengths = np.diff(self.indptr)
-        entries = np.repeat(keep, lengths)
-        nums = np.concatenate([self.nums[keep], np.fromiter(docs.keys(), dtype=np.int64, count=len(docs))])
         sizes = np.concatenate([lengths[keep], [len(d[0]) for d in docs.values()]]).astype(np.int64)
-        ids = np.concatenate([self.ids[entries]] + [d[0] for d in docs.values()]).astype(np.int32)
-        counts = np.concatenate([self.counts[entries]] + [d[1] for d in docs.values()]).astype(np.int32)
-        starts = np.concatenate([[0], np.cumsum(sizes)])[:-1]
-        order = np.argsort(nums, kind="stable")
-        take = ranges(starts[order], sizes[order])
-        indptr = np.concatenate([[0], np.cumsum(sizes[order])]).astype(np.int64)
-        return _Base(nums[order], indptr, ids[take], counts[take])
+        kept = int(sizes[: int(keep.sum())].sum())
+        ids, counts = np.empty(int(sizes.sum()), dtype=np.int32), np.empty(int(sizes.sum()), dtype=np.int32)
+        for source, out, part in ((self.ids, ids, 0), (self.counts, counts, 1)):
+            if keep.all():
+                out[:kept] = source
+            else:
+                np.compress(np.repeat(keep, lengths), source, out=out[:kept])
+            if docs:
+                out[kept:] = np.concatenate([d[part] for d in docs.values()])
+            self.release([self.ARRAYS[2 + part]])  # copied: while the other is, these pages need not count too
+        nums = np.concatenate([self.nums[keep], np.fromiter(docs.keys(), dtype=np.int64, count=len(docs))])
+        return _Base(nums, np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64), ids, counts)
 
 
 class LexicalIndex:
@@ -414,27 +419,31 @@ class _Postings:
     time on the query terms' entries only, with the current statistics, so it is
     exact. Never changed in place: a write makes a new one sharing the matrix."""
 
-    def __init__(self, nums: np.ndarray, counts, lengths: np.ndarray, dead: np.ndarray, delta: frozenset[int]):
+    def __init__(self, nums: np.ndarray, counts, lengths: np.ndarray, dead: np.ndarray, delta: frozenset[int],
+                 rows: RowMap):
         self.nums, self.counts, self.lengths = nums, counts, lengths
-        self.dead, self.delta = dead, delta
+        self.dead, self.delta, self.rows = dead, delta, rows
 
     @classmethod
     def build(cls, base: _Base, vocabulary: int) -> "_Postings":
         from scipy.sparse import csr_matrix
 
         # Counts as uint16, not floats: the postings of a million articles are 54 million entries.
-        counts = np.minimum(np.asarray(base.counts), np.iinfo(np.uint16).max).astype(np.uint16)
+        # Clipped into their final array (np.minimum alone made a 200 MB int32 copy first).
+        counts = np.empty(len(base.counts), dtype=np.uint16)
+        np.minimum(base.counts, np.iinfo(np.uint16).max, out=counts, casting="unsafe")
         rows = csr_matrix((counts, np.asarray(base.ids), np.asarray(base.indptr)), shape=(len(base.nums), vocabulary))
         lengths = np.asarray(rows.sum(axis=1, dtype=np.float64)).ravel()
-        return cls(np.asarray(base.nums), rows.tocsc(), lengths, np.zeros(len(base.nums), dtype=bool), frozenset())
+        nums = np.asarray(base.nums)
+        return cls(nums, rows.tocsc(), lengths, np.zeros(len(nums), dtype=bool), frozenset(), RowMap(nums))
 
     def changed(self, num: int) -> "_Postings":
         dead = self.dead
-        at = int(np.searchsorted(self.nums, num))
-        if at < len(self.nums) and self.nums[at] == num and not dead[at]:
+        at = self.rows.row(num)
+        if at != ABSENT and not dead[at]:
             dead = dead.copy()
             dead[at] = True
-        return _Postings(self.nums, self.counts, self.lengths, dead, self.delta | {num})
+        return _Postings(self.nums, self.counts, self.lengths, dead, self.delta | {num}, self.rows)
 
     def scores(self, terms: np.ndarray, weights: np.ndarray, avgdl: float) -> tuple[np.ndarray, np.ndarray]:
         """(nums, BM25) of the documents of the matrix holding any of `terms` (distinct,
