@@ -26,6 +26,8 @@ from recommender.store import Store
 
 SAVE_EVERY = 500  # lists written to the store per transaction
 SEARCH_BATCH = 64  # seeds whose nearest neighbours are searched in one call
+# Stored lists read at start per step: a million at once, as Python lists, took half a GB.
+REMEMBER_BATCH = 20_000
 
 
 @dataclass(frozen=True)
@@ -77,7 +79,12 @@ class RelatedLists:
         self._items = np.full((0, width), -1, dtype=np.int32)  # row num: the nums its list shows
         self._has = np.zeros(0, dtype=bool)  # row num: its list is stored (it may be empty)
         self._lock = threading.Lock()
-        rows = [(num, [item[0] for item in json.loads(items)[:width]]) for num, items, _ in store.list_rows(self.key)]
+        rows: list[tuple[int, list[int]]] = []
+        for num, items, _ in store.list_rows(self.key):
+            rows.append((num, [item[0] for item in json.loads(items)[:width]]))
+            if len(rows) == REMEMBER_BATCH:
+                self._remember(rows)
+                rows = []
         self._remember(rows)
 
     def _remember(self, rows: list[tuple[int, list[int]]]) -> None:

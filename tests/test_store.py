@@ -112,9 +112,12 @@ def test_a_file_that_is_not_a_store_is_refused(tmp_path):
         Store(path)
 
 
-def test_related_lists_live_in_the_store_and_memory_keeps_only_who_shows_whom(tmp_path):
+def test_related_lists_live_in_the_store_and_memory_keeps_only_who_shows_whom(tmp_path, monkeypatch):
+    import recommender.lists
     from recommender.lists import CachedItem, RelatedLists
     from recommender.store import Store
+
+    monkeypatch.setattr(recommender.lists, "REMEMBER_BATCH", 2)  # a restart reads them back in steps
 
     store = Store(tmp_path / "store.sqlite")
     lists = RelatedLists(store, "v1", "default", width=3)
@@ -127,6 +130,7 @@ def test_related_lists_live_in_the_store_and_memory_keeps_only_who_shows_whom(tm
     assert lists.containing([2, 3]) == {500} and lists.get(1) is None
     reopened = RelatedLists(Store(tmp_path / "store.sqlite"), "v1", "default", width=3)
     assert reopened.containing([1]) == {2, 500} and len(reopened) == 3
+    assert reopened.containing([3]) == {500} and reopened.missing_or_stale([2, 7, 500, 1]) == [1]
     assert RelatedLists(store, "v1", "other-profile").containing([1]) == set()
 
 
