@@ -134,7 +134,7 @@ class _Base:
                 np.compress(np.repeat(keep, lengths), source, out=out[:kept])
             if docs:
                 out[kept:] = np.concatenate([d[part] for d in docs.values()])
-            self.release([self.ARRAYS[2 + part]])  # copied: while the other is, these pages need not count too
+            self.release([self.ARRAYS[2 + part]])  # copied: its pages need not count while the next one is
         nums = np.concatenate([self.nums[keep], np.fromiter(docs.keys(), dtype=np.int64, count=len(docs))])
         return _Base(nums, np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64), ids, counts)
 
