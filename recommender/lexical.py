@@ -435,7 +435,7 @@ class _Postings:
         rows = csr_matrix((counts, np.asarray(base.ids), np.asarray(base.indptr)), shape=(len(base.nums), vocabulary))
         lengths = np.asarray(rows.sum(axis=1, dtype=np.float64)).ravel()
         nums = np.asarray(base.nums)
-        return cls(nums, rows.tocsc(), lengths, np.zeros(len(nums), dtype=bool), frozenset(), RowMap(nums))
+        return cls(nums, rows.tocsc(), lengths, np.zeros(len(nums), dtype=bool), frozenset(), base._row_map())
 
     def changed(self, num: int) -> "_Postings":
         dead = self.dead

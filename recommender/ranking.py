@@ -171,7 +171,7 @@ def mmr_select(score: np.ndarray, sims: np.ndarray, k: int, diversity: float, du
 def shared_terms_reason(seed_terms: Sequence[str], cand_terms: Sequence[str], idf: dict[str, float],
                         surface: dict[str, str], limit: int = 3) -> str:
     """A short human reason: the rarest terms the two articles share."""
-    shared = set(cand_terms).intersection(seed_terms)  # a set's, given one: a list's ten items share it
+    shared = set(cand_terms).intersection(seed_terms)  # pass a set: a list's ten reasons then share one
     ranked = sorted(shared, key=lambda t: (-idf.get(t, 0.0), t))[:limit]
     if not ranked:
         return "similar topic"
