@@ -19,7 +19,7 @@ from api.middleware import BodyLimitMiddleware, MetricsMiddleware, WriteAuthMidd
 from api.routes import articles, operations, pages, related
 from embeddings import Embedder
 from recommender.errors import RecommenderError
-from recommender.service import Refresher, Service
+from recommender.serving.service import Refresher, Service
 from recommender.settings import Settings
 
 log = logging.getLogger(__name__)

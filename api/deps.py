@@ -12,9 +12,9 @@ from fastapi import Depends, HTTPException, Path, Query, Request, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import AfterValidator
 
-from recommender.articles import MAX_ID_LENGTH, check_id
-from recommender.ranking import RelatedQuery
-from recommender.service import Service
+from recommender.store.articles import MAX_ID_LENGTH, check_id
+from recommender.ranking.rules import RelatedQuery
+from recommender.serving.service import Service
 from recommender.settings import Settings
 
 ArticleId = Annotated[str, Path(min_length=1, max_length=MAX_ID_LENGTH, description="The publisher's article id"),

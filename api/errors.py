@@ -9,7 +9,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 
-from recommender.articles import describe_validation_error
+from recommender.store.articles import describe_validation_error
 from recommender.errors import (
     ArticleNotFound, IndexMismatch, InvalidArticle, InvalidQuery, ModelError, NoIndex, RecommenderError,
 )

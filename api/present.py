@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from api.render import attributed, render_block, safe_url
 from api.schemas import RelatedItemOut, RelatedOut
-from recommender.service import Related
+from recommender.serving.service import Related
 from recommender.settings import Settings
 
 

@@ -10,7 +10,7 @@ from functools import lru_cache
 from typing import Sequence
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from recommender.ranking import RelatedItem
+from recommender.ranking.rules import RelatedItem
 
 SAFE_SCHEMES = ("http", "https")
 

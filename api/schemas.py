@@ -7,9 +7,9 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from recommender.articles import parse_date
+from recommender.store.articles import parse_date
 
-from recommender.ranking import FilterParams
+from recommender.ranking.rules import FilterParams
 
 
 class RelatedItemOut(BaseModel):

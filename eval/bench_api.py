@@ -79,7 +79,7 @@ def percentile(values: list[float], q: float) -> float:
 def bench_size(size: int, args, workdir: Path) -> dict:
     import httpx
 
-    from recommender.engine import Engine
+    from recommender.serving.engine import Engine
     from recommender.settings import Settings
 
     data = workdir / f"data-{size}"

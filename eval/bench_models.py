@@ -80,8 +80,8 @@ def resolve(option: Option, data_dir: Path, dataset: Path, until: datetime | Non
     if option.model != "static":
         return option.model
     from embeddings.static import built, read_meta
-    from recommender.distill import DistillOptions, run_distill
-    from recommender.engine import Engine
+    from recommender.ranking.distill import DistillOptions, run_distill
+    from recommender.serving.engine import Engine
 
     want = until.isoformat() if until else None
     for path in built(settings_for(archive or data_dir, "e5-small-q4").models_dir):
@@ -95,8 +95,8 @@ def resolve(option: Option, data_dir: Path, dataset: Path, until: datetime | Non
 
 
 def speed(model: str, data_dir: Path, dataset: Path, n: int) -> tuple[float, float]:
-    from recommender.articles import parse_article
-    from recommender.models import load_model
+    from recommender.store.articles import parse_article
+    from recommender.store.models import load_model
 
     settings = settings_for(data_dir, model)
     texts = []
@@ -134,8 +134,8 @@ def topics(model: str, data_dir: Path, dataset: Path) -> dict:
 
 def sts(model: str, data_dir: Path, path: Path) -> float:
     from eval.sts import evaluate_sts
-    from recommender.models import load_model
-    from recommender.store import Store
+    from recommender.store.models import load_model
+    from recommender.store.sqlite import Store
 
     data_dir.mkdir(parents=True, exist_ok=True)
     embedder = load_model(model, models_dir=settings_for(data_dir, model).models_dir)

@@ -37,7 +37,7 @@ def main() -> None:
                         help="also time a profile switch: every list of the archive under a new profile, "
                              "in this many processes (`recommender profile activate`)")
     args = parser.parse_args()
-    from recommender.engine import Engine
+    from recommender.serving.engine import Engine
     from recommender.settings import Settings
 
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="bench-ranking-"))
@@ -74,7 +74,7 @@ def main() -> None:
               "lists_per_s": round(per_s, 1), "all_lists_min": round(args.size / per_s / 60, 1),
               "mean_list_ms": round(1000 / per_s, 2)}
     if args.switch_workers:
-        from recommender.profiles import Profiles
+        from recommender.ranking.profiles import Profiles
         from recommender.settings import DEFAULT_WEIGHTS
 
         profile = Profiles(engine.settings.profiles_dir).save(dict(DEFAULT_WEIGHTS), "bench_ranking", {})

@@ -19,11 +19,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from recommender.demo import demo_corpus_path
+from recommender.serving.demo import demo_corpus_path
 
 
 def load_texts(path: Path, n: int, embed_chars: int) -> list[dict]:
-    from recommender.articles import parse_article
+    from recommender.store.articles import parse_article
 
     records = []
     with path.open(encoding="utf-8") as fh:
@@ -38,7 +38,7 @@ def load_texts(path: Path, n: int, embed_chars: int) -> list[dict]:
 
 def bare_rate(model: str, texts: list[str], batch_size: int) -> float:
     from embeddings import load_embedder
-    from recommender.vectors import length_sorted_batches
+    from recommender.store.vector_cache import length_sorted_batches
 
     embedder = load_embedder(model, batch_size=batch_size)
     batches = length_sorted_batches([(str(i), t) for i, t in enumerate(texts)], batch_size)
@@ -49,8 +49,8 @@ def bare_rate(model: str, texts: list[str], batch_size: int) -> float:
 
 
 def job_rate(model: str, records: list[dict], batch_size: int, workers: int, workdir: Path) -> float:
-    from recommender.engine import Engine
-    from recommender.reembed import ReembedOptions, run_reembed
+    from recommender.serving.engine import Engine
+    from recommender.serving.reembed import ReembedOptions, run_reembed
     from recommender.settings import Settings
 
     data = Path(tempfile.mkdtemp(prefix=f"job-w{workers}-", dir=workdir))

@@ -15,8 +15,8 @@ import statistics
 import time
 from dataclasses import dataclass
 
-from recommender.markup import MAX_DEPTH
-from recommender.rewrite import rewrite
+from recommender.text.markup import MAX_DEPTH
+from recommender.text.rewrite import rewrite
 
 PARAGRAPH = ("<p>Guvernul a aprobat ieri bugetul pentru anul viitor, cu un deficit de 3,5&nbsp;% din PIB, "
              "după o ședință care a durat până seara &raquo; <a href=\"/eticheta/buget\">buget</a>.</p>\n")

@@ -79,7 +79,7 @@ def synthetic_archive(path: Path | None, size: int, seed: int = 0) -> list[list[
 
 def build(size: int, workdir: Path) -> tuple[Path, list[list[str]], dict]:
     """The archive's data dir, ingested once (reused on later runs), and its stories."""
-    from recommender.engine import Engine
+    from recommender.serving.engine import Engine
     from recommender.settings import Settings
 
     data, corpus = workdir / f"data-{size}", workdir / f"corpus-{size}.jsonl"
@@ -100,9 +100,9 @@ def prepare_index(data: Path, rebuild: bool = False) -> float | None:
     """Seconds to bring an archive built by an earlier release to this one's index
     (HNSW by size, lexical indexes saved for a fast restart), or to rebuild its graph
     with the current settings; None when it is current."""
-    from recommender.engine import Engine
+    from recommender.serving.engine import Engine
     from recommender.settings import Settings
-    from recommender.state import LEXICAL_DIR
+    from recommender.index.state import LEXICAL_DIR
 
     settings = Settings(data_dir=data, model=MODEL)
     engine = Engine(settings)
@@ -133,7 +133,7 @@ def embed_seconds(corpus: Path) -> float:
 def precompute(data: Path, sample: list[str], per_size: int, workers: int) -> dict:
     """Compute lists in `workers` processes: the sample's (served below) plus enough
     others for --precompute-sample, or all of them; their rate and the archive's time."""
-    from recommender.engine import Engine
+    from recommender.serving.engine import Engine
     from recommender.settings import Settings
 
     engine = Engine(Settings(data_dir=data, model=MODEL))

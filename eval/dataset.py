@@ -7,7 +7,7 @@ from datetime import datetime
 from pathlib import Path
 
 from recommender.errors import NoLabels
-from recommender.jsonl import Rejection, open_source, read_jsonl
+from recommender.store.jsonl import Rejection, open_source, read_jsonl
 
 
 @dataclass(frozen=True)

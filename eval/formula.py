@@ -24,7 +24,7 @@ import numpy as np
 from eval.dataset import load_dataset
 from eval.metrics import bootstrap_ci, hit_at_k, reciprocal_rank
 from eval.runner import pick_queries, run_strategy
-from recommender.engine import Engine
+from recommender.serving.engine import Engine
 from recommender.settings import Settings
 
 DAY = 86400.0

@@ -23,8 +23,8 @@ import numpy as np
 from eval.dataset import load_dataset
 from eval.metrics import bootstrap_ci, hit_at_k, precision_at_k, reciprocal_rank
 from eval.runner import _not_after, pick_queries, run_strategy
-from recommender.engine import Engine
-from recommender.profiles import read_profile
+from recommender.serving.engine import Engine
+from recommender.ranking.profiles import read_profile
 from recommender.settings import Settings
 
 

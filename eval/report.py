@@ -15,8 +15,8 @@ import numpy as np
 from eval.dataset import Dataset
 from eval.metrics import ndcg_at_k
 from eval.runner import Evaluation, Result
-from recommender.state import IndexState
-from recommender.ranking import rescale
+from recommender.index.state import IndexState
+from recommender.ranking.rules import rescale
 
 QUALITY_PREFIXES = ("P@", "hit@", "recall@", "MRR", "nDCG@", "story-")
 WORST_PER_RUN = 30

@@ -13,11 +13,11 @@ import numpy as np
 from eval.dataset import Dataset, load_dataset
 from eval.metrics import bootstrap_ci, hit_at_k, ndcg_at_k, precision_at_k, recall_at_k, reciprocal_rank
 from eval.strategies import RANKERS, STRATEGIES, Context
-from recommender.engine import Engine
+from recommender.serving.engine import Engine
 from recommender.errors import InvalidQuery
-from recommender.ranking import rescale
+from recommender.ranking.rules import rescale
 from recommender.settings import Settings
-from recommender.state import IndexState
+from recommender.index.state import IndexState
 
 
 @dataclass
@@ -79,7 +79,7 @@ def evaluate(dataset_path: str, settings: Settings, models: list[str], strategie
     """`since`: score only queries published on or after it (the whole file stays the
     candidate pool), so "learned on the past, scored on the future" is one flag."""
     validate(strategies, ks)
-    from recommender.models import model_name
+    from recommender.store.models import model_name
 
     for model in models:
         model_name(model)  # a bad model string fails before any work
@@ -118,9 +118,9 @@ def source_recall(engine: Engine, state: IndexState, dataset: Dataset, queries: 
                   options: dict) -> dict[str, float]:
     """Each candidate source's recall of the labelled related articles (what share of
     them it brings to the ranking at all), and that of all sources together."""
-    from recommender import ranker
-    from recommender.candidates import SOURCES
-    from recommender.ranking import Filters
+    from recommender.ranking import pipeline
+    from recommender.ranking.candidates import SOURCES
+    from recommender.ranking.rules import Filters
 
     opts = engine.ranking(**{**options, "k": 10})
     found: dict[str, list[float]] = {name: [] for name in (*SOURCES, "all")}
@@ -129,7 +129,7 @@ def source_recall(engine: Engine, state: IndexState, dataset: Dataset, queries: 
                     if r in state.by_id and (not past_only or _not_after(dataset, r, query))}
         if not relevant:
             continue
-        gathered = ranker.gather(state, engine.seed(state, query), Filters(past_only=past_only), opts)
+        gathered = pipeline.gather(state, engine.seed(state, query), Filters(past_only=past_only), opts)
         for name, nums in (*gathered.by_source.items(), ("all", gathered.nums)):
             found[name].append(len(relevant & set(nums.tolist())) / len(relevant))
     per = opts.candidates

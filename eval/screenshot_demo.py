@@ -18,7 +18,7 @@ import tempfile
 from pathlib import Path
 
 from eval.bench_api import free_port, wait_ready
-from recommender.demo import DEMO_ARTICLE
+from recommender.serving.demo import DEMO_ARTICLE
 
 
 def main() -> None:

@@ -19,12 +19,12 @@ from datetime import datetime, timezone
 
 import numpy as np
 
-from recommender import ranker
-from recommender.engine import Engine
-from recommender.ranker import Seed
-from recommender.ranking import Filters
-from recommender.state import IndexState
-from recommender.text import terms
+from recommender.ranking import pipeline
+from recommender.serving.engine import Engine
+from recommender.ranking.pipeline import Seed
+from recommender.ranking.rules import Filters
+from recommender.index.state import IndexState
+from recommender.text.normalize import terms
 
 STRATEGIES = ("random", "recency", "lexical", "dense", "hybrid", "default")
 HYBRID_WEIGHT = 0.3
@@ -88,20 +88,20 @@ def rank_lexical(ctx: Context, seed: Seed) -> list[int]:
 
 
 def rank_dense(ctx: Context, seed: Seed) -> list[int]:
-    nums, dense, _ = ranker.relevance(ctx.state, seed, ctx.filters, ctx.k)
+    nums, dense, _ = pipeline.relevance(ctx.state, seed, ctx.filters, ctx.k)
     return _top(nums, dense, ctx.k)
 
 
 def rank_hybrid(ctx: Context, seed: Seed) -> list[int]:
     weight = ctx.options.get("lexical_weight")
     weight = HYBRID_WEIGHT if weight is None else weight
-    nums, _, relevance = ranker.relevance(ctx.state, seed, ctx.filters, ctx.k, weight)
+    nums, _, relevance = pipeline.relevance(ctx.state, seed, ctx.filters, ctx.k, weight)
     return _top(nums, relevance, ctx.k)
 
 
 def rank_default(ctx: Context, seed: Seed) -> list[int]:
     opts = ctx.engine.ranking(**{**ctx.options, "k": ctx.k})
-    return [ctx.state.by_id[item.id] for item in ranker.rank(ctx.state, seed, ctx.filters, opts)]
+    return [ctx.state.by_id[item.id] for item in pipeline.rank(ctx.state, seed, ctx.filters, opts)]
 
 
 def _top(nums: np.ndarray, scores: np.ndarray, k: int) -> list[int]:

@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 
 from recommender.errors import RecommenderError
-from recommender.store import Store
-from recommender.text import normalize
-from recommender.vectors import embed_cached
+from recommender.store.sqlite import Store
+from recommender.text.normalize import normalize
+from recommender.store.vector_cache import embed_cached
 
 # Published zero-shot figures (MTEB RonSTS, Spearman), from ../shared/README.md.
 PUBLISHED = {

@@ -84,7 +84,7 @@ def to_json(value) -> str:
     """JSON as the API writes it: dates in the one ISO 8601 form (UTC, Z)."""
     from datetime import datetime
 
-    from recommender.articles import iso
+    from recommender.store.articles import iso
 
     def default(obj):
         if isinstance(obj, datetime):
@@ -101,7 +101,7 @@ def load_settings(**overrides):
 
 
 def open_engine(settings):
-    from recommender.engine import Engine
+    from recommender.serving.engine import Engine
 
     return Engine(settings)
 
@@ -222,7 +222,7 @@ def ranking_options(func):
     @click.option("--lexical-weight", type=click.FloatRange(0, 1), default=None, help="Share of BM25 in the score.")
     @wraps(func)
     def wrapper(*args, **kwargs):
-        from recommender.ranking import FilterParams
+        from recommender.ranking.rules import FilterParams
 
         fields = {name: kwargs.pop(name) for name in FilterParams.model_fields}
         filters = FilterParams.model_validate(fields).to_filters()  # dates without an offset are UTC
@@ -308,18 +308,18 @@ def stats(settings, as_json):
     Example:
       recommender stats --json
     """
-    from recommender.store import Store
+    from recommender.store.sqlite import Store
 
     if not settings.store_path.exists():
         raise CliError(f"no store in {settings.data_dir}", hint="ingest articles first, e.g. recommender ingest articles.jsonl")
-    from recommender.versions import Versions
+    from recommender.index.versions import Versions
 
     from dataclasses import asdict
 
-    from recommender.lists import lists_key
-    from recommender.profiles import Profiles
+    from recommender.serving.lists import lists_key
+    from recommender.ranking.profiles import Profiles
 
-    from recommender.articles import iso
+    from recommender.store.articles import iso
 
     store = Store(settings.store_path)
     found = store.stats()
@@ -367,7 +367,7 @@ def serve(settings, host, port, log_level):
     import uvicorn
 
     from api.app import create_app
-    from recommender.engine import Engine
+    from recommender.serving.engine import Engine
 
     if not settings.api_key_list:
         click.echo("warning: RECOMMENDER_API_KEYS is empty: writes are refused", err=True)
@@ -412,7 +412,7 @@ def reembed(data_dir, model, device, batch_size, workers, limit, resume, activat
       recommender reembed --model hashing:512 --limit 1000 --no-activate     # a trial run
       recommender reembed --model st:intfloat/multilingual-e5-small --ray ray://head:10001
     """
-    from recommender.reembed import ReembedOptions, run_reembed
+    from recommender.serving.reembed import ReembedOptions, run_reembed
 
     if not resume:
         raise click.UsageError("--no-resume is not needed: finished batches are valid forever; "
@@ -469,7 +469,7 @@ def distill(data_dir, teacher, sample, until, min_count, max_words, ridge, as_js
       recommender reembed --model static:s1     # a new index version, activated when ready
       recommender reembed --model e5-small-q4   # later: back to e5, re-embedded in the background
     """
-    from recommender.distill import DistillOptions, run_distill
+    from recommender.ranking.distill import DistillOptions, run_distill
 
     settings = load_settings(data_dir=data_dir)
     if not settings.store_path.exists():
@@ -538,7 +538,7 @@ def index_list(data_dir, as_json):
     Example:
       recommender index list --json
     """
-    from recommender.versions import Versions
+    from recommender.index.versions import Versions
 
     versions = Versions(load_settings(data_dir=data_dir).index_dir)
     active = versions.active()
@@ -566,7 +566,7 @@ def index_activate(version, data_dir):
     Example:
       recommender index activate v1      # roll back
     """
-    from recommender.versions import Versions
+    from recommender.index.versions import Versions
 
     Versions(load_settings(data_dir=data_dir).index_dir).activate(version)
     click.echo(f"{version} is active")
@@ -585,8 +585,8 @@ def index_prune(data_dir, keep):
     Example:
       recommender index prune --keep 1
     """
-    from recommender.store import Store
-    from recommender.versions import Versions
+    from recommender.store.sqlite import Store
+    from recommender.index.versions import Versions
 
     settings = load_settings(data_dir=data_dir)
     versions = Versions(settings.index_dir)
@@ -640,10 +640,10 @@ def tune(files, settings, until, field, links_csv, held_out, c, activate, as_jso
       recommender profile activate p1                     # serve it
       recommender profile rollback                        # back to the previous one
     """
-    from recommender import tune as tuning
-    from recommender.engine import Engine
+    from recommender.ranking import tune as tuning
+    from recommender.serving.engine import Engine
     from recommender.errors import NoIndex
-    from recommender.profiles import Profiles
+    from recommender.ranking.profiles import Profiles
 
     engine = Engine(settings)
     progress = show_progress(progress)
@@ -691,7 +691,7 @@ def profile():
 
 
 def _profiles(data_dir):
-    from recommender.profiles import Profiles
+    from recommender.ranking.profiles import Profiles
 
     return Profiles(load_settings(data_dir=data_dir).profiles_dir)
 
@@ -754,7 +754,7 @@ def profile_activate(name, data_dir, precompute, workers, progress):
       recommender profile activate p2
       recommender profile activate default     # back to the hand-set weights
     """
-    from recommender.engine import Engine
+    from recommender.serving.engine import Engine
 
     settings = load_settings(data_dir=data_dir)
     profiles = _profiles(data_dir)
@@ -831,7 +831,7 @@ def eval_command(dataset, ks, strategies, models, past_only, limit_queries, sinc
     log = (lambda msg: click.echo(msg, err=True)) if not as_json or progress else (lambda msg: None)
     options = {"lexical_weight": lexical_weight} if lexical_weight is not None else {}
     if profile_file is not None:
-        from recommender.profiles import read_profile
+        from recommender.ranking.profiles import read_profile
 
         options["weights"] = read_profile(profile_file).weights
     evaluation = evaluate(dataset, settings, list(models) or [settings.model or DEFAULT_MODEL],
@@ -871,8 +871,8 @@ def eval_sts(files, models, genre, data_dir, as_json):
 
     from embeddings import DEFAULT_MODEL
     from eval.sts import evaluate_sts
-    from recommender.models import load_model
-    from recommender.store import Store
+    from recommender.store.models import load_model
+    from recommender.store.sqlite import Store
 
     store = Store(data_dir / "store.sqlite")
     results = []
@@ -903,7 +903,7 @@ def demo(data_dir, model):
       recommender demo
       recommender demo --model hashing:512 --data-dir /tmp/demo
     """
-    from recommender.demo import run_demo
+    from recommender.serving.demo import run_demo
 
     run_demo(load_settings(data_dir=data_dir, model=model), echo=click.echo, progress=show_progress(None))
 

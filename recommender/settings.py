@@ -52,7 +52,7 @@ class RankingSettings(BaseModel):
     candidates: int = Field(100, ge=10, le=1000)
     # The time source looks this many days around the seed's date.
     window_days: float = Field(30.0, ge=0.0, le=3650.0)
-    # The ranking profile: a weight per feature of recommender.features, and "bias".
+    # The ranking profile: a weight per feature of recommender.ranking.features, and "bias".
     # The active profile (recommender profile activate) replaces these hand-set ones.
     weights: dict[str, float] = Field(default_factory=lambda: dict(DEFAULT_WEIGHTS))
 

@@ -10,8 +10,8 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from embeddings.hashing import HashingEmbedder  # noqa: E402
-from recommender.engine import Engine  # noqa: E402
-from recommender.text import terms  # noqa: E402
+from recommender.serving.engine import Engine  # noqa: E402
+from recommender.text.normalize import terms  # noqa: E402
 from recommender.settings import Settings  # noqa: E402
 
 HASHING = "hashing:256"

@@ -19,7 +19,7 @@ def api_settings(settings):
 
 @pytest.fixture
 def client(api_settings, stories):
-    from recommender.engine import Engine
+    from recommender.serving.engine import Engine
 
     Engine(api_settings, embedder=CountingEmbedder()).ingest([str(stories)])
     app = create_app(api_settings, embedder=CountingEmbedder(), background=False)
@@ -48,7 +48,7 @@ def test_related_json_shape_and_attribution(client):
 
 
 def test_click_attribution_on_urls_and_its_switch(api_settings, tmp_path):
-    from recommender.engine import Engine
+    from recommender.serving.engine import Engine
 
     records = [dict(a, url=f"https://ziar.ro/{a['id']}?utm=x") for a in STORY_ARTICLES]
     Engine(api_settings, embedder=CountingEmbedder()).ingest([str(write_jsonl(tmp_path / "u.jsonl", records))])
@@ -192,7 +192,7 @@ def test_block_template_escapes_every_field_and_links_only_http():
     from datetime import datetime, timezone
 
     from api.render import attributed, render_block
-    from recommender.ranking import RelatedItem
+    from recommender.ranking.rules import RelatedItem
 
     items = [RelatedItem("a", XSS_TITLE, "javascript:alert(1)", datetime.now(timezone.utc), '"><b>s</b>', 0.5, 0.5, "r"),
              RelatedItem("b", "Bun", 'https://ok.ro/a?x=<b>&y="q"', None, None, 0.4, 0.4, "r")]
@@ -292,8 +292,8 @@ def test_stale_cached_list_is_served_when_the_engine_fails(client, monkeypatch):
 
 
 def test_demo_page_shows_old_and_new_blocks(api_settings, tmp_path):
-    from recommender.demo import DEMO_ARTICLE, demo_corpus_path
-    from recommender.engine import Engine
+    from recommender.serving.demo import DEMO_ARTICLE, demo_corpus_path
+    from recommender.serving.engine import Engine
 
     Engine(api_settings, embedder=CountingEmbedder()).ingest([demo_corpus_path()])
     with TestClient(create_app(api_settings, embedder=CountingEmbedder(), background=False)) as c:

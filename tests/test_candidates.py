@@ -5,12 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from recommender import ranker
-from recommender.candidates import SOURCES
-from recommender.entities import entities
-from recommender.lexical import LexicalIndex
-from recommender.ranking import Filters
-from recommender.timeline import Timeline
+from recommender.ranking import pipeline
+from recommender.ranking.candidates import SOURCES
+from recommender.text.entities import entities
+from recommender.index.lexical import LexicalIndex
+from recommender.ranking.rules import Filters
+from recommender.index.timeline import Timeline
 from tests.conftest import article, write_jsonl
 
 
@@ -47,9 +47,9 @@ def test_bm25_search_matches_brute_force_through_adds_updates_and_removes():
 
 
 def test_bm25_survives_folds_and_a_save_read_back_memory_mapped(tmp_path, monkeypatch):
-    import recommender.lexical
+    import recommender.index.lexical
 
-    monkeypatch.setattr(recommender.lexical, "FOLD_MIN", 50)  # fold into the base every few dozen writes
+    monkeypatch.setattr(recommender.index.lexical, "FOLD_MIN", 50)  # fold into the base every few dozen writes
     rng = np.random.default_rng(3)
     vocab = [f"w{i}" for i in range(80)]
     lexical, plain = LexicalIndex(), {}
@@ -137,7 +137,7 @@ def archive(engine, tmp_path):
 def test_every_source_brings_candidates_that_pass_the_filters(archive):
     state = archive.state()
     seed = archive.seed(state, "s-3")
-    found = ranker.gather(state, seed, Filters(past_only=True), archive.ranking(candidates=10, window_days=30))
+    found = pipeline.gather(state, seed, Filters(past_only=True), archive.ranking(candidates=10, window_days=30))
     assert set(found.by_source) == set(SOURCES)
     ids = {name: {state.infos[int(n)].id for n in nums} for name, nums in found.by_source.items()}
     assert {"s-1", "s-2"} <= ids["time"] and not any(i.startswith("far-") for i in ids["time"])  # years away
@@ -164,9 +164,9 @@ def test_a_clone_shares_the_vocabulary_yet_never_sees_terms_added_after_it():
 
 
 def test_bm25_search_skips_terms_in_most_documents_but_scores_candidates_on_every_term(monkeypatch):
-    import recommender.lexical
+    import recommender.index.lexical
 
-    monkeypatch.setattr(recommender.lexical, "COMMON_MIN_DOCS", 10)
+    monkeypatch.setattr(recommender.index.lexical, "COMMON_MIN_DOCS", 10)
     lexical = LexicalIndex()
     for n in range(200):  # "comun" in every document, "rar" in a few, "comun" twice in 7
         lexical.add(n, ["comun"] * (2 if n == 7 else 1) + (["rar"] if n % 50 == 0 else []) + [f"x{n}"])
@@ -178,14 +178,14 @@ def test_bm25_search_skips_terms_in_most_documents_but_scores_candidates_on_ever
 
 
 def test_bm25_search_skips_a_term_in_more_documents_than_the_cap_however_large_the_archive(monkeypatch):
-    import recommender.lexical
+    import recommender.index.lexical
 
-    monkeypatch.setattr(recommender.lexical, "COMMON_MIN_DOCS", 10)
-    monkeypatch.setattr(recommender.lexical, "COMMON_SHARE", 0.5)  # 100 of the 200 documents
+    monkeypatch.setattr(recommender.index.lexical, "COMMON_MIN_DOCS", 10)
+    monkeypatch.setattr(recommender.index.lexical, "COMMON_SHARE", 0.5)  # 100 of the 200 documents
     lexical = LexicalIndex()
     for n in range(200):  # "des" in 40 documents (20 %, under the share), "rar" in 4
         lexical.add(n, (["des"] * (3 if n == 1 else 1) if n % 5 == 1 else []) + (["rar"] if n % 50 == 0 else []))
     query = lexical.query(["des", "rar"])
     assert 1 in lexical.search(query, 10)[1].tolist()  # under the share, "des" drives the search
-    monkeypatch.setattr(recommender.lexical, "COMMON_MAX_DOCS", 20)
+    monkeypatch.setattr(recommender.index.lexical, "COMMON_MAX_DOCS", 20)
     assert lexical.search(query, 10)[1].tolist() == [0, 50, 100, 150]

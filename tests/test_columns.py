@@ -1,7 +1,7 @@
 import numpy as np
 
-from recommender.articles import Article
-from recommender.columns import ABSENT, RowMap, content_code
+from recommender.store.articles import Article
+from recommender.index.columns import ABSENT, RowMap, content_code
 from tests.conftest import STORY_ARTICLES, article
 
 
@@ -48,7 +48,7 @@ def test_the_columns_follow_writes_and_deletes_and_a_clone_keeps_its_own(engine,
 
 
 def test_a_restart_builds_the_same_columns_from_the_store(engine, stories, settings, embedder):
-    from recommender.engine import Engine
+    from recommender.serving.engine import Engine
 
     engine.ingest([str(stories)])
     engine.delete_and_sync(["vac-1"])

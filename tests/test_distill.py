@@ -19,10 +19,10 @@ from embeddings.static import (
     save,
 )
 from recommender.cli import main
-from recommender.distill import DistillOptions, run_distill
-from recommender.engine import Engine
+from recommender.ranking.distill import DistillOptions, run_distill
+from recommender.serving.engine import Engine
 from recommender.errors import RecommenderError
-from recommender.reembed import ReembedOptions, run_reembed
+from recommender.serving.reembed import ReembedOptions, run_reembed
 from recommender.settings import Settings
 from tests.conftest import article, write_jsonl
 

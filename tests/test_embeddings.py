@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from embeddings import Embedder, ModelLoadError, UnknownModelError, load_embedder, validate_model_string
-from recommender.engine import Engine
+from recommender.serving.engine import Engine
 from recommender.settings import Settings
 
 TEXTS = [

@@ -177,13 +177,13 @@ def test_an_explicit_lexical_weight_of_zero_is_kept(labelled, tmp_path, monkeypa
     from eval.runner import evaluate as run_eval
 
     weights = []
-    real = strategies.ranker.relevance
+    real = strategies.pipeline.relevance
 
     def spy(state, seed, filters, k, lexical_weight=0.0):
         weights.append(lexical_weight)
         return real(state, seed, filters, k, lexical_weight)
 
-    monkeypatch.setattr(strategies.ranker, "relevance", spy)
+    monkeypatch.setattr(strategies.pipeline, "relevance", spy)
     settings = Settings(data_dir=tmp_path / "z", model=HASHING)
     run_eval(str(labelled), settings, [HASHING], ["hybrid"], [3], options={"lexical_weight": 0.0})
     assert set(weights) == {0.0}

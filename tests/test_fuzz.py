@@ -5,7 +5,7 @@ from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
 
 from api.app import create_app
-from recommender.engine import Engine
+from recommender.serving.engine import Engine
 from tests.conftest import CountingEmbedder
 
 KEY = "fuzz-key"

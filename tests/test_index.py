@@ -2,9 +2,9 @@ import numpy as np
 import pytest
 
 from embeddings.base import l2_normalize
-from recommender.engine import Engine
+from recommender.serving.engine import Engine
 from recommender.errors import IndexMismatch
-from recommender.index import IndexMeta, VectorIndex, read_meta
+from recommender.index.vector_index import IndexMeta, VectorIndex, read_meta
 from tests.conftest import CountingEmbedder
 
 
@@ -230,9 +230,9 @@ def test_an_archive_above_the_threshold_is_served_by_hnsw_with_its_recall_shown(
 def test_a_restart_reads_the_saved_lexical_indexes_and_ranks_as_if_it_had_parsed_the_store(tmp_path, stories):
     import shutil
 
-    from recommender.ranking import Filters
+    from recommender.ranking.rules import Filters
     from recommender.settings import Settings
-    from recommender.state import LEXICAL_DIR
+    from recommender.index.state import LEXICAL_DIR
     from tests.conftest import article, write_jsonl
 
     settings = Settings(data_dir=tmp_path / "d", model="hashing:256")
@@ -249,9 +249,9 @@ def test_a_restart_reads_the_saved_lexical_indexes_and_ranks_as_if_it_had_parsed
                 for seed in ("ukr-1", "ukr-2", "fot-1", "late-1")], state
 
     def ranker_rank(engine, state, seed):
-        from recommender import ranker
+        from recommender.ranking import pipeline
 
-        return ranker.rank(state, engine.seed(state, seed), Filters(), engine.ranking(k=5))
+        return pipeline.rank(state, engine.seed(state, seed), Filters(), engine.ranking(k=5))
 
     read_back, state = live_lists()
     assert isinstance(state.lexical._base.ids.base, np.memmap) and "late-1" in state.by_id

@@ -4,7 +4,7 @@ from datetime import timezone
 
 import pytest
 
-from recommender.engine import Engine
+from recommender.serving.engine import Engine
 from tests.conftest import CountingEmbedder, article, write_jsonl
 
 

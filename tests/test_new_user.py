@@ -12,7 +12,7 @@ from fastapi.testclient import TestClient
 
 from api.app import create_app
 from recommender.cli import main
-from recommender.engine import Engine
+from recommender.serving.engine import Engine
 from tests.conftest import HASHING, CountingEmbedder, article, write_jsonl
 
 KEY = "k"
@@ -57,7 +57,7 @@ def test_dates_as_romanian_cms_exports_carry_them(env, tmp_path, given, stored):
     path = write_jsonl(tmp_path / "a.jsonl", [article("d", "Titlu", date=given)])
     result = cli(env, "ingest", "--timezone", "Europe/Bucharest", str(path))
     assert result.exit_code == 0, result.output
-    from recommender.store import Store
+    from recommender.store.sqlite import Store
 
     assert Store(tmp_path / "data" / "store.sqlite").get("d").article.published_at.isoformat().replace(
         "+00:00", "Z") == stored
@@ -88,7 +88,7 @@ def test_cli_delete_has_the_effect_of_the_api_route(env, stories, tmp_path):
     assert "ukr-3" not in [i["id"] for i in json.loads(cli(env, "related", "ukr-2", "--json").stdout)]
     gone = CliRunner().invoke(main, ["related", "ukr-3"], env=env)
     assert gone.exit_code == 1 and "no article with id 'ukr-3'" in gone.output
-    from recommender.store import Store
+    from recommender.store.sqlite import Store
 
     store = Store(tmp_path / "data" / "store.sqlite")
     assert store.get("ukr-3") is None and store.count() == 5

@@ -3,9 +3,9 @@ from datetime import datetime, timezone
 import numpy as np
 import pytest
 
-from recommender import features, ranker
+from recommender.ranking import features, pipeline
 from recommender.errors import ArticleNotFound, InvalidQuery
-from recommender.ranking import Filters, mmr_select, rescale
+from recommender.ranking.rules import Filters, mmr_select, rescale
 from recommender.settings import RankingSettings
 from tests.conftest import STORY_ARTICLES, article, write_jsonl
 
@@ -168,7 +168,7 @@ def test_default_relevance_blends_in_bm25(loaded):
     assert dense.keys() == blended.keys() and dense != blended
     state = loaded.state()
     seed = loaded.seed(state, "ukr-2")
-    nums, rescaled, relevance = ranker.relevance(state, seed, Filters(), 10, lexical_weight=0.3)
+    nums, rescaled, relevance = pipeline.relevance(state, seed, Filters(), 10, lexical_weight=0.3)
     lexical = features.normalized_bm25(state.lexical, seed.terms.text, nums)
     np.testing.assert_allclose(relevance, 0.7 * rescaled + 0.3 * lexical)
     assert lexical.max() <= 1.0 and lexical[list(nums).index(state.by_id["ukr-3"])] > 0

@@ -11,12 +11,12 @@ import pytest
 from click.testing import CliRunner
 
 from recommender.cli import main
-from recommender.engine import Engine
+from recommender.serving.engine import Engine
 from recommender.errors import JobFailed, JobLocked
-from recommender.reembed import ReembedOptions, run_reembed
+from recommender.serving.reembed import ReembedOptions, run_reembed
 from recommender.settings import Settings
-from recommender.vectors import length_sorted_batches
-from recommender.versions import Versions
+from recommender.store.vector_cache import length_sorted_batches
+from recommender.index.versions import Versions
 from tests.conftest import CountingEmbedder, article, write_jsonl
 
 quiet = lambda message: None  # noqa: E731
@@ -129,7 +129,7 @@ def test_a_second_job_on_the_same_data_dir_is_refused(loaded):
 
 
 def test_disk_full_while_checkpointing_keeps_the_old_version_and_the_job_resumable(loaded, monkeypatch):
-    from recommender.store import Store
+    from recommender.store.sqlite import Store
 
     original = Store.conn.fget
 
@@ -151,7 +151,7 @@ def test_disk_full_while_checkpointing_keeps_the_old_version_and_the_job_resumab
 
 
 def test_read_only_store_fails_cleanly_and_resumes_later(loaded, monkeypatch):
-    from recommender.store import Store
+    from recommender.store.sqlite import Store
 
     original = Store.conn.fget
 

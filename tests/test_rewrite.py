@@ -6,9 +6,9 @@ import html5lib
 import pytest
 from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
 
-from recommender.rewrite import plan_rewrite, rewrite
-from recommender.markup import MAX_DEPTH, Cancelled, TooDeep
-from recommender.text import RELATED_LABELS, is_related_label, strip_boilerplate
+from recommender.text.rewrite import plan_rewrite, rewrite
+from recommender.text.markup import MAX_DEPTH, Cancelled, TooDeep
+from recommender.text.normalize import RELATED_LABELS, is_related_label, strip_boilerplate
 
 
 @dataclass

@@ -13,10 +13,10 @@ from click.testing import CliRunner
 from fastapi.testclient import TestClient
 
 from api.app import create_app
-from recommender.articles import parse_article
+from recommender.store.articles import parse_article
 from recommender.cli import main
-from recommender.engine import Engine
-from recommender.lists import ListUpkeep
+from recommender.serving.engine import Engine
+from recommender.serving.lists import ListUpkeep
 from tests.conftest import HASHING, STORY_ARTICLES, CountingEmbedder, article, write_jsonl
 
 KEY = "k"
@@ -221,7 +221,7 @@ def test_sigterm_stops_the_server_within_a_few_seconds_while_lists_are_recompute
 def test_a_server_whose_index_is_still_loading_serves_from_the_store(settings, stories, monkeypatch):
     """A large index loads for minutes: meanwhile /readyz says "warming", precomputed lists
     and article reads come from the store, writes are stored; once loaded, the index has them."""
-    from recommender.state import Indexes
+    from recommender.index.state import Indexes
 
     settings = settings.model_copy(update={"api_keys": KEY, "warm_after_seconds": 0})
     Engine(settings, embedder=CountingEmbedder()).ingest([str(stories)])
@@ -259,7 +259,7 @@ def test_a_server_whose_index_is_still_loading_serves_from_the_store(settings, s
 def test_a_follow_up_reaches_its_story_even_when_the_nearest_neighbour_search_misses(settings, stories, monkeypatch):
     """An approximate index can miss a story's earlier piece among the follow-up's nearest
     neighbours; the follow-up's own list, from every candidate source, still finds it."""
-    from recommender.index import VectorIndex
+    from recommender.index.vector_index import VectorIndex
 
     engine = Engine(settings, embedder=CountingEmbedder())
     engine.ingest([str(stories)])

@@ -11,7 +11,7 @@ import time
 import httpx
 import pytest
 
-from recommender.engine import Engine
+from recommender.serving.engine import Engine
 from tests.conftest import CountingEmbedder, article
 
 KEY = "e2e-key"

@@ -5,7 +5,7 @@ import sqlite3
 import pytest
 
 from recommender.errors import StoreError
-from recommender.store import SCHEMA_VERSION, Store
+from recommender.store.sqlite import SCHEMA_VERSION, Store
 from tests.conftest import STORY_ARTICLES
 
 PREVIOUS_SCHEMA = """  -- the store as released before schema versions (user_version 0)
@@ -113,11 +113,11 @@ def test_a_file_that_is_not_a_store_is_refused(tmp_path):
 
 
 def test_related_lists_live_in_the_store_and_memory_keeps_only_who_shows_whom(tmp_path, monkeypatch):
-    import recommender.lists
-    from recommender.lists import CachedItem, RelatedLists
-    from recommender.store import Store
+    import recommender.serving.lists
+    from recommender.serving.lists import CachedItem, RelatedLists
+    from recommender.store.sqlite import Store
 
-    monkeypatch.setattr(recommender.lists, "REMEMBER_BATCH", 2)  # a restart reads them back in steps
+    monkeypatch.setattr(recommender.serving.lists, "REMEMBER_BATCH", 2)  # a restart reads them back in steps
 
     store = Store(tmp_path / "store.sqlite")
     lists = RelatedLists(store, "v1", "default", width=3)
@@ -136,7 +136,7 @@ def test_related_lists_live_in_the_store_and_memory_keeps_only_who_shows_whom(tm
 
 def test_stats_count_from_indexes_not_a_scan_of_every_article(tmp_path):
     """A scan of a million articles' texts and vectors took 15 s; indexes answer at once."""
-    from recommender.store import Store
+    from recommender.store.sqlite import Store
 
     conn = Store(tmp_path / "store.sqlite").conn
     for query in ("SELECT model, COUNT(*) FROM vectors GROUP BY model",

@@ -1,6 +1,6 @@
 import unicodedata
 
-from recommender.text import clean_text, fold, normalize, strip_boilerplate, terms
+from recommender.text.normalize import clean_text, fold, normalize, strip_boilerplate, terms
 
 PAGE_TEXT = """Prima pagină » Știri » Externe
 Convorbiri între miniștrii de externe

@@ -10,11 +10,11 @@ from click.testing import CliRunner
 from fastapi.testclient import TestClient
 
 from api.app import create_app
-from recommender import tune
+from recommender.ranking import tune
 from recommender.cli import main
 from recommender.errors import NoLabels, RecommenderError
-from recommender.features import FEATURES
-from recommender.profiles import DEFAULT, Profiles, read_profile
+from recommender.ranking.features import FEATURES
+from recommender.ranking.profiles import DEFAULT, Profiles, read_profile
 from recommender.settings import DEFAULT_WEIGHTS
 from tests.conftest import HASHING, CountingEmbedder, article, write_jsonl
 
@@ -137,11 +137,11 @@ def test_tune_cli_saves_a_profile_that_related_uses_once_activated(tmp_path):
 
 
 def test_a_server_switches_profile_after_computing_its_lists_in_the_background(settings, tmp_path):
-    from recommender.engine import Engine
+    from recommender.serving.engine import Engine
 
     ranking = settings.ranking.model_copy(update={"min_score": 0.0, "lexical_weight": 0.3})  # text is noise here
     settings = settings.model_copy(update={"ranking": ranking})
-    from recommender.lists import lists_key
+    from recommender.serving.lists import lists_key
 
     Engine(settings, embedder=CountingEmbedder()).ingest([str(write_jsonl(tmp_path / "l.jsonl", linked_archive()))])
     with TestClient(create_app(settings, embedder=CountingEmbedder(), background=False)) as client:
@@ -167,8 +167,8 @@ def test_a_server_switches_profile_after_computing_its_lists_in_the_background(s
 
 
 def test_tune_indexes_a_store_an_interrupted_first_ingest_left_without_an_index(settings):
-    from recommender.articles import Article
-    from recommender.engine import Engine
+    from recommender.store.articles import Article
+    from recommender.serving.engine import Engine
 
     engine = Engine(settings, embedder=CountingEmbedder())
     engine.upsert([Article.model_validate(record) for record in linked_archive()])  # stored, never indexed

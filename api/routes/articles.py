@@ -11,9 +11,9 @@ from starlette.concurrency import run_in_threadpool
 
 from api.deps import ArticleId, ServiceDep, SettingsDep, WriteAccess
 from api.schemas import ArticleOut, BulkItemOut, BulkOut, WriteOut
-from recommender.articles import Article, parse_article
+from recommender.store.articles import Article, parse_article
 from recommender.errors import InvalidArticle, InvalidQuery
-from recommender.service import Service
+from recommender.serving.service import Service
 
 router = APIRouter(tags=["articles"])
 

@@ -16,10 +16,10 @@ from api.present import block_html, related_out
 from api.render import render_link, render_template
 from api.schemas import RelatedItemOut, RewriteIn, RewriteOut
 from recommender.errors import InvalidQuery
-from recommender.markup import Cancelled, Element, TooDeep, parse
-from recommender.ranking import Filters
-from recommender.rewrite import rewrite
-from recommender.text import clean_text, html_to_text
+from recommender.text.markup import Cancelled, Element, TooDeep, parse
+from recommender.ranking.rules import Filters
+from recommender.text.rewrite import rewrite
+from recommender.text.normalize import clean_text, html_to_text
 
 router = APIRouter()
 

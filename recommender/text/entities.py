@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import re
 
-from recommender.text import _stem, _stopwords, fold, normalize
+from recommender.text.normalize import _stem, _stopwords, fold, normalize
 
 _SENTENCE_END = re.compile(r"(?<=[.!?:;…])\s+|\n+|\s[-–—]\s")
 _TOKEN = re.compile(r"[^\W\d_](?:[^\W_]|['’-](?=[^\W\d_]))*", re.UNICODE)

@@ -11,11 +11,11 @@ DEMO_ARTICLE = "ext-2025-03-14-ucraina-rusia-convorbiri"
 
 
 def demo_corpus_path() -> str:
-    return str(resources.files("recommender") / "data" / "demo.jsonl")
+    return str(resources.files("recommender.serving") / "data" / "demo.jsonl")
 
 
 def run_demo(settings: Settings, echo: Callable[[str], None] = print, progress: bool = False) -> None:
-    from recommender.engine import Engine
+    from recommender.serving.engine import Engine
 
     engine = Engine(settings)
     echo(f"Ingesting the sample archive into {settings.data_dir} with {engine.model} ...")

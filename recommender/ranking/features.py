@@ -11,10 +11,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from recommender.lexical import LexicalIndex
-from recommender.ranking import DAY, rescale
-from recommender.state import IndexState
-from recommender.text import fold
+from recommender.index.lexical import LexicalIndex
+from recommender.ranking.rules import DAY, rescale
+from recommender.index.state import IndexState
+from recommender.text.normalize import fold
 
 FEATURES = (
     "dense",         # cosine, rescaled: 0 a random pair of the archive, 1 the same text

@@ -17,16 +17,16 @@ from typing import Iterable
 
 import numpy as np
 
-from recommender.articles import ArticleInfo
-from recommender.columns import Columns
+from recommender.store.articles import ArticleInfo
+from recommender.index.columns import Columns
 from recommender.errors import IndexMismatch, NoIndex
-from recommender.index import IndexMeta, VectorIndex, atomic_write, now_iso
-from recommender.lexical import LexicalIndex
+from recommender.index.vector_index import IndexMeta, VectorIndex, atomic_write, now_iso
+from recommender.index.lexical import LexicalIndex
 from recommender.settings import AnnSettings
-from recommender.store import Store
-from recommender.text import terms
-from recommender.timeline import Timeline
-from recommender.versions import Versions
+from recommender.store.sqlite import Store
+from recommender.text.normalize import terms
+from recommender.index.timeline import Timeline
+from recommender.index.versions import Versions
 
 log = logging.getLogger(__name__)
 

@@ -15,18 +15,19 @@ from datetime import datetime
 import numpy as np
 
 from embeddings import DEFAULT_MODEL, Embedder
-from recommender import ranker, vectors
-from recommender.ingest import IngestReport, ingest_sources
-from recommender.lists import ListUpkeep, RelatedLists, lists_key, stored_list
-from recommender.models import load_model, model_name
-from recommender.profiles import DEFAULT as DEFAULT_PROFILE
-from recommender.profiles import Profile, Profiles
-from recommender.ranking import Filters, RelatedItem
+from recommender.ranking import pipeline
+from recommender.store import vector_cache
+from recommender.serving.ingest import IngestReport, ingest_sources
+from recommender.serving.lists import ListUpkeep, RelatedLists, lists_key, stored_list
+from recommender.store.models import load_model, model_name
+from recommender.ranking.profiles import DEFAULT as DEFAULT_PROFILE
+from recommender.ranking.profiles import Profile, Profiles
+from recommender.ranking.rules import Filters, RelatedItem
 from recommender.settings import RankingSettings, Settings
-from recommender.state import Indexes, IndexState
-from recommender.store import Store
-from recommender.versions import Versions
-from recommender.writes import Written, delete_articles, write_articles
+from recommender.index.state import Indexes, IndexState
+from recommender.store.sqlite import Store
+from recommender.index.versions import Versions
+from recommender.store.writes import Written, delete_articles, write_articles
 
 
 class Engine:
@@ -106,7 +107,7 @@ class Engine:
 
     def upsert(self, articles) -> Written:
         """Store articles (embedding the text the cache lacks). Indexes follow via `catch_up`."""
-        return write_articles(self.store, self.model, vectors.in_process(self.embed), self.settings.batch_size,
+        return write_articles(self.store, self.model, vector_cache.in_process(self.embed), self.settings.batch_size,
                               list(articles), self.settings.embed_chars)
 
     def delete(self, ids: list[str]) -> list[str]:
@@ -132,8 +133,8 @@ class Engine:
 
     def embed_missing(self, progress: bool = False) -> int:
         """Embed every stored text this model has no vector for (an interrupted run's leftovers)."""
-        return vectors.fill(self.store, self.model, self.store.texts_missing_vectors(self.model),
-                            vectors.in_process(self.embed), self.settings.batch_size, progress)
+        return vector_cache.fill(self.store, self.model, self.store.texts_missing_vectors(self.model),
+                            vector_cache.in_process(self.embed), self.settings.batch_size, progress)
 
     def ingest(self, sources: list[str], progress: bool = False, index: bool = True,
                precompute: bool = True) -> IngestReport:
@@ -175,14 +176,14 @@ class Engine:
     # --- reads --------------------------------------------------------------
 
     def ranking(self, **overrides) -> RankingSettings:
-        return ranker.ranking_options(self.ranking_defaults, **overrides)
+        return pipeline.ranking_options(self.ranking_defaults, **overrides)
 
-    def seed(self, state: IndexState, article_id: str) -> ranker.Seed:
-        return ranker.stored_seed(state, self.store, article_id, self.embed)
+    def seed(self, state: IndexState, article_id: str) -> pipeline.Seed:
+        return pipeline.stored_seed(state, self.store, article_id, self.embed)
 
     def draft_seed(self, title: str, body: str = "", published_at: datetime | None = None,
-                   section: str | None = None, tags: tuple[str, ...] = ()) -> ranker.Seed:
-        return ranker.draft_seed(title, body, published_at, self.settings.embed_chars, self.embed, section, tags)
+                   section: str | None = None, tags: tuple[str, ...] = ()) -> pipeline.Seed:
+        return pipeline.draft_seed(title, body, published_at, self.settings.embed_chars, self.embed, section, tags)
 
     def related(self, article_id: str, filters: Filters = Filters(), **options) -> list[RelatedItem]:
         opts = self.ranking(**options)
@@ -194,10 +195,10 @@ class Engine:
             if cached is not None:
                 return cached
         state = self.state()
-        return ranker.rank(state, self.seed(state, article_id), filters, opts)
+        return pipeline.rank(state, self.seed(state, article_id), filters, opts)
 
     def related_to_text(self, title: str, body: str = "", published_at: datetime | None = None,
                         filters: Filters = Filters(), **options) -> list[RelatedItem]:
         """Suggestions for a draft that is not in the index."""
         state = self.state()
-        return ranker.rank(state, self.draft_seed(title, body, published_at), filters, self.ranking(**options))
+        return pipeline.rank(state, self.draft_seed(title, body, published_at), filters, self.ranking(**options))

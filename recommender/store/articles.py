@@ -15,7 +15,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from recommender.errors import InvalidArticle
-from recommender.text import clean_text, fold, normalize
+from recommender.text.normalize import clean_text, fold, normalize
 
 RAW_BODY_LIMIT = 200_000
 MAX_ID_LENGTH = 512

@@ -22,15 +22,15 @@ from datetime import datetime, timezone
 from typing import Iterator
 
 from embeddings import Embedder
-from recommender import ranker
-from recommender.articles import Article
-from recommender.engine import Engine
+from recommender.ranking import pipeline
+from recommender.store.articles import Article
+from recommender.serving.engine import Engine
 from recommender.errors import ArticleNotFound, NoIndex
-from recommender.lists import CachedList, RelatedLists, last_stored_list, lists_key
-from recommender.ranking import Filters, RelatedItem
+from recommender.serving.lists import CachedList, RelatedLists, last_stored_list, lists_key
+from recommender.ranking.rules import Filters, RelatedItem
 from recommender.settings import Settings
-from recommender.state import IndexState
-from recommender.store import StoredArticle, UpsertResult
+from recommender.index.state import IndexState
+from recommender.store.sqlite import StoredArticle, UpsertResult
 
 log = logging.getLogger(__name__)
 
@@ -190,7 +190,7 @@ class Service:
         self._snapshot = snapshot
 
     def _switch_version(self, version: str) -> None:
-        from recommender.index import read_meta
+        from recommender.index.vector_index import read_meta
 
         meta = read_meta(self.snapshot.engine.versions.path(version))
         settings = self.settings.model_copy(update={"model": meta.model})
@@ -253,10 +253,10 @@ class Service:
         unfiltered = filters == Filters() and diversity is None
         if unfiltered and k <= self.settings.precompute_k:
             # Compute the full precomputed list once and keep it for the next view.
-            items = ranker.rank(snap.state, seed, filters, engine.ranking(k=self.settings.precompute_k))
+            items = pipeline.rank(snap.state, seed, filters, engine.ranking(k=self.settings.precompute_k))
             snap.lists.put_many({num: engine.upkeep.cached_items(snap.state, items)})
             return items[:k]
-        return ranker.rank(snap.state, seed, filters, engine.ranking(k=k, diversity=diversity))
+        return pipeline.rank(snap.state, seed, filters, engine.ranking(k=k, diversity=diversity))
 
     def _from_cache(self, snap: Snapshot, num: int, cached: CachedList, k: int, filters: Filters,
                     strict: bool = True) -> list[RelatedItem] | None:
@@ -280,7 +280,7 @@ class Service:
                         tags: tuple[str, ...] = ()) -> Related:
         snap = self.snapshot
         seed = snap.engine.draft_seed(title, body, published_at, section, tags)
-        items = ranker.rank(snap.state, seed, filters, snap.engine.ranking(k=k, diversity=diversity))
+        items = pipeline.rank(snap.state, seed, filters, snap.engine.ranking(k=k, diversity=diversity))
         return Related(items, snap.engine.model, snap.state.version)
 
     def article(self, article_id: str) -> StoredArticle:

@@ -16,13 +16,13 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
-from recommender import ranker
-from recommender.articles import ArticleInfo
-from recommender.candidates import fetch_size
-from recommender.ranking import Filters, RelatedItem
+from recommender.ranking import pipeline
+from recommender.store.articles import ArticleInfo
+from recommender.ranking.candidates import fetch_size
+from recommender.ranking.rules import Filters, RelatedItem
 from recommender.settings import RankingSettings
-from recommender.state import IndexState
-from recommender.store import Store
+from recommender.index.state import IndexState
+from recommender.store.sqlite import Store
 
 SAVE_EVERY = 500  # lists written to the store per transaction
 SEARCH_BATCH = 64  # seeds whose nearest neighbours are searched in one call
@@ -179,9 +179,9 @@ def last_stored_list(store: Store, key: str, num: int, k: int, filters: Filters)
 class ListUpkeep:
     """Computes lists with the default ranking and keeps them current after writes."""
 
-    def __init__(self, store: Store, ranking: RankingSettings, precompute_k: int, embed: ranker.Embed):
+    def __init__(self, store: Store, ranking: RankingSettings, precompute_k: int, embed: pipeline.Embed):
         self.store = store
-        self.options = ranker.ranking_options(ranking, k=precompute_k)
+        self.options = pipeline.ranking_options(ranking, k=precompute_k)
         self.precompute_k = precompute_k
         self.embed = embed
 
@@ -276,13 +276,13 @@ class ListUpkeep:
     def lists_for(self, state: IndexState, nums: list[int]) -> Iterator[tuple[int, list[RelatedItem]]]:
         """The lists of several articles, their nearest neighbours searched in one
         FAISS call: a matrix product over the batch instead of one per seed."""
-        seeds = [ranker.stored_seed(state, self.store, state.infos[num].id, self.embed) for num in nums]
+        seeds = [pipeline.stored_seed(state, self.store, state.infos[num].id, self.embed) for num in nums]
         if not seeds:
             return
         _, nearest = state.vectors.search(np.vstack([s.vector for s in seeds]),
                                           fetch_size(self.options.candidates))
         for num, seed, near in zip(nums, seeds, nearest):
-            yield num, ranker.rank(state, seed, Filters(), self.options, near)
+            yield num, pipeline.rank(state, seed, Filters(), self.options, near)
 
     @staticmethod
     def cached_items(state: IndexState, items) -> list[CachedItem]:

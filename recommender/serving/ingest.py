@@ -12,9 +12,9 @@ from dataclasses import dataclass, field
 from datetime import timezone, tzinfo
 from typing import Callable
 
-from recommender.articles import Article
-from recommender.jsonl import Rejection, open_source, read_jsonl
-from recommender.store import UpsertResult
+from recommender.store.articles import Article
+from recommender.store.jsonl import Rejection, open_source, read_jsonl
+from recommender.store.sqlite import UpsertResult
 
 WRITE_CHUNK = 500
 

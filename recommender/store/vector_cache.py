@@ -13,8 +13,8 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 
 from embeddings import Embedder
-from recommender.articles import content_hash
-from recommender.store import Store
+from recommender.store.articles import content_hash
+from recommender.store.sqlite import Store
 
 LENGTH_WINDOW = 64  # batches whose texts are sorted by length together, to waste less padding
 

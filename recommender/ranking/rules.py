@@ -1,11 +1,11 @@
 """The rules that turn nearest neighbours into a "Citește și" list.
 
 Pure functions over arrays, so each rule can be tested and measured alone.
-The order, as `recommender.ranker.rank` applies them:
+The order, as `recommender.ranking.pipeline.rank` applies them:
 1. filters (sections, language, excluded ids, date window from the seed's date),
-   on the candidates of every source (`recommender.candidates`);
+   on the candidates of every source (`recommender.ranking.candidates`);
 2. the score: the ranking profile's weights over the features of
-   `recommender.features` (meaning, words, headline, names, days apart, section);
+   `recommender.ranking.features` (meaning, words, headline, names, days apart, section);
 3. minimum relevance (cosine rescaled above the archive's random-pair level,
    blended with BM25): fewer items rather than noise;
 4. near-duplicates of the seed are dropped;
@@ -21,9 +21,9 @@ from typing import Sequence
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from recommender.articles import ArticleInfo
+from recommender.store.articles import ArticleInfo
 from recommender.errors import InvalidQuery
-from recommender.text import fold
+from recommender.text.normalize import fold
 
 DAY = 86400.0
 

@@ -18,10 +18,10 @@ from typing import Iterator
 
 import numpy as np
 
-from recommender.articles import Article, ArticleInfo, EmbedText, content_hash
+from recommender.store.articles import Article, ArticleInfo, EmbedText, content_hash
 from recommender.errors import StoreError
-from recommender.entities import entities
-from recommender.text import terms
+from recommender.text.entities import entities
+from recommender.text.normalize import terms
 
 # Each entry brings a store from the version before it to its own number
 # (PRAGMA user_version). Version 0 is a store from before versioning, or a new
@@ -85,7 +85,7 @@ MIGRATIONS: list[str] = [
         refreshed_seq INTEGER NOT NULL  -- every change up to this seq has its lists recomputed
     ) WITHOUT ROWID;
     """,
-    # 3: the named entities of each article (see recommender.entities), computed
+    # 3: the named entities of each article (see recommender.text.entities), computed
     # from the stored text for articles written before.
     lambda conn: _add_entities(conn),
     # 4: what `recommender stats` counts, from indexes instead of a scan of every article and

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from recommender.articles import ArticleInfo
+from recommender.store.articles import ArticleInfo
 
 ABSENT = -1
 

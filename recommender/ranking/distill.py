@@ -29,11 +29,11 @@ from embeddings.static import (
     mean_matrix,
     save,
 )
-from recommender import vectors
+from recommender.store import vector_cache
 from recommender.errors import RecommenderError
-from recommender.models import load_model, model_name
+from recommender.store.models import load_model, model_name
 from recommender.settings import Settings
-from recommender.store import Store
+from recommender.store.sqlite import Store
 
 HELD_OUT_EVERY = 10  # every tenth sample article scores the fit, before it is refitted on all
 
@@ -87,7 +87,7 @@ def run_distill(settings: Settings, opts: DistillOptions, echo: Callable[[str], 
 
 
 def _teacher_vectors(store: Store, teacher, texts: list[str], desc: str, progress: bool) -> np.ndarray:
-    return vectors.embed_cached(store, teacher, texts, batch_size=32, progress=progress, desc=desc)
+    return vector_cache.embed_cached(store, teacher, texts, batch_size=32, progress=progress, desc=desc)
 
 
 def _fit(vocabulary: Vocabulary, words: np.ndarray, texts: list[str], targets: np.ndarray, opts: DistillOptions,

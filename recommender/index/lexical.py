@@ -25,7 +25,7 @@ from typing import Iterable
 
 import numpy as np
 
-from recommender.columns import ABSENT, RowMap
+from recommender.index.columns import ABSENT, RowMap
 
 K1 = 1.2
 B = 0.75

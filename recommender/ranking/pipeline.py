@@ -1,5 +1,5 @@
 """The ranking pipeline: from a seed (a stored article or a draft) to the
-"Citește și" list, applying the rules of `recommender.ranking` in order."""
+"Citește și" list, applying the rules of `recommender.ranking.rules` in order."""
 
 from __future__ import annotations
 
@@ -10,17 +10,17 @@ from typing import Callable
 import numpy as np
 from pydantic import ValidationError
 
-from recommender.articles import Article, content_hash, describe_validation_error, title_key
+from recommender.store.articles import Article, content_hash, describe_validation_error, title_key
 from recommender.errors import ArticleNotFound, InvalidQuery
-from recommender.lexical import LexicalIndex
-from recommender import candidates, features
-from recommender.entities import entities
-from recommender.features import SeedTerms
-from recommender.ranking import DAY, Filters, RelatedItem, age_phrase, mmr_select, rescale, shared_terms_reason
+from recommender.index.lexical import LexicalIndex
+from recommender.ranking import candidates, features
+from recommender.text.entities import entities
+from recommender.ranking.features import SeedTerms
+from recommender.ranking.rules import DAY, Filters, RelatedItem, age_phrase, mmr_select, rescale, shared_terms_reason
 from recommender.settings import RankingSettings
-from recommender.state import IndexState
-from recommender.store import Store
-from recommender.text import stem_words, surface_words, terms
+from recommender.index.state import IndexState
+from recommender.store.sqlite import Store
+from recommender.text.normalize import stem_words, surface_words, terms
 
 NO_FILTERS = Filters()
 POOL_MIN = 30  # MMR looks at this many top candidates at least

@@ -20,13 +20,13 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from recommender import vectors
-from recommender.engine import Engine
+from recommender.store import vector_cache
+from recommender.serving.engine import Engine
 from recommender.errors import JobFailed
-from recommender.models import load_model, model_name
+from recommender.store.models import load_model, model_name
 from recommender.settings import Settings
-from recommender.vectors import Batch, split
-from recommender.versions import Versions
+from recommender.store.vector_cache import Batch, split
+from recommender.index.versions import Versions
 
 SHARD_BATCHES = 8  # batches per Ray task
 
@@ -110,9 +110,9 @@ def _embed_all(engine, pending: list[tuple[str, str]], opts: ReembedOptions, emb
     elif opts.workers > 0:
         stream = partial(embed_with_processes, engine.model, opts.device, opts.batch_size, opts.workers, models_dir)
     else:
-        stream = vectors.in_process(embedder.embed)
+        stream = vector_cache.in_process(embedder.embed)
     try:
-        return vectors.fill(engine.store, engine.model, pending, stream, opts.batch_size, opts.progress,
+        return vector_cache.fill(engine.store, engine.model, pending, stream, opts.batch_size, opts.progress,
                             desc=f"re-embedding ({engine.model})")
     except (sqlite3.OperationalError, OSError) as exc:
         raise _failure("could not write a checkpoint", engine, exc) from None

@@ -20,14 +20,14 @@ from typing import Callable, Iterable
 
 import numpy as np
 
-from recommender import features, ranker
-from recommender.articles import Article
+from recommender.ranking import features, pipeline
+from recommender.store.articles import Article
 from recommender.errors import NoLabels, RecommenderError
-from recommender.markup import Element, parse
-from recommender.ranking import Filters
+from recommender.text.markup import Element, parse
+from recommender.ranking.rules import Filters
 from recommender.settings import RankingSettings
-from recommender.state import IndexState
-from recommender.store import Store
+from recommender.index.state import IndexState
+from recommender.store.sqlite import Store
 
 Labels = dict[str, set[str]]  # article id -> ids of the articles its editors linked
 
@@ -51,7 +51,7 @@ class Quality:
 
 
 def groups_for(state: IndexState, store: Store, labels: Labels, opts: RankingSettings,
-               embed: ranker.Embed, progress: bool = False) -> list[Group]:
+               embed: pipeline.Embed, progress: bool = False) -> list[Group]:
     """A group per labelled article with at least one link to an earlier article of the archive."""
     from tqdm import tqdm
 
@@ -60,11 +60,11 @@ def groups_for(state: IndexState, store: Store, labels: Labels, opts: RankingSet
         num = state.by_id.get(query)
         if num is None or num not in state.vectors:
             continue
-        seed = ranker.stored_seed(state, store, query, embed)
+        seed = pipeline.stored_seed(state, store, query, embed)
         before = {state.by_id[r] for r in labels[query] if r in state.by_id and _before(state, r, seed)}
         if not before:
             continue
-        pairs = ranker.candidate_pairs(state, seed, Filters(past_only=True), opts)
+        pairs = pipeline.candidate_pairs(state, seed, Filters(past_only=True), opts)
         linked = np.isin(pairs.nums, np.fromiter(before, dtype=np.int64))
         out.append(Group(query, seed.published_at, pairs, linked, len(before)))
     return out
@@ -106,7 +106,7 @@ def quality(groups: list[Group], weights: dict[str, float], k: int = 10) -> tupl
     alone (no MMR, no minimum score): a fast proxy of the full list."""
     hits, rrs = [], []
     for group in groups:
-        score = ranker.score_pairs(group.pairs, weights)
+        score = pipeline.score_pairs(group.pairs, weights)
         order = np.lexsort((group.pairs.nums, -score))[:k]
         found = np.flatnonzero(group.linked[order])
         hits.append(1.0 if len(found) else 0.0)
@@ -121,7 +121,7 @@ def split(groups: list[Group], held_out: float = 0.2) -> tuple[list[Group], list
     return ordered[:cut], ordered[cut:]
 
 
-def _before(state: IndexState, linked: str, seed: ranker.Seed) -> bool:
+def _before(state: IndexState, linked: str, seed: pipeline.Seed) -> bool:
     when = state.infos[state.by_id[linked]].published_at
     return when is not None and seed.published_at is not None and when <= seed.published_at
 
@@ -231,7 +231,7 @@ class TuneResult:
     report: dict
 
 
-def learn(state: IndexState, store: Store, labels: Labels, opts: RankingSettings, embed: ranker.Embed,
+def learn(state: IndexState, store: Store, labels: Labels, opts: RankingSettings, embed: pipeline.Embed,
           until: datetime | None, held_out: float = 0.2, c: float = 0.01, progress: bool = False) -> TuneResult:
     """Weights learned from every labelled article published before `until`; their
     gain measured first by learning on the older 80 % and scoring the newest 20 %."""

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Iterator
 
 from recommender.errors import JobLocked, RecommenderError
-from recommender.index import META_FILE, IndexMeta, atomic_write, read_meta
+from recommender.index.vector_index import META_FILE, IndexMeta, atomic_write, read_meta
 
 ACTIVE_FILE = "ACTIVE"
 _VERSION = re.compile(r"^v(\d+)$")

@@ -19,9 +19,9 @@ from typing import Callable
 
 import numpy as np
 
-from recommender.lexical import LexicalIndex
-from recommender.ranking import DAY
-from recommender.state import IndexState
+from recommender.index.lexical import LexicalIndex
+from recommender.ranking.rules import DAY
+from recommender.index.state import IndexState
 
 SOURCES = ("dense", "lexical", "time", "entities")
 WINDOW_LIMIT = 2  # the time source scores at most this many times its share, the closest in time

@@ -22,7 +22,7 @@ from typing import Iterator
 
 import numpy as np
 
-from recommender.columns import RowMap
+from recommender.index.columns import RowMap
 from recommender.errors import IndexMismatch
 from recommender.settings import AnnSettings
 

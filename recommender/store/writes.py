@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from recommender import vectors
-from recommender.articles import Article
-from recommender.store import ArticleRow, Store, UpsertResult
+from recommender.store import vector_cache
+from recommender.store.articles import Article
+from recommender.store.sqlite import ArticleRow, Store, UpsertResult
 
 
 @dataclass
@@ -20,14 +20,14 @@ class Written:
     embedded: int = 0  # texts sent to the model
 
 
-def write_articles(store: Store, model: str, embed: vectors.EmbedStream, batch_size: int,
+def write_articles(store: Store, model: str, embed: vector_cache.EmbedStream, batch_size: int,
                    articles: list[Article], embed_chars: int) -> Written:
     """Embed the texts the cache lacks (committed batch by batch), then store the
     articles in one transaction: an article is never stored without its vector
     being at least on its way, and a crash keeps every finished batch."""
     rows = [ArticleRow.of(a, a.embed_text(embed_chars)) for a in articles]
     pairs = [(row.content_hash, row.text.text) for row in rows]
-    embedded = vectors.fill(store, model, vectors.missing(store, model, pairs), embed, batch_size)
+    embedded = vector_cache.fill(store, model, vector_cache.missing(store, model, pairs), embed, batch_size)
     with store.transaction() as conn:
         results = [store.upsert(conn, row) for row in rows]
     return Written(results, embedded)

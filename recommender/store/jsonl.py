@@ -9,7 +9,7 @@ from datetime import timezone, tzinfo
 from pathlib import Path
 from typing import IO, Iterator
 
-from recommender.articles import Article, parse_article
+from recommender.store.articles import Article, parse_article
 from recommender.errors import InvalidArticle
 
 

@@ -2,7 +2,7 @@
 keeping every other byte of the page as it came.
 
 A block is a label ("Citește și", "Vezi și", "Recomandări", ...: the shared
-list in `recommender.text`) and the links that follow it, up to the first
+list in `recommender.text.normalize`) and the links that follow it, up to the first
 content that is not a link; or an element that holds nothing but such a
 label and its links. Never a container with other content. Inside script,
 style, textarea, template, noscript, comments and iframe fallbacks nothing is
@@ -18,8 +18,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable, Sequence, TypeVar
 
-from recommender.markup import INERT, RAW_TEXT, RCDATA, Element, Text, parse
-from recommender.text import is_related_label
+from recommender.text.markup import INERT, RAW_TEXT, RCDATA, Element, Text, parse
+from recommender.text.normalize import is_related_label
 
 T = TypeVar("T")
 

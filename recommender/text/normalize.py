@@ -86,9 +86,9 @@ def looks_like_html(text: str) -> bool:
 
 def html_to_text(html: str, cancelled=lambda: False) -> str:
     """Visible text of an HTML fragment or page, one line per block element, in one
-    linear pass (`recommender.markup`): link-only teaser paragraphs, scripts,
+    linear pass (`recommender.text.markup`): link-only teaser paragraphs, scripts,
     navigation and the like dropped."""
-    from recommender.markup import TooDeep, parse
+    from recommender.text.markup import TooDeep, parse
 
     try:
         root = parse(html, cancelled)

@@ -21,7 +21,7 @@ def model_name(model: str) -> str:
 def load_model(model: str, *, device: str | None = None, batch_size: int = 32, threads: int | None = None,
                models_dir: Path | None = None) -> Embedder:
     from embeddings import load_embedder
-    from recommender.text import terms
+    from recommender.text.normalize import terms
 
     try:
         # hashing: buckets of the same folded, stemmed terms that BM25 matches on
