@@ -1,49 +1,13 @@
-"""Ranking metrics, one value per query, and bootstrap confidence intervals.
-
-Definitions (binary relevance; `ranked` is the suggestion list, best first):
-- P@k: relevant items among the first k, divided by k (a short list is not
-  rewarded for being short);
-- hit@k: 1 if any of the first k is relevant;
-- recall@k: relevant items among the first k over all relevant items;
-- MRR: 1 / rank of the first relevant item within the list, 0 if none;
-- nDCG@k: DCG of the first k (gain 1 / log2(rank + 1)) over the DCG of an ideal
-  list with min(k, |relevant|) relevant items.
-A query with no relevant item has no defined recall, MRR or nDCG; callers skip
-it (and count it). Ties in scores are broken before metrics see the list, by
-the strategies, deterministically (lower article number first).
-"""
+"""Ranking metrics (defined once, in recommender/ranking/metrics.py) and bootstrap
+confidence intervals of their means over queries."""
 
 from __future__ import annotations
 
-import math
-from typing import Sequence
-
 import numpy as np
 
+from recommender.ranking.metrics import hit_at_k, ndcg_at_k, precision_at_k, recall_at_k, reciprocal_rank
 
-def precision_at_k(ranked: Sequence[str], relevant: set[str], k: int) -> float:
-    return sum(1 for item in ranked[:k] if item in relevant) / k
-
-
-def hit_at_k(ranked: Sequence[str], relevant: set[str], k: int) -> float:
-    return float(any(item in relevant for item in ranked[:k]))
-
-
-def recall_at_k(ranked: Sequence[str], relevant: set[str], k: int) -> float:
-    return sum(1 for item in ranked[:k] if item in relevant) / len(relevant)
-
-
-def reciprocal_rank(ranked: Sequence[str], relevant: set[str], k: int | None = None) -> float:
-    for position, item in enumerate(ranked[:k] if k else ranked, start=1):
-        if item in relevant:
-            return 1.0 / position
-    return 0.0
-
-
-def ndcg_at_k(ranked: Sequence[str], relevant: set[str], k: int) -> float:
-    dcg = sum(1.0 / math.log2(pos + 1) for pos, item in enumerate(ranked[:k], start=1) if item in relevant)
-    ideal = sum(1.0 / math.log2(pos + 1) for pos in range(1, min(k, len(relevant)) + 1))
-    return dcg / ideal
+__all__ = ["bootstrap_ci", "hit_at_k", "ndcg_at_k", "precision_at_k", "recall_at_k", "reciprocal_rank"]
 
 
 def bootstrap_ci(values: np.ndarray, resamples: int = 1000, seed: int = 0, level: float = 0.95) -> tuple[float, float]:

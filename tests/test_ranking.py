@@ -172,3 +172,23 @@ def test_default_relevance_blends_in_bm25(loaded):
     lexical = features.normalized_bm25(state.lexical, seed.terms.text, nums)
     np.testing.assert_allclose(relevance, 0.7 * rescaled + 0.3 * lexical)
     assert lexical.max() <= 1.0 and lexical[list(nums).index(state.by_id["ukr-3"])] > 0
+
+
+def test_the_time_prior_features_and_its_switch():
+    from recommender.ranking import time_prior
+
+    day = 86400.0
+    cols = time_prior.columns(np.array([10 * day, 17 * day, np.nan]), when=3 * day)
+    assert cols["log_days"].tolist() == [1.0, np.log2(3.0), 0.0]
+    assert cols["after"].tolist() == [1.0, 1.0, 0.0]
+    assert cols["undated"].tolist() == [0.0, 0.0, 1.0]
+    assert cols["within_week"].tolist() == [1.0, 0.0, 0.0] and cols["within_month"].tolist() == [1.0, 1.0, 0.0]
+    assert time_prior.columns(np.array([day]), when=None)["undated"].tolist() == [1.0]
+    assert time_prior.switched_off(True) == frozenset() and "log_days" in time_prior.switched_off(False)
+
+
+def test_near_duplicates_of_the_seed_by_meaning_or_headline():
+    from recommender.ranking.rules import same_story_as_seed
+
+    dupes = same_story_as_seed(np.array([0.95, 0.5, 0.5]), np.array([1, 7, 2]), seed_title=7, duplicate_threshold=0.9)
+    assert dupes.tolist() == [True, True, False]

@@ -12,7 +12,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from recommender.index.lexical import LexicalIndex
-from recommender.ranking.rules import DAY, rescale
+from recommender.ranking import time_prior
+from recommender.ranking.rules import rescale
 from recommender.index.state import IndexState
 from recommender.text.normalize import fold
 
@@ -23,7 +24,7 @@ FEATURES = (
     "lexical_z",     # the same, as a z-score over the candidates
     "title",         # BM25 of the candidate's headline for the seed headline's terms, over the seed's own
     "entities",      # BM25 over named entities (people, companies, places), over the seed's own
-    "log_days",      # log2(1 + |days apart| / 7); 0 when either is undated
+    "log_days",      # the time prior (recommender.ranking.time_prior): log2(1 + |days apart| / 7)
     "after",         # 1 when the candidate was published after the seed
     "undated",       # 1 when either has no date
     "same_section",  # 1 when both have the same section
@@ -36,8 +37,6 @@ FEATURES = (
     "title_x_entities",                 # both headline words and names shared
     "dense_z_x_week",                   # close in meaning and within a week
 )
-# What `--no-time-prior` switches off.
-TIME_FEATURES = frozenset({"log_days", "after", "within_day", "within_week", "within_month", "dense_z_x_week"})
 
 
 @dataclass(frozen=True)
@@ -79,10 +78,7 @@ def compute(state: IndexState, nums: np.ndarray, vector: np.ndarray, seed: SeedT
     queries = queries or Queries.of(state, seed)
     dense = rescale(state.vectors.reconstruct(nums) @ vector, state.meta.random_pair_mean)
     lexical = normalized_bm25(state.lexical, seed.text, nums, queries.text)
-    times = state.columns.when[nums]
-    undated = np.isnan(times) | (when is None)
-    days = np.where(undated, 0.0, (times - (when or 0.0)) / DAY)
-    section = state.columns.section_code(fold(section or "").strip())
+    section_code = state.columns.section_code(fold(section or "").strip())
     seed_tags = {fold(t) for t in tags}
     columns = {
         "dense": dense,
@@ -91,24 +87,21 @@ def compute(state: IndexState, nums: np.ndarray, vector: np.ndarray, seed: SeedT
         "lexical_z": _z(lexical),
         "title": normalized_bm25(state.titles, seed.title, nums, queries.title),
         "entities": normalized_bm25(state.entities, seed.entities, nums, queries.entities),
-        "log_days": np.log2(1 + np.abs(days) / 7),
-        "after": (days > 0).astype(float),
-        "undated": undated.astype(float),
-        "same_section": ((state.columns.section[nums] == section) & (section > 0)).astype(float),
+        "same_section": ((state.columns.section[nums] == section_code) & (section_code > 0)).astype(float),
         "tags": _tags(state, nums, seed_tags),
+        **time_prior.columns(state.columns.when[nums], when),
     }
-    columns.update(_derived(columns, np.where(undated, np.inf, np.abs(days))))
+    columns.update(_derived(columns))
     return Pairs(nums, np.column_stack([columns[name] for name in FEATURES]) if len(nums) else
                  np.zeros((0, len(FEATURES))))
 
 
-def _derived(columns: dict[str, np.ndarray], days: np.ndarray) -> dict[str, np.ndarray]:
-    week = (days <= 7).astype(float)
+def _derived(columns: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return {
         "title_z": _z(columns["title"]), "entities_z": _z(columns["entities"]),
         **{f"{name}_rr": _reciprocal_rank(columns[name]) for name in ("dense", "lexical", "title", "entities")},
-        "within_day": (days <= 1).astype(float), "within_week": week, "within_month": (days <= 30).astype(float),
-        "title_x_entities": columns["title"] * columns["entities"], "dense_z_x_week": columns["dense_z"] * week,
+        "title_x_entities": columns["title"] * columns["entities"],
+        "dense_z_x_week": columns["dense_z"] * columns["within_week"],
     }
 
 

@@ -13,10 +13,11 @@ from pydantic import ValidationError
 from recommender.store.articles import Article, content_hash, describe_validation_error, title_key
 from recommender.errors import ArticleNotFound, InvalidQuery
 from recommender.index.lexical import LexicalIndex
-from recommender.ranking import candidates, features
+from recommender.ranking import candidates, features, time_prior
 from recommender.text.entities import entities
 from recommender.ranking.features import SeedTerms
-from recommender.ranking.rules import DAY, Filters, RelatedItem, age_phrase, mmr_select, rescale, shared_terms_reason
+from recommender.ranking.rules import (DAY, Filters, RelatedItem, age_phrase, mmr_select, rescale, same_story_as_seed,
+                                       shared_terms_reason)
 from recommender.settings import RankingSettings
 from recommender.index.state import IndexState
 from recommender.store.sqlite import Store
@@ -115,9 +116,8 @@ def rank(state: IndexState, seed: Seed, filters: Filters, opts: RankingSettings,
     relevance_ = (1 - opts.lexical_weight) * dense + opts.lexical_weight * lexical
     linear = score_pairs(pairs, opts.weights, opts.time_prior)
     score = 1.0 / (1.0 + np.exp(-np.clip(linear, -50, 50)))  # rank_score: the same order, in (0, 1)
-    seed_title = title_key(seed.title)
-    keep = (relevance_ >= opts.min_score) & (dense < opts.duplicate_threshold)
-    keep &= state.columns.title[pairs.nums] != seed_title
+    keep = relevance_ >= opts.min_score
+    keep &= ~same_story_as_seed(dense, state.columns.title[pairs.nums], title_key(seed.title), opts.duplicate_threshold)
     nums, relevance_, score, linear = pairs.nums[keep], relevance_[keep], score[keep], linear[keep]
     if len(nums) == 0:
         return []
@@ -139,7 +139,7 @@ def gather(state: IndexState, seed: Seed, filters: Filters, opts: RankingSetting
            nearest: np.ndarray | None = None, queries: features.Queries | None = None) -> candidates.Candidates:
     """Every source's candidates for the seed that pass the filters."""
     reference = seed.published_at or datetime.now(timezone.utc)
-    when = seed.published_at.timestamp() if seed.published_at and opts.time_prior else None
+    when = time_prior.source_time(seed.published_at, opts.time_prior)
     queries = queries or features.Queries.of(state, seed.terms)
     return candidates.gather(state, seed.vector, queries.text, queries.entities, when,
                              _acceptor(state, seed, filters, reference), opts.candidates, opts.window_days,
@@ -155,9 +155,10 @@ def candidate_pairs(state: IndexState, seed: Seed, filters: Filters, opts: Ranki
     return features.compute(state, found.nums, seed.vector, seed.terms, when, seed.section, seed.tags, queries)
 
 
-def score_pairs(pairs: features.Pairs, weights: dict[str, float], time_prior: bool = True) -> np.ndarray:
-    """The profile's linear score of each candidate: what the list is ordered by."""
-    skip = frozenset() if time_prior else features.TIME_FEATURES
+def score_pairs(pairs: features.Pairs, weights: dict[str, float], with_time: bool = True) -> np.ndarray:
+    """The profile's linear score of each candidate: what the list is ordered by;
+    `with_time`: whether the time prior counts."""
+    skip = time_prior.switched_off(with_time)
     w = np.array([0.0 if name in skip else weights.get(name, 0.0) for name in features.FEATURES])
     return pairs.matrix @ w + weights.get("bias", 0.0)
 

@@ -8,8 +8,8 @@ The order, as `recommender.ranking.pipeline.rank` applies them:
    `recommender.ranking.features` (meaning, words, headline, names, days apart, section);
 3. minimum relevance (cosine rescaled above the archive's random-pair level,
    blended with BM25): fewer items rather than noise;
-4. near-duplicates of the seed are dropped;
-5. MMR selection, which also drops near-duplicates among the results.
+4. near-duplicates of the seed are dropped (`same_story_as_seed`);
+5. MMR selection, which also drops near-duplicates among the results (`mmr_select`).
 """
 
 from __future__ import annotations
@@ -140,6 +140,16 @@ def rescale(cosines: np.ndarray, random_mean: float) -> np.ndarray:
     """
     span = max(1.0 - random_mean, 1e-6)
     return (np.asarray(cosines, dtype=np.float64) - random_mean) / span
+
+
+def same_story_as_seed(dense: np.ndarray, titles: np.ndarray, seed_title: int,
+                       duplicate_threshold: float) -> np.ndarray:
+    """Which candidates are near-duplicates of the seed: as close in meaning as
+    `duplicate_threshold` (rescaled cosine), or under the same headline (`titles`
+    are title keys, `recommender.store.articles.title_key`). The other near-duplicate
+    rule, among the results, is in `mmr_select`; exact copies (the seed's content
+    hash) never become candidates (`recommender.index.columns.Columns.others`)."""
+    return (dense >= duplicate_threshold) | (titles == seed_title)
 
 
 def mmr_select(score: np.ndarray, sims: np.ndarray, k: int, diversity: float, duplicate_threshold: float) -> list[int]:

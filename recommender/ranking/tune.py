@@ -21,6 +21,7 @@ from typing import Callable, Iterable
 import numpy as np
 
 from recommender.ranking import features, pipeline
+from recommender.ranking.metrics import hit_at_k, reciprocal_rank
 from recommender.store.articles import Article
 from recommender.errors import NoLabels, RecommenderError
 from recommender.text.markup import Element, parse
@@ -70,24 +71,24 @@ def groups_for(state: IndexState, store: Store, labels: Labels, opts: RankingSet
     return out
 
 
-def fit(groups: list[Group], prior: dict[str, float], c: float = 0.01, negatives: int = 20,
+def fit(groups: list[Group], start: dict[str, float], c: float = 0.01, negatives: int = 20,
         seed: int = 0) -> dict[str, float]:
     """Pairwise logistic regression: for every linked candidate, the difference of its
     features with those of `negatives` unlinked candidates of the same list, drawn at
-    random (seeded; the hardest ones by the prior are often links the editor could
+    random (seeded; the hardest ones by the starting profile are often links the editor could
     have made, and scored worse in a trial). It learns the order within a list, which is what
-    a list is judged on. The prior profile's score is one more column: under the L2
-    penalty, following the prior costs one weight, so the fit learns the archive's
-    departure from the prior rather than a profile from nothing (on ZF, learned before
+    a list is judged on. The starting profile's score is one more column: under the L2
+    penalty, following it costs one weight, so the fit learns the archive's
+    departure from it rather than a profile from nothing (on ZF, learned before
     2021 and scored on 2021: hit@10 +0.017 [-0.003, +0.037] over the hand-set
     profile, eval/results/zf-2021.md). The weights by feature name."""
     from sklearn.linear_model import LogisticRegression
 
-    w_prior = np.array([prior.get(name, 0.0) for name in features.FEATURES])
+    w_start = np.array([start.get(name, 0.0) for name in features.FEATURES])
     rng = np.random.default_rng(seed)
     diffs = []
     for group in groups:
-        matrix = np.column_stack([group.pairs.matrix, group.pairs.matrix @ w_prior])
+        matrix = np.column_stack([group.pairs.matrix, group.pairs.matrix @ w_start])
         linked, unlinked = np.flatnonzero(group.linked), np.flatnonzero(~group.linked)
         for row in linked if len(unlinked) else []:
             drawn = rng.choice(unlinked, size=min(negatives, len(unlinked)), replace=False)
@@ -97,7 +98,7 @@ def fit(groups: list[Group], prior: dict[str, float], c: float = 0.01, negatives
     d = np.vstack(diffs)
     model = LogisticRegression(C=c, max_iter=5000, fit_intercept=False)
     model.fit(np.vstack([d, -d]), np.r_[np.ones(len(d)), np.zeros(len(d))])
-    weights = model.coef_[0][:-1] + model.coef_[0][-1] * w_prior
+    weights = model.coef_[0][:-1] + model.coef_[0][-1] * w_start
     return {name: round(float(w), 4) for name, w in zip(features.FEATURES, weights)}
 
 
@@ -107,10 +108,10 @@ def quality(groups: list[Group], weights: dict[str, float], k: int = 10) -> tupl
     hits, rrs = [], []
     for group in groups:
         score = pipeline.score_pairs(group.pairs, weights)
-        order = np.lexsort((group.pairs.nums, -score))[:k]
-        found = np.flatnonzero(group.linked[order])
-        hits.append(1.0 if len(found) else 0.0)
-        rrs.append(1.0 / (found[0] + 1) if len(found) else 0.0)
+        ranked = group.pairs.nums[np.lexsort((group.pairs.nums, -score))].tolist()
+        linked = set(group.pairs.nums[group.linked].tolist())
+        hits.append(hit_at_k(ranked, linked, k))
+        rrs.append(reciprocal_rank(ranked, linked, k))
     return np.array(hits), np.array(rrs)
 
 
