@@ -135,11 +135,11 @@ def topics(model: str, data_dir: Path, dataset: Path) -> dict:
 def sts(model: str, data_dir: Path, path: Path) -> float:
     from eval.sts import evaluate_sts
     from recommender.store.models import load_model
-    from recommender.store.sqlite import Store
+    from recommender.store.sqlite import SQLiteStore
 
     data_dir.mkdir(parents=True, exist_ok=True)
     embedder = load_model(model, models_dir=settings_for(data_dir, model).models_dir)
-    return evaluate_sts(path, embedder, Store(data_dir / "store.sqlite")).spearman
+    return evaluate_sts(path, embedder, SQLiteStore(data_dir / "store.sqlite")).spearman
 
 
 def measured_before(out: Path | None) -> dict[tuple, dict]:

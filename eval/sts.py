@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from recommender.errors import RecommenderError
-from recommender.store.sqlite import Store
+from recommender.store.base import Store
 from recommender.text.normalize import normalize
 from recommender.store.vector_cache import embed_cached
 

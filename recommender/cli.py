@@ -308,7 +308,7 @@ def stats(settings, as_json):
     Example:
       recommender stats --json
     """
-    from recommender.store.sqlite import Store
+    from recommender.store.base import open_store
 
     if not settings.store_path.exists():
         raise CliError(f"no store in {settings.data_dir}", hint="ingest articles first, e.g. recommender ingest articles.jsonl")
@@ -321,7 +321,7 @@ def stats(settings, as_json):
 
     from recommender.store.articles import iso
 
-    store = Store(settings.store_path)
+    store = open_store(settings)
     found = store.stats()
     versions = Versions(settings.index_dir)
     active = versions.active()
@@ -585,7 +585,7 @@ def index_prune(data_dir, keep):
     Example:
       recommender index prune --keep 1
     """
-    from recommender.store.sqlite import Store
+    from recommender.store.base import open_store
     from recommender.index.versions import Versions
 
     settings = load_settings(data_dir=data_dir)
@@ -593,7 +593,7 @@ def index_prune(data_dir, keep):
     active = versions.active()
     inactive = [n for n in versions.names() if n != active]
     doomed = inactive[: max(len(inactive) - keep, 0)]
-    store = Store(settings.store_path) if settings.store_path.exists() else None
+    store = open_store(settings) if settings.store_path.exists() else None
     for name in doomed:
         versions.remove(name)
         if store is not None:
@@ -872,9 +872,9 @@ def eval_sts(files, models, genre, data_dir, as_json):
     from embeddings import DEFAULT_MODEL
     from eval.sts import evaluate_sts
     from recommender.store.models import load_model
-    from recommender.store.sqlite import Store
+    from recommender.store.base import open_store
 
-    store = Store(data_dir / "store.sqlite")
+    store = open_store(load_settings(data_dir=data_dir))
     results = []
     for model in models or [load_settings().model or DEFAULT_MODEL]:
         embedder = load_model(model)

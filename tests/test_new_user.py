@@ -57,9 +57,9 @@ def test_dates_as_romanian_cms_exports_carry_them(env, tmp_path, given, stored):
     path = write_jsonl(tmp_path / "a.jsonl", [article("d", "Titlu", date=given)])
     result = cli(env, "ingest", "--timezone", "Europe/Bucharest", str(path))
     assert result.exit_code == 0, result.output
-    from recommender.store.sqlite import Store
+    from recommender.store.sqlite import SQLiteStore
 
-    assert Store(tmp_path / "data" / "store.sqlite").get("d").article.published_at.isoformat().replace(
+    assert SQLiteStore(tmp_path / "data" / "store.sqlite").get("d").article.published_at.isoformat().replace(
         "+00:00", "Z") == stored
 
 
@@ -88,9 +88,9 @@ def test_cli_delete_has_the_effect_of_the_api_route(env, stories, tmp_path):
     assert "ukr-3" not in [i["id"] for i in json.loads(cli(env, "related", "ukr-2", "--json").stdout)]
     gone = CliRunner().invoke(main, ["related", "ukr-3"], env=env)
     assert gone.exit_code == 1 and "no article with id 'ukr-3'" in gone.output
-    from recommender.store.sqlite import Store
+    from recommender.store.sqlite import SQLiteStore
 
-    store = Store(tmp_path / "data" / "store.sqlite")
+    store = SQLiteStore(tmp_path / "data" / "store.sqlite")
     assert store.get("ukr-3") is None and store.count() == 5
     # the precomputed lists, which the API serves, no longer show it
     lists = [json.loads(items) for _, items, _ in store.list_rows("v1")]

@@ -129,9 +129,9 @@ def test_a_second_job_on_the_same_data_dir_is_refused(loaded):
 
 
 def test_disk_full_while_checkpointing_keeps_the_old_version_and_the_job_resumable(loaded, monkeypatch):
-    from recommender.store.sqlite import Store
+    from recommender.store.sqlite import SQLiteStore
 
-    original = Store.conn.fget
+    original = SQLiteStore.conn.fget
 
     def small_disk(store):
         conn = original(store)
@@ -139,11 +139,11 @@ def test_disk_full_while_checkpointing_keeps_the_old_version_and_the_job_resumab
         conn.execute(f"PRAGMA max_page_count = {pages + 1}")  # SQLite's own "disk full"
         return conn
 
-    monkeypatch.setattr(Store, "conn", property(small_disk))
+    monkeypatch.setattr(SQLiteStore, "conn", property(small_disk))
     with pytest.raises(JobFailed, match=r"could not write.*full.*v1 keeps serving") as failure:
         run_reembed(loaded, ReembedOptions("hashing:1024", batch_size=1), echo=quiet)
     assert "rerun" in failure.value.hint
-    monkeypatch.setattr(Store, "conn", property(original))
+    monkeypatch.setattr(SQLiteStore, "conn", property(original))
     assert Versions(loaded.index_dir).active() == "v1"
     assert [i.id for i in Engine(loaded).related("ukr-2")]
     resumed = run_reembed(loaded, ReembedOptions("hashing:1024"), echo=quiet)
@@ -151,20 +151,20 @@ def test_disk_full_while_checkpointing_keeps_the_old_version_and_the_job_resumab
 
 
 def test_read_only_store_fails_cleanly_and_resumes_later(loaded, monkeypatch):
-    from recommender.store.sqlite import Store
+    from recommender.store.sqlite import SQLiteStore
 
-    original = Store.conn.fget
+    original = SQLiteStore.conn.fget
 
     def read_only(store):
         conn = original(store)
         conn.execute("PRAGMA query_only = ON")  # what a store file without write permission gives
         return conn
 
-    monkeypatch.setattr(Store, "conn", property(read_only))
+    monkeypatch.setattr(SQLiteStore, "conn", property(read_only))
     with pytest.raises(JobFailed, match=r"readonly.*v1 keeps serving") as failure:
         run_reembed(loaded, ReembedOptions("hashing:64"), echo=quiet)
     assert "permissions" in failure.value.hint
-    monkeypatch.setattr(Store, "conn", property(original))
+    monkeypatch.setattr(SQLiteStore, "conn", property(original))
     assert Versions(loaded.index_dir).active() == "v1"
     assert run_reembed(loaded, ReembedOptions("hashing:64"), echo=quiet).activated
 

@@ -5,7 +5,7 @@ import sqlite3
 import pytest
 
 from recommender.errors import StoreError
-from recommender.store.sqlite import SCHEMA_VERSION, Store
+from recommender.store.sqlite import SCHEMA_VERSION, SQLiteStore
 from tests.conftest import STORY_ARTICLES
 
 PREVIOUS_SCHEMA = """  -- the store as released before schema versions (user_version 0)
@@ -83,7 +83,7 @@ def test_a_store_of_the_previous_schema_is_migrated_without_loss(engine, stories
     path = tmp_path / "old.sqlite"
     previous_store(path, engine, stories)
     before = dump(path)
-    store = Store(path)
+    store = SQLiteStore(path)
     assert store.schema_version() == SCHEMA_VERSION
     assert dump(path) == before
     assert store.count() == len(STORY_ARTICLES)
@@ -92,7 +92,7 @@ def test_a_store_of_the_previous_schema_is_migrated_without_loss(engine, stories
     entities = "SELECT id, entities FROM articles ORDER BY id"
     migrated = store.conn.execute(entities).fetchall()
     assert migrated == engine.store.conn.execute(entities).fetchall() and any(e for _, e in migrated)
-    assert Store(path).schema_version() == SCHEMA_VERSION  # reopening migrates nothing again
+    assert SQLiteStore(path).schema_version() == SCHEMA_VERSION  # reopening migrates nothing again
 
 
 def test_a_store_from_a_newer_version_is_refused(tmp_path):
@@ -101,7 +101,7 @@ def test_a_store_from_a_newer_version_is_refused(tmp_path):
     conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
     conn.close()
     with pytest.raises(StoreError, match="newer") as refused:
-        Store(path)
+        SQLiteStore(path)
     assert "upgrade" in refused.value.hint
 
 
@@ -109,17 +109,17 @@ def test_a_file_that_is_not_a_store_is_refused(tmp_path):
     path = tmp_path / "store.sqlite"
     path.write_bytes(b"this is not a database, just some bytes" * 100)
     with pytest.raises(StoreError, match="not a recommender store"):
-        Store(path)
+        SQLiteStore(path)
 
 
 def test_related_lists_live_in_the_store_and_memory_keeps_only_who_shows_whom(tmp_path, monkeypatch):
     import recommender.serving.lists
     from recommender.serving.lists import CachedItem, RelatedLists
-    from recommender.store.sqlite import Store
+    from recommender.store.sqlite import SQLiteStore
 
     monkeypatch.setattr(recommender.serving.lists, "REMEMBER_BATCH", 2)  # a restart reads them back in steps
 
-    store = Store(tmp_path / "store.sqlite")
+    store = SQLiteStore(tmp_path / "store.sqlite")
     lists = RelatedLists(store, "v1", "default", width=3)
     item = lambda n: CachedItem(n, 0.5, 0.5, "why")  # noqa: E731
     lists.put_many({1: [item(2), item(3)], 2: [item(1)], 500: [item(3), item(1), item(2), item(4)], 7: []})
@@ -128,7 +128,7 @@ def test_related_lists_live_in_the_store_and_memory_keeps_only_who_shows_whom(tm
     assert [i.num for i in lists.get(500).items] == [3, 1, 2, 4] and lists.get(3) is None
     lists.forget([1])
     assert lists.containing([2, 3]) == {500} and lists.get(1) is None
-    reopened = RelatedLists(Store(tmp_path / "store.sqlite"), "v1", "default", width=3)
+    reopened = RelatedLists(SQLiteStore(tmp_path / "store.sqlite"), "v1", "default", width=3)
     assert reopened.containing([1]) == {2, 500} and len(reopened) == 3
     assert reopened.containing([3]) == {500} and reopened.missing_or_stale([2, 7, 500, 1]) == [1]
     assert RelatedLists(store, "v1", "other-profile").containing([1]) == set()
@@ -136,9 +136,9 @@ def test_related_lists_live_in_the_store_and_memory_keeps_only_who_shows_whom(tm
 
 def test_stats_count_from_indexes_not_a_scan_of_every_article(tmp_path):
     """A scan of a million articles' texts and vectors took 15 s; indexes answer at once."""
-    from recommender.store.sqlite import Store
+    from recommender.store.sqlite import SQLiteStore
 
-    conn = Store(tmp_path / "store.sqlite").conn
+    conn = SQLiteStore(tmp_path / "store.sqlite").conn
     for query in ("SELECT model, COUNT(*) FROM vectors GROUP BY model",
                   "SELECT COALESCE(section, ''), COUNT(*) FROM articles GROUP BY section",
                   "SELECT MIN(published_ts), MAX(published_ts) FROM articles"):

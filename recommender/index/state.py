@@ -23,7 +23,7 @@ from recommender.errors import IndexMismatch, NoIndex
 from recommender.index.vector_index import IndexMeta, VectorIndex, atomic_write, now_iso
 from recommender.index.lexical import LexicalIndex
 from recommender.settings import AnnSettings
-from recommender.store.sqlite import Store
+from recommender.store.base import Store
 from recommender.text.normalize import terms
 from recommender.index.timeline import Timeline
 from recommender.index.versions import Versions

@@ -33,7 +33,7 @@ from recommender.store import vector_cache
 from recommender.errors import RecommenderError
 from recommender.store.models import load_model, model_name
 from recommender.settings import Settings
-from recommender.store.sqlite import Store
+from recommender.store.base import open_store
 
 HELD_OUT_EVERY = 10  # every tenth sample article scores the fit, before it is refitted on all
 
@@ -62,7 +62,7 @@ def run_distill(settings: Settings, opts: DistillOptions, echo: Callable[[str], 
     teacher_name = model_name(opts.teacher)
     if teacher_name.startswith(("static:", "hashing:")):
         raise RecommenderError(f"the teacher must be a sentence encoder (e5-small-q4 or st:...), not {teacher_name}")
-    store = Store(settings.store_path)
+    store = open_store(settings)
     echo("counting the archive's words")
     counts = WordCounts()
     for text in store.all_texts():

@@ -20,7 +20,7 @@ from recommender.ranking.rules import (DAY, Filters, RelatedItem, age_phrase, mm
                                        shared_terms_reason)
 from recommender.settings import RankingSettings
 from recommender.index.state import IndexState
-from recommender.store.sqlite import Store
+from recommender.store.base import Store
 from recommender.text.normalize import stem_words, surface_words, terms
 
 NO_FILTERS = Filters()

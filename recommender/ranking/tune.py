@@ -28,7 +28,7 @@ from recommender.text.markup import Element, parse
 from recommender.ranking.rules import Filters
 from recommender.settings import RankingSettings
 from recommender.index.state import IndexState
-from recommender.store.sqlite import Store
+from recommender.store.base import Store
 
 Labels = dict[str, set[str]]  # article id -> ids of the articles its editors linked
 

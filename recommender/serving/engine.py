@@ -25,7 +25,7 @@ from recommender.ranking.profiles import Profile, Profiles
 from recommender.ranking.rules import Filters, RelatedItem
 from recommender.settings import RankingSettings, Settings
 from recommender.index.state import Indexes, IndexState
-from recommender.store.sqlite import Store
+from recommender.store.base import open_store
 from recommender.index.versions import Versions
 from recommender.store.writes import Written, delete_articles, write_articles
 
@@ -37,7 +37,7 @@ class Engine:
 
         faiss.omp_set_num_threads(settings.faiss_threads)
         self.settings = settings
-        self.store = Store(settings.store_path)
+        self.store = open_store(settings)
         self.versions = Versions(settings.index_dir)
         self._embedder = embedder
         self._embed_lock = threading.Lock()  # the embedding engines are not documented as thread-safe

@@ -14,7 +14,7 @@ from typing import Callable
 
 from recommender.store.articles import Article
 from recommender.store.jsonl import Rejection, open_source, read_jsonl
-from recommender.store.sqlite import UpsertResult
+from recommender.store.base import UpsertResult
 
 WRITE_CHUNK = 500
 

@@ -22,7 +22,7 @@ from recommender.ranking.candidates import fetch_size
 from recommender.ranking.rules import Filters, RelatedItem
 from recommender.settings import RankingSettings
 from recommender.index.state import IndexState
-from recommender.store.sqlite import Store
+from recommender.store.base import Store
 
 SAVE_EVERY = 500  # lists written to the store per transaction
 SEARCH_BATCH = 64  # seeds whose nearest neighbours are searched in one call
@@ -300,7 +300,7 @@ def _start_forked() -> None:
 
     threadpool_limits(1)  # N workers on N cores, not N x BLAS threads
     upkeep, state, key = _forked_job
-    store = Store(upkeep.store.path)  # an SQLite connection must not cross a fork
+    store = upkeep.store.reopened()  # a connection must not cross a fork
     _forked_job = (ListUpkeep(store, upkeep.options, upkeep.precompute_k, upkeep.embed), state, key)
 
 

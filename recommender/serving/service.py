@@ -30,7 +30,7 @@ from recommender.serving.lists import CachedList, RelatedLists, last_stored_list
 from recommender.ranking.rules import Filters, RelatedItem
 from recommender.settings import Settings
 from recommender.index.state import IndexState
-from recommender.store.sqlite import StoredArticle, UpsertResult
+from recommender.store.base import StoredArticle, UpsertResult
 
 log = logging.getLogger(__name__)
 

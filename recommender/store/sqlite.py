@@ -11,6 +11,7 @@ import json
 import sqlite3
 import sys
 import threading
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -18,7 +19,8 @@ from typing import Iterator
 
 import numpy as np
 
-from recommender.store.articles import Article, ArticleInfo, EmbedText, content_hash
+from recommender.store.articles import Article, ArticleInfo
+from recommender.store.base import ArticleRow, Store, StoredArticle, StoreStats, UpsertResult, Writes
 from recommender.errors import StoreError
 from recommender.text.entities import entities
 from recommender.text.normalize import terms
@@ -102,60 +104,7 @@ ROW_COLUMNS = "num, id, title, body, url, published_at, section, tags, language,
 INFO_COLUMNS = "a.num, a.id, a.title, a.url, a.published_at, a.section, a.language, a.content_hash, a.tags"
 
 
-@dataclass(frozen=True)
-class StoredArticle:
-    num: int
-    article: Article
-    content_hash: str
-
-    @property
-    def id(self) -> str:
-        return self.article.id
-
-
-@dataclass(frozen=True)
-class ArticleRow:
-    """An article ready to store: its columns computed, so a write transaction is short."""
-
-    article: Article
-    text: EmbedText
-    record_hash: str
-    content_hash: str
-    values: tuple  # the articles columns from id to entities (all but updated_at)
-
-    @classmethod
-    def of(cls, article: Article, prepared: EmbedText) -> "ArticleRow":
-        published = article.published_at
-        record_hash, chash = article.record_hash(), content_hash(prepared.text)
-        values = (
-            article.id, article.title, article.body, article.url or None,
-            published.isoformat() if published else None,
-            published.timestamp() if published else None,
-            article.section or None, json.dumps(article.tags, ensure_ascii=False), article.language,
-            json.dumps(article.meta, ensure_ascii=False, default=str), prepared.text,
-            " ".join(terms(prepared.text)), chash, record_hash, " ".join(entities(article.title, prepared.text)),
-        )
-        return cls(article, prepared, record_hash, chash, values)
-
-
-@dataclass(frozen=True)
-class UpsertResult:
-    num: int
-    status: str  # "added" | "updated" | "unchanged"
-    text: EmbedText
-
-
-@dataclass(frozen=True)
-class StoreStats:
-    articles: int
-    vectors_by_model: dict[str, int]
-    sections: dict[str, int]
-    first_published: datetime | None
-    last_published: datetime | None
-    last_change: int
-
-
-class Store:
+class SQLiteStore(Store):
     """One SQLite file in WAL mode: readers never wait for the writer.
 
     Each thread gets its own connection; sqlite3 connections are not meant to
@@ -208,51 +157,27 @@ class Store:
             self._local.conn = conn
         return conn
 
-    def transaction(self):
-        return _Transaction(self)
+    @contextmanager
+    def transaction(self) -> Iterator[Writes]:
+        """BEGIN IMMEDIATE ... COMMIT, serialised per process, rolled back on error."""
+        with self._write() as conn:
+            yield _Writes(conn)
 
-    # --- writes -------------------------------------------------------------
+    def reopened(self) -> SQLiteStore:
+        return SQLiteStore(self.path)
 
-    def upsert(self, conn: sqlite3.Connection, row: "ArticleRow") -> UpsertResult:
-        """Insert or replace one article inside the caller's transaction. The row is
-        prepared beforehand (`article_row`): stemming and hashing stay outside the
-        transaction, which other writers wait for."""
-        article, prepared = row.article, row.text
-        old = conn.execute("SELECT num, record_hash, content_hash FROM articles WHERE id = ?", (article.id,)).fetchone()
-        if old is not None and old[1] == row.record_hash and old[2] == row.content_hash:
-            return UpsertResult(old[0], "unchanged", prepared)
-        num = conn.execute(
-            """INSERT INTO articles (id, title, body, url, published_at, published_ts, section, tags,
-                   language, meta, text, terms, content_hash, record_hash, entities, updated_at)
-               VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-               ON CONFLICT(id) DO UPDATE SET
-                   title=excluded.title, body=excluded.body, url=excluded.url,
-                   published_at=excluded.published_at, published_ts=excluded.published_ts,
-                   section=excluded.section, tags=excluded.tags, language=excluded.language,
-                   meta=excluded.meta, text=excluded.text, terms=excluded.terms,
-                   content_hash=excluded.content_hash, record_hash=excluded.record_hash,
-                   entities=excluded.entities, updated_at=excluded.updated_at
-               RETURNING num""",
-            row.values + (_now(),),
-        ).fetchone()[0]
-        conn.execute("INSERT INTO changes (num) VALUES (?)", (num,))
-        return UpsertResult(num, "added" if old is None else "updated", prepared)
-
-    def delete(self, conn: sqlite3.Connection, article_id: str) -> int | None:
-        row = conn.execute("DELETE FROM articles WHERE id = ? RETURNING num", (article_id,)).fetchone()
-        if row is None:
-            return None
-        conn.execute("INSERT INTO changes (num) VALUES (?)", (row[0],))
-        return row[0]
-
-    def put_vectors(self, conn: sqlite3.Connection, model: str, hashes: list[str], vectors: np.ndarray) -> None:
-        conn.executemany(
-            "INSERT OR REPLACE INTO vectors (model, content_hash, vector) VALUES (?, ?, ?)",
-            ((model, h, np.asarray(v, dtype=np.float32).tobytes()) for h, v in zip(hashes, vectors)),
-        )
-        conn.executemany(
-            "INSERT INTO changes (num) SELECT num FROM articles WHERE content_hash = ?", ((h,) for h in hashes)
-        )
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        with self._write_lock:
+            conn = self.conn
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:  # SQLite already rolled back on some errors, such as a full disk
+                    conn.execute("ROLLBACK")
+                raise
 
     # --- reads --------------------------------------------------------------
 
@@ -408,17 +333,17 @@ class Store:
         return (row[0], bool(row[1])) if row else None
 
     def put_lists(self, version: str, lists: dict[int, str]) -> None:
-        with self.transaction() as conn:
+        with self._write() as conn:
             conn.executemany("INSERT OR REPLACE INTO related_lists VALUES (?, ?, ?, 1)",
                              [(version, num, items) for num, items in lists.items()])
 
     def delete_lists(self, version: str, nums) -> None:
-        with self.transaction() as conn:
+        with self._write() as conn:
             conn.executemany("DELETE FROM related_lists WHERE version = ? AND num = ?", [(version, n) for n in nums])
 
     def drop_lists(self, version: str) -> None:
         """The lists of an index version, under every ranking profile."""
-        with self.transaction() as conn:
+        with self._write() as conn:
             for table in ("related_lists", "list_progress"):
                 conn.execute(f"DELETE FROM {table} WHERE version = ? OR version LIKE ? || ':%'", (version, version))
 
@@ -428,7 +353,7 @@ class Store:
 
     def mark_lists_refreshed(self, version: str, seq: int) -> None:
         """Record that lists follow the change log up to `seq` (never moving it back)."""
-        with self.transaction() as conn:
+        with self._write() as conn:
             conn.execute("""INSERT INTO list_progress (version, refreshed_seq) VALUES (?, ?)
                             ON CONFLICT(version) DO UPDATE SET refreshed_seq = MAX(refreshed_seq, excluded.refreshed_seq)""",
                          (version, seq))
@@ -446,36 +371,60 @@ class Store:
         return row[0] if row else None
 
     def start_job(self, model: str, version: str) -> None:
-        with self.transaction() as conn:
+        with self._write() as conn:
             conn.execute("INSERT OR REPLACE INTO reembed_jobs (model, version, started_at, finished_at) "
                          "VALUES (?, ?, ?, NULL)", (model, version, _now()))
 
     def finish_job(self, model: str) -> None:
-        with self.transaction() as conn:
+        with self._write() as conn:
             conn.execute("UPDATE reembed_jobs SET finished_at = ? WHERE model = ?", (_now(), model))
 
 
-class _Transaction:
-    """BEGIN IMMEDIATE ... COMMIT, serialised per process, rolled back on error."""
+class _Writes(Writes):
+    """The writes of one SQLite transaction, on its connection."""
 
-    def __init__(self, store: Store):
-        self.store = store
+    def __init__(self, conn: sqlite3.Connection):
+        self.conn = conn
 
-    def __enter__(self) -> sqlite3.Connection:
-        self.store._write_lock.acquire()
-        conn = self.store.conn
-        conn.execute("BEGIN IMMEDIATE")
-        return conn
+    def upsert(self, row: ArticleRow) -> UpsertResult:
+        """The row is prepared beforehand (`ArticleRow.of`): stemming and hashing stay
+        outside the transaction, which other writers wait for."""
+        article, prepared = row.article, row.text
+        old = self.conn.execute("SELECT num, record_hash, content_hash FROM articles WHERE id = ?", (article.id,)).fetchone()
+        if old is not None and old[1] == row.record_hash and old[2] == row.content_hash:
+            return UpsertResult(old[0], "unchanged", prepared)
+        num = self.conn.execute(
+            """INSERT INTO articles (id, title, body, url, published_at, published_ts, section, tags,
+                   language, meta, text, terms, content_hash, record_hash, entities, updated_at)
+               VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+               ON CONFLICT(id) DO UPDATE SET
+                   title=excluded.title, body=excluded.body, url=excluded.url,
+                   published_at=excluded.published_at, published_ts=excluded.published_ts,
+                   section=excluded.section, tags=excluded.tags, language=excluded.language,
+                   meta=excluded.meta, text=excluded.text, terms=excluded.terms,
+                   content_hash=excluded.content_hash, record_hash=excluded.record_hash,
+                   entities=excluded.entities, updated_at=excluded.updated_at
+               RETURNING num""",
+            row.values + (_now(),),
+        ).fetchone()[0]
+        self.conn.execute("INSERT INTO changes (num) VALUES (?)", (num,))
+        return UpsertResult(num, "added" if old is None else "updated", prepared)
 
-    def __exit__(self, exc_type, exc, tb) -> None:
-        conn = self.store.conn
-        try:
-            if exc_type is None:
-                conn.execute("COMMIT")
-            elif conn.in_transaction:  # SQLite already rolled back on some errors, such as a full disk
-                conn.execute("ROLLBACK")
-        finally:
-            self.store._write_lock.release()
+    def delete(self, article_id: str) -> int | None:
+        row = self.conn.execute("DELETE FROM articles WHERE id = ? RETURNING num", (article_id,)).fetchone()
+        if row is None:
+            return None
+        self.conn.execute("INSERT INTO changes (num) VALUES (?)", (row[0],))
+        return row[0]
+
+    def put_vectors(self, model: str, hashes: list[str], vectors: np.ndarray) -> None:
+        self.conn.executemany(
+            "INSERT OR REPLACE INTO vectors (model, content_hash, vector) VALUES (?, ?, ?)",
+            ((model, h, np.asarray(v, dtype=np.float32).tobytes()) for h, v in zip(hashes, vectors)),
+        )
+        self.conn.executemany(
+            "INSERT INTO changes (num) SELECT num FROM articles WHERE content_hash = ?", ((h,) for h in hashes)
+        )
 
 
 def _now() -> str:

@@ -14,7 +14,7 @@ import numpy as np
 
 from embeddings import Embedder
 from recommender.store.articles import content_hash
-from recommender.store.sqlite import Store
+from recommender.store.base import Store
 
 LENGTH_WINDOW = 64  # batches whose texts are sorted by length together, to waste less padding
 
@@ -58,8 +58,8 @@ def fill(store: Store, model: str, pending: Sequence[tuple[str, str]], embed: Em
     with tqdm(total=len(pending), unit="doc", desc=desc or f"embedding ({model})",
               disable=not progress or not pending) as bar:
         for hashes, vectors in embed(length_sorted_batches(pending, batch_size)):
-            with store.transaction() as conn:
-                store.put_vectors(conn, model, hashes, vectors)
+            with store.transaction() as tx:
+                tx.put_vectors(model, hashes, vectors)
             done += len(hashes)
             bar.update(len(hashes))
     return done

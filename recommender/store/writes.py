@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 from recommender.store import vector_cache
 from recommender.store.articles import Article
-from recommender.store.sqlite import ArticleRow, Store, UpsertResult
+from recommender.store.base import ArticleRow, Store, UpsertResult
 
 
 @dataclass
@@ -28,16 +28,16 @@ def write_articles(store: Store, model: str, embed: vector_cache.EmbedStream, ba
     rows = [ArticleRow.of(a, a.embed_text(embed_chars)) for a in articles]
     pairs = [(row.content_hash, row.text.text) for row in rows]
     embedded = vector_cache.fill(store, model, vector_cache.missing(store, model, pairs), embed, batch_size)
-    with store.transaction() as conn:
-        results = [store.upsert(conn, row) for row in rows]
+    with store.transaction() as tx:
+        results = [tx.upsert(row) for row in rows]
     return Written(results, embedded)
 
 
 def delete_articles(store: Store, ids: list[str]) -> list[str]:
     """Delete in one transaction; the ids that were not there."""
     unknown = []
-    with store.transaction() as conn:
+    with store.transaction() as tx:
         for article_id in ids:
-            if store.delete(conn, article_id) is None:
+            if tx.delete(article_id) is None:
                 unknown.append(article_id)
     return unknown
