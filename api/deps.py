@@ -12,10 +12,10 @@ from fastapi import Depends, HTTPException, Path, Query, Request, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import AfterValidator
 
-from recommender.store.articles import MAX_ID_LENGTH, check_id
 from recommender.ranking.rules import RelatedQuery
 from recommender.serving.service import Service
 from recommender.settings import Settings
+from recommender.store.articles import MAX_ID_LENGTH, check_id
 
 ArticleId = Annotated[str, Path(min_length=1, max_length=MAX_ID_LENGTH, description="The publisher's article id"),
                       AfterValidator(check_id)]

@@ -4,15 +4,23 @@ backend cannot run."""
 
 from __future__ import annotations
 
+from typing import Any, Sequence
+
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 
-from recommender.store.articles import describe_validation_error
 from recommender.errors import (
-    ArticleNotFound, IndexMismatch, InvalidArticle, InvalidQuery, ModelError, NoIndex, RecommenderError,
+    ArticleNotFound,
+    IndexMismatch,
+    InvalidArticle,
+    InvalidQuery,
+    ModelError,
+    NoIndex,
+    RecommenderError,
 )
+from recommender.store.articles import describe_validation_error
 
 STATUS = [  # most specific first: the first match wins
     (ArticleNotFound, 404),
@@ -26,22 +34,21 @@ STATUS = [  # most specific first: the first match wins
 
 
 def add_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(RecommenderError)
     async def domain(request: Request, exc: RecommenderError) -> JSONResponse:
         status = next(code for kind, code in STATUS if isinstance(exc, kind))
         return JSONResponse({"detail": str(exc)}, status_code=status)
 
+    @app.exception_handler(ValidationError)
     async def validation(request: Request, exc: ValidationError) -> JSONResponse:
         return JSONResponse({"detail": describe_validation_error(exc)}, status_code=422)
 
+    @app.exception_handler(RequestValidationError)
     async def request_validation(request: Request, exc: RequestValidationError) -> JSONResponse:
         return JSONResponse({"detail": describe_request_errors(exc.errors())}, status_code=422)
 
-    app.add_exception_handler(RecommenderError, domain)
-    app.add_exception_handler(ValidationError, validation)
-    app.add_exception_handler(RequestValidationError, request_validation)
 
-
-def describe_request_errors(errors) -> str:
+def describe_request_errors(errors: Sequence[Any]) -> str:
     """One line, the same shape as every other 4xx. The offending input is not
     echoed: it may be huge, or not representable in JSON (NaN)."""
     parts = []
@@ -51,6 +58,7 @@ def describe_request_errors(errors) -> str:
             continue
         where = [str(p) for p in err.get("loc", ()) if p not in ("body", "query", "path", "header")]
         field = ".".join(where) or "body"
-        message = "is required" if err.get("type") == "missing" else err.get("msg", "invalid").removeprefix("Value error, ")
+        message = ("is required" if err.get("type") == "missing"
+                   else err.get("msg", "invalid").removeprefix("Value error, "))
         parts.append(f"{field}: {message}")
     return "; ".join(parts) or "invalid request"

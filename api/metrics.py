@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from recommender.serving.service import Service
+
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
@@ -9,7 +14,7 @@ BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
 
 
 class Metrics:
-    def __init__(self, service) -> None:
+    def __init__(self, service: Service) -> None:
         self.registry = CollectorRegistry()
         self.requests = Counter("recommender_requests", "HTTP requests", ["route", "method", "status"],
                                 registry=self.registry)
@@ -28,7 +33,7 @@ class Metrics:
 class _ServiceCollector:
     """Read at scrape time: index size and the precomputed-list cache."""
 
-    def __init__(self, service) -> None:
+    def __init__(self, service: Service) -> None:
         self.service = service
 
     def collect(self):

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import json
 import time
+from typing import Sequence
+
+from starlette.routing import BaseRoute
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.metrics import Metrics
 
@@ -11,11 +15,11 @@ from api.metrics import Metrics
 class BodyLimitMiddleware:
     """413 for bodies over the limit, whether or not Content-Length is sent."""
 
-    def __init__(self, app, limit: int):
+    def __init__(self, app: ASGIApp, limit: int):
         self.app = app
         self.limit = limit
 
-    async def __call__(self, scope, receive, send):
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         headers = dict(scope.get("headers") or [])
@@ -44,10 +48,11 @@ class BodyLimitMiddleware:
 
         return await self.app(scope, replay, send)
 
-    async def _too_large(self, send) -> None:
+    async def _too_large(self, send: Send) -> None:
         payload = json.dumps({"detail": f"request body over the {self.limit}-byte limit"}).encode()
         await send({"type": "http.response.start", "status": 413,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]})
+                    "headers": [(b"content-type", b"application/json"),
+                                (b"content-length", str(len(payload)).encode())]})
         await send({"type": "http.response.body", "body": payload})
 
 
@@ -55,11 +60,11 @@ class WriteAuthMiddleware:
     """401 for a write without a valid key, before its body is read or parsed: a
     malformed body from a stranger gets the same answer as a good one."""
 
-    def __init__(self, app, keys: list[str]):
+    def __init__(self, app: ASGIApp, keys: list[str]):
         self.app = app
         self.keys = keys
 
-    async def __call__(self, scope, receive, send):
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and _is_write(scope["method"], scope["path"]):
             from api.deps import key_problem
 
@@ -84,19 +89,19 @@ class MetricsMiddleware:
     """Counts every answer, including those given before routing (413, 401),
     labelled by route template; paths that match no route share one label."""
 
-    def __init__(self, app, metrics: Metrics, routes: list):
+    def __init__(self, app: ASGIApp, metrics: Metrics, routes: Sequence[BaseRoute]):
         self.app = app
         self.metrics = metrics
         self.routes = routes  # every route with its template, in matching order
 
-    async def __call__(self, scope, receive, send):
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         started = time.perf_counter()
         status = 500
         route = route_template(self.routes, scope)  # before routing rewrites the scope
 
-        async def record(message):
+        async def record(message: Message) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
@@ -108,7 +113,7 @@ class MetricsMiddleware:
             self.metrics.observe(route, scope["method"], status, time.perf_counter() - started)
 
 
-def route_template(routes, scope) -> str:
+def route_template(routes: Sequence[BaseRoute], scope: Scope) -> str:
     """The template of the route a request matches ("/v1/articles/{article_id}"), not its
     path, so that ids do not explode the metric's labels."""
     from starlette.routing import Match

@@ -7,12 +7,22 @@ title with <script> or a `javascript:` URL comes out inert.
 from __future__ import annotations
 
 from functools import lru_cache
-from typing import Sequence
+from typing import Any, Protocol, Sequence
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from recommender.ranking.rules import RelatedItem
-
 SAFE_SCHEMES = ("http", "https")
+
+
+class Shown(Protocol):
+    """What a block shows of a suggestion: the library's RelatedItem and the API's
+    RelatedItemOut both are one."""
+
+    @property
+    def title(self) -> str: ...
+    @property
+    def url(self) -> str | None: ...
+    @property
+    def section(self) -> str | None: ...
 
 
 def safe_url(url: str | None) -> str | None:
@@ -38,19 +48,19 @@ def attributed(url: str | None, seed_id: str, position: int) -> str | None:
 
 
 @lru_cache(maxsize=1)
-def _environment():
+def _environment() -> Any:
     from jinja2 import Environment, PackageLoader, select_autoescape
 
     return Environment(loader=PackageLoader("api", "templates"), autoescape=select_autoescape(default=True))
 
 
-def render_block(items: Sequence[RelatedItem], urls: Sequence[str | None], css_class: str,
+def render_block(items: Sequence[Shown], urls: Sequence[str | None], css_class: str,
                  heading: str = "Citește și") -> str:
     template = _environment().get_template("related_block.html")
     return template.render(items=list(zip(items, urls)), css_class=css_class, heading=heading)
 
 
-def render_link(item) -> str:
+def render_link(item: Shown) -> str:
     """One suggestion as an inline link, for a teaser ("Citește și: <a>...</a>"); its URL
     already made safe (and attributed) by the caller."""
     from markupsafe import escape
@@ -60,5 +70,5 @@ def render_link(item) -> str:
     return f'<a href="{escape(item.url)}">{escape(item.title)}</a>'
 
 
-def render_template(name: str, **context) -> str:
+def render_template(name: str, **context: Any) -> str:
     return _environment().get_template(name).render(**context)

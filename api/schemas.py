@@ -7,9 +7,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from recommender.store.articles import parse_date
-
 from recommender.ranking.rules import FilterParams
+from recommender.store.articles import parse_date
 
 
 class RelatedItemOut(BaseModel):
@@ -85,7 +84,8 @@ class BulkOut(BaseModel):
 
 class RewriteIn(BaseModel):
     model_config = ConfigDict(json_schema_extra={"examples": [{
-        "html": "<article><h1>Titlu</h1><p>Text.</p><div><h3>Citește și</h3><ul><li><a href='https://x.ro/a'>Alt titlu</a></li></ul></div></article>",
+        "html": "<article><h1>Titlu</h1><p>Text.</p><div><h3>Citește și</h3><ul>"
+                "<li><a href='https://x.ro/a'>Alt titlu</a></li></ul></div></article>",
         "article_id": "2025-03-14-kiev-talks"}]})
 
     html: str

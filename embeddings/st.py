@@ -11,7 +11,8 @@ import numpy as np
 from embeddings.base import ModelLoadError, l2_normalize
 
 PATH_HINT = "download the model once on a machine that can, then pass its folder: st:/path/to/model"
-INSTALL_HINT = "install the extra: pip install torch==2.13.0 'recommender[st]' (CPU), or a CUDA torch build first on GPUs"
+INSTALL_HINT = ("install the extra: pip install torch==2.13.0 'recommender[st]' (CPU), "
+                "or a CUDA torch build first on GPUs")
 
 
 def detect_device() -> str:
@@ -46,9 +47,11 @@ def locate(model: str) -> tuple[str, bool]:
     try:
         HfApi().model_info(model, timeout=10)
     except RepositoryNotFoundError:
-        raise ModelLoadError(f"no model {model!r} on the Hugging Face hub (check the id, or pass a local folder)") from None
+        raise ModelLoadError(f"no model {model!r} on the Hugging Face hub "
+                             "(check the id, or pass a local folder)") from None
     except Exception as exc:  # connection refused, DNS, timeout, proxy: all mean "no hub from here"
-        raise ModelLoadError(f"cannot reach the Hugging Face hub to download {model!r} ({type(exc).__name__}); {PATH_HINT}") from None
+        raise ModelLoadError(f"cannot reach the Hugging Face hub to download {model!r} "
+                             f"({type(exc).__name__}); {PATH_HINT}") from None
     return model, False
 
 
@@ -57,7 +60,8 @@ class SentenceTransformerEmbedder:
         try:
             from sentence_transformers import SentenceTransformer
         except ImportError as exc:
-            raise ModelLoadError(f"st:{model} needs sentence-transformers, which is not installed; {INSTALL_HINT}") from exc
+            raise ModelLoadError(f"st:{model} needs sentence-transformers, which is not installed; "
+                                 f"{INSTALL_HINT}") from exc
         source, local = locate(model)
         self.device = device or detect_device()
         try:
@@ -70,8 +74,12 @@ class SentenceTransformerEmbedder:
             ) from exc
         self.name = f"st:{model}"
         self.batch_size = batch_size
-        dimension = getattr(self._model, "get_embedding_dimension", None) or self._model.get_sentence_embedding_dimension
-        self.dimension = int(dimension())
+        dimension = (getattr(self._model, "get_embedding_dimension", None)
+                     or self._model.get_sentence_embedding_dimension)
+        size = dimension()
+        if size is None:
+            raise ModelLoadError(f"{self.name}: the model does not say the size of its vectors")
+        self.dimension = int(size)
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         if not texts:

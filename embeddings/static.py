@@ -27,6 +27,11 @@ a new name (`recommender distill`).
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from scipy import sparse
+
 import json
 import re
 from collections import Counter
@@ -131,7 +136,7 @@ def mean_matrix(texts: Sequence[str], vocabulary: Vocabulary):
     return sparse.diags(1 / np.where(sums == 0, 1, sums)) @ counts
 
 
-def fit(prior: np.ndarray, means, targets: np.ndarray, ridge: float) -> np.ndarray:
+def fit(prior: np.ndarray, means: sparse.spmatrix, targets: np.ndarray, ridge: float) -> np.ndarray:
     """Word vectors W minimising |means·W - targets|² + ridge·|W - prior|², solved in
     the sample's space (articles, not words: a sample of thousands against a
     vocabulary of tens of thousands). Words absent from the sample keep their prior."""
@@ -142,7 +147,7 @@ def fit(prior: np.ndarray, means, targets: np.ndarray, ridge: float) -> np.ndarr
     return prior + means.T @ np.linalg.solve(gram, residual)
 
 
-def mean_cosine(means, words: np.ndarray, targets: np.ndarray) -> float:
+def mean_cosine(means: sparse.spmatrix, words: np.ndarray, targets: np.ndarray) -> float:
     predicted = l2_normalize(means @ words)
     return float((predicted * l2_normalize(targets)).sum(axis=1).mean())
 

@@ -42,7 +42,7 @@ def main() -> None:
     parser.add_argument("--limit-queries", type=int, default=None)
     args = parser.parse_args()
     settings = Settings(data_dir=args.data_dir, model=args.model)
-    rows = []
+    rows: list[tuple[str, dict, dict]] = []
     for strategy in ("dense", "lexical"):
         rows.append((strategy, {}, run(args, settings, strategy, {})))
     for name, options in VARIANTS:

@@ -157,9 +157,10 @@ def quality(row: Row, args) -> None:
     zf_dir, mo_dir = args.zf_cache, args.moroco_cache
     for key, value in links(row.model, zf_dir, args.zf).items():
         setattr(row, key, value)
-    for key, value in topics(row.moroco_model, mo_dir, args.moroco).items():
+    moroco_model = row.moroco_model or row.model
+    for key, value in topics(moroco_model, mo_dir, args.moroco).items():
         setattr(row, key, value)
-    row.sts_spearman = round(sts(row.moroco_model, mo_dir, args.sts), 4)
+    row.sts_spearman = round(sts(moroco_model, mo_dir, args.sts), 4)
 
 
 def run(args) -> list[Row]:

@@ -56,7 +56,10 @@ def main() -> None:
     nums = rng.sample(sorted(state.infos), min(args.lists, len(state.infos)))
     drafts = []
     for num in nums[: args.drafts]:
-        stored = engine.store.get(state.infos[num].id).article
+        found = engine.store.get(state.infos[num].id)
+        if found is None:
+            continue
+        stored = found.article
         drafts.append((stored.title + " actualizare", stored.body, stored.published_at))
     engine.related_to_text(*drafts[0][:2])  # warm-up
     latencies = []

@@ -100,13 +100,15 @@ def prepare_index(data: Path, rebuild: bool = False) -> float | None:
     """Seconds to bring an archive built by an earlier release to this one's index
     (HNSW by size, lexical indexes saved for a fast restart), or to rebuild its graph
     with the current settings; None when it is current."""
+    from recommender.index.state import LEXICAL_DIR
     from recommender.serving.engine import Engine
     from recommender.settings import Settings
-    from recommender.index.state import LEXICAL_DIR
 
     settings = Settings(data_dir=data, model=MODEL)
     engine = Engine(settings)
     meta = engine.indexes.active_meta()
+    if meta is None:
+        raise SystemExit(f"no index in {data}: run the ingest step first")
     wanted = "hnsw" if meta.count >= settings.ann.exact_below else "exact"
     manifest = engine.versions.path(meta.version) / LEXICAL_DIR / "meta.json"
     if not rebuild and meta.kind == wanted and manifest.exists() and "parts" in json.loads(manifest.read_text()):
@@ -190,7 +192,8 @@ def cli_seconds(data: Path, commands: list[list[str]]) -> float:
 def rss_mb(pid: int) -> tuple[float, float]:
     """(resident, peak resident) MB of a process."""
     fields = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines())
-    return tuple(round(int(fields[name].split()[0]) / 1024, 1) for name in ("VmRSS", "VmHWM"))
+    resident, peak = (round(int(fields[name].split()[0]) / 1024, 1) for name in ("VmRSS", "VmHWM"))
+    return resident, peak
 
 
 def serve(data: Path, sample: list[str], stories: list[list[str]], requests: int) -> dict:

@@ -90,8 +90,7 @@ def load_dataset(path: str | Path) -> Dataset:
             rows.append((item.id, _text(item.meta.get("topic")), item.section or None,
                          tuple(str(r) for r in related), _text(item.meta.get("story")), item.published_at))
     label_field = "topic" if any(r[1] for r in rows) else ("section" if any(r[2] for r in rows) else None)
-    pick = 1 if label_field == "topic" else 2
-    articles = {r[0]: Labelled(r[0], r[pick] if label_field else None, r[3], r[4], r[5]) for r in rows}
+    articles = {r[0]: Labelled(r[0], r[1] if label_field == "topic" else r[2], r[3], r[4], r[5]) for r in rows}
     dataset = Dataset(str(path), articles, label_field, rejected)
     if not dataset.kinds():
         raise NoLabels(

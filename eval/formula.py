@@ -64,7 +64,8 @@ def formula_lists(state, queries: list[str], k: int, pool: int = 100) -> tuple[d
     times = np.array([(state.infos[int(n)].published_at.timestamp() if state.infos[int(n)].published_at else np.nan)
                       for n in nums])
     row_of = {int(n): i for i, n in enumerate(nums)}
-    lists, sources = {}, {name: {} for name in SOURCES}
+    lists: dict[str, list[str]] = {}
+    sources: dict[str, dict[str, set[str]]] = {name: {} for name in SOURCES}
     for query in queries:
         row = row_of[state.by_id[query]]
         past = np.flatnonzero((times <= times[row]) & (np.arange(len(nums)) != row))
@@ -77,7 +78,7 @@ def formula_lists(state, queries: list[str], k: int, pool: int = 100) -> tuple[d
         lexical = (tfidf[past] @ tfidf[row].T).toarray().ravel()
         days = np.abs(times[past] - times[row]) / DAY
         score = 0.3 * zscore(lexical) + 0.7 * zscore(dense) - np.log2(1 + days / 7)
-        ids = lambda order: [state.infos[int(nums[i])].id for i in past[order]]  # noqa: E731
+        ids = lambda order, past=past: [state.infos[int(nums[i])].id for i in past[order]]  # noqa: E731
         lists[query] = ids(np.argsort(-score, kind="stable")[:k])
         for name, values in (("dense", -dense), ("lexical", -lexical), ("time", days)):
             sources[name][query] = set(ids(np.argsort(values, kind="stable")[:pool]))
@@ -116,11 +117,11 @@ def main() -> None:
         print(f"| {name} | {h.mean():.3f} [{hl:.3f}, {hh:.3f}] | {r.mean():.3f} [{rl:.3f}, {rh:.3f}] |")
     print("\nCandidate recall@100: the share of a query's linked past articles each source brings in")
     print("| source | recall@100 |\n|---|---|")
-    relevant = {q: {r for r in dataset.relevant("related", q) if _before(dataset, r, q)} for q in queries}
+    linked = {q: {r for r in dataset.relevant("related", q) if _before(dataset, r, q)} for q in queries}
     for name in (*SOURCES, "dense + lexical + time"):
         found = [(sources[name][q] if name in sources else set().union(*(sources[s][q] for s in SOURCES)))
                  for q in queries]
-        recall = np.mean([len(f & relevant[q]) / len(relevant[q]) for f, q in zip(found, queries)])
+        recall = np.mean([len(f & linked[q]) / len(linked[q]) for f, q in zip(found, queries)])
         print(f"| {name} | {recall:.3f} |")
 
 

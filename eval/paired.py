@@ -17,14 +17,15 @@ from __future__ import annotations
 import argparse
 import json
 from datetime import datetime, timezone
+from pathlib import Path
 
 import numpy as np
 
 from eval.dataset import load_dataset
 from eval.metrics import bootstrap_ci, hit_at_k, precision_at_k, reciprocal_rank
 from eval.runner import _not_after, pick_queries, run_strategy
-from recommender.serving.engine import Engine
 from recommender.ranking.profiles import read_profile
+from recommender.serving.engine import Engine
 from recommender.settings import Settings
 
 
@@ -56,7 +57,7 @@ def main() -> None:
 
     def per_query(strategy: str, options: dict, profile: str | None) -> dict[str, np.ndarray]:
         if profile:
-            options = {**options, "weights": read_profile(profile).weights}
+            options = {**options, "weights": read_profile(Path(profile)).weights}
         lists = run_strategy(engine, state, strategy, queries, args.k, args.past_only, options).lists
         if not related:
             return {f"P@{args.k}": np.array([precision_at_k(lists[q], relevant(q), args.k) for q in queries])}

@@ -45,6 +45,14 @@ def read_archive(directory: Path) -> dict[str, dict]:
     return rows
 
 
+def zf_id(href: str) -> str:
+    """The article number ZF ends its URLs with (read_archive keeps only rows that have one)."""
+    match = _ID.search(href)
+    if match is None:
+        raise ValueError(f"no article number at the end of {href}")
+    return match.group(1)
+
+
 def convert(row: dict, ids_by_href: dict[str, str]) -> dict:
     links = row.get("rec_hrefs") or []
     related = [ids_by_href[h] for h in links if h in ids_by_href and ids_by_href[h] != ids_by_href[row["href"]]]
@@ -56,7 +64,7 @@ def convert(row: dict, ids_by_href: dict[str, str]) -> dict:
 
 def write(path: Path, rows: list[dict]) -> int:
     path.parent.mkdir(parents=True, exist_ok=True)
-    ids = {r["href"]: _ID.search(r["href"]).group(1) for r in rows}
+    ids = {r["href"]: zf_id(r["href"]) for r in rows}
     written = 0
     with path.open("w", encoding="utf-8") as out:
         for row in rows:

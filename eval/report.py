@@ -71,13 +71,15 @@ def html_table(rows: list[list[str]]) -> str:
 
 def write_report(evaluation: Evaluation, out: Path) -> list[Path]:
     dataset, states = evaluation.labelled, evaluation.states
+    if dataset is None:
+        raise ValueError("a report needs the evaluation's labelled dataset (Evaluation.labelled)")
     out.mkdir(parents=True, exist_ok=True)
     plots = [
         plot_metrics(evaluation, out / "metrics_by_strategy.png"),
         plot_p_at_k(evaluation, dataset, out / "p_at_k.png"),
         plot_score_distribution(dataset, states, out / "score_distribution.png"),
     ]
-    plots = [p for p in plots if p is not None]
+    shown = [p for p in plots if p is not None]
     sections = []
     for k in evaluation.ks:
         at_k = [r for r in evaluation.results if r.k == k]
@@ -91,15 +93,15 @@ def write_report(evaluation: Evaluation, out: Path) -> list[Path]:
     md = ["# Evaluation report", "", intro, ""]
     for title, rows in sections:
         md += [f"## {title}", "", markdown_table(rows), ""]
-    md += ["## Plots", ""] + [f"![{p.stem}]({p.name})" for p in plots] + ["", GLOSSARY]
+    md += ["## Plots", ""] + [f"![{p.stem}]({p.name})" for p in shown] + ["", GLOSSARY]
     (out / "report.md").write_text("\n".join(md) + "\n")
     body = [f"<h1>Evaluation report</h1><p>{html.escape(intro)}</p>"]
     body += [f"<h2>{html.escape(t)}</h2>{html_table(rows)}" for t, rows in sections]
-    body += ['<h2>Plots</h2>'] + [f'<p><img src="{p.name}" alt="{p.stem}"></p>' for p in plots]
+    body += ['<h2>Plots</h2>'] + [f'<p><img src="{p.name}" alt="{p.stem}"></p>' for p in shown]
     body += [f"<pre>{html.escape(GLOSSARY)}</pre>"]
     (out / "report.html").write_text(HTML_PAGE.format(body="\n".join(body)))
     write_worst_queries(evaluation, dataset, out / "worst_queries.csv")
-    return [out / "report.md", out / "report.html", out / "worst_queries.csv", *plots]
+    return [out / "report.md", out / "report.html", out / "worst_queries.csv", *shown]
 
 
 def plot_metrics(evaluation: Evaluation, path: Path) -> Path | None:

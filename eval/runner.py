@@ -13,11 +13,11 @@ import numpy as np
 from eval.dataset import Dataset, load_dataset
 from eval.metrics import bootstrap_ci, hit_at_k, ndcg_at_k, precision_at_k, recall_at_k, reciprocal_rank
 from eval.strategies import RANKERS, STRATEGIES, Context
-from recommender.serving.engine import Engine
 from recommender.errors import InvalidQuery
-from recommender.ranking.rules import rescale
-from recommender.settings import Settings
 from recommender.index.state import IndexState
+from recommender.ranking.rules import rescale
+from recommender.serving.engine import Engine
+from recommender.settings import Settings
 
 
 @dataclass
@@ -102,15 +102,14 @@ def evaluate(dataset_path: str, settings: Settings, models: list[str], strategie
             for k in ks:
                 evaluation.results.append(score_run(dataset, engine, state, run, k, past_only))
             if strategy == "default" and "related" in dataset.kinds():
-                recall = source_recall(engine, state, dataset, queries, past_only, options or {})
+                by_source = source_recall(engine, state, dataset, queries, past_only, options or {})
                 for result in evaluation.results[-len(ks):]:
-                    result.metrics.update(recall)
+                    result.metrics.update(by_source)
             if ann and strategy == "dense":
                 for k in ks:
-                    recall = ann_recall(state, run, k, engine)
-                    result = next(r for r in evaluation.results
-                                  if (r.strategy, r.model, r.k) == ("dense", engine.model, k))
-                    result.metrics[f"ann_recall@{k}"] = recall
+                    dense = next(r for r in evaluation.results
+                                 if (r.strategy, r.model, r.k) == ("dense", engine.model, k))
+                    dense.metrics[f"ann_recall@{k}"] = ann_recall(state, run, k, engine)
     return evaluation
 
 
@@ -226,8 +225,8 @@ def list_properties(state: IndexState, query: str, ranked: list[str], threshold:
         upper = raw[np.triu_indices(len(items), 1)]
         diversity = float(np.mean(1 - upper))
     seed_time = state.infos[seed_num].published_at
-    gaps = [abs((state.infos[n].published_at - seed_time).total_seconds()) / 86400
-            for n in nums[1:] if seed_time and state.infos[n].published_at]
+    gaps = [abs((when - seed_time).total_seconds()) / 86400
+            for n in nums[1:] if seed_time and (when := state.infos[n].published_at)]
     return {"near_dup": dups / len(ranked) if ranked else 0.0, "diversity": diversity, "gaps": gaps}
 
 

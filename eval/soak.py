@@ -124,7 +124,8 @@ def run(args) -> dict:
                                "--log-level", "warning"],
                               env=dict(env, RECOMMENDER_API_KEYS=KEY, RECOMMENDER_PRECOMPUTE_ON_START="false"),
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    tally, written, stop = Tally(), {}, threading.Event()
+    tally, stop = Tally(), threading.Event()
+    written: dict[str, bool] = {}
     try:
         wait_ready(base)
         ids = [f"a{i}" for i in range(0, args.size, max(args.size // 5000, 1))]

@@ -19,11 +19,11 @@ from datetime import datetime, timezone
 
 import numpy as np
 
+from recommender.index.state import IndexState
 from recommender.ranking import pipeline
-from recommender.serving.engine import Engine
 from recommender.ranking.pipeline import Seed
 from recommender.ranking.rules import Filters
-from recommender.index.state import IndexState
+from recommender.serving.engine import Engine
 from recommender.text.normalize import terms
 
 STRATEGIES = ("random", "recency", "lexical", "dense", "hybrid", "default")

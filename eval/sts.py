@@ -10,8 +10,8 @@ import numpy as np
 
 from recommender.errors import RecommenderError
 from recommender.store.base import Store
-from recommender.text.normalize import normalize
 from recommender.store.vector_cache import embed_cached
+from recommender.text.normalize import normalize
 
 # Published zero-shot figures (MTEB RonSTS, Spearman), from ../shared/README.md.
 PUBLISHED = {

@@ -7,8 +7,20 @@ import os
 import sys
 from functools import wraps
 from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any, Callable, TypeVar
 
 import click
+
+if TYPE_CHECKING:  # the CLI imports its layers inside commands, so --help stays instant
+    from datetime import datetime
+
+    from pydantic import ValidationError
+
+    from recommender.ranking.profiles import Profiles
+    from recommender.serving.engine import Engine
+    from recommender.settings import Settings
+
+Command = TypeVar("Command", bound=Callable[..., Any])
 
 EXIT_ERROR = 1
 EXIT_REJECTED = 3
@@ -21,7 +33,7 @@ class CliError(click.ClickException):
         super().__init__(message)
         self.hint = hint
 
-    def show(self, file=None) -> None:
+    def show(self, file: IO[Any] | None = None) -> None:
         click.echo(f"error: {self.message}", err=True)
         if self.hint:
             click.echo(f"hint: {self.hint}", err=True)
@@ -30,7 +42,7 @@ class CliError(click.ClickException):
 class Group(click.Group):
     """Turns domain errors into one line and a non-zero exit, never a traceback."""
 
-    def invoke(self, ctx: click.Context):
+    def invoke(self, ctx: click.Context) -> Any:
         from pydantic import ValidationError
 
         from recommender.errors import RecommenderError
@@ -49,44 +61,55 @@ class Group(click.Group):
         except Exception as exc:  # a bug: still one line, with the way to see more
             if os.environ.get("RECOMMENDER_DEBUG"):
                 raise
-            raise CliError(f"unexpected {type(exc).__name__}: {exc} (rerun with RECOMMENDER_DEBUG=1 for details)") from None
+            raise CliError(f"unexpected {type(exc).__name__}: {exc} "
+                           "(rerun with RECOMMENDER_DEBUG=1 for details)") from None
 
 
-def _settings_error(exc) -> str:
+def _settings_error(exc: ValidationError) -> str:
     parts = [f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()]
     return "invalid setting: " + "; ".join(parts)
 
 
-def common_options(func):
+DATA_DIR_HELP = "Where the store and indexes live. [env RECOMMENDER_DATA_DIR; default ./data]"
+
+
+def data_dir_option(func: Command | None = None, *, default: Path | None = None,
+                    help: str = DATA_DIR_HELP) -> Any:
+    """--data-dir, as @data_dir_option or, with another default, @data_dir_option(default=...)."""
+    option = click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=default,
+                          show_default=default is not None, help=help)
+    return option(func) if func is not None else option
+
+
+def common_options(func: Command) -> Command:
     """--data-dir and --model on every command, each with its environment variable."""
 
-    @click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-                  help="Where the store and indexes live. [env RECOMMENDER_DATA_DIR; default ./data]")
+    @data_dir_option
     @click.option("--model", default=None,
                   help="Embedding model: e5-small-q4, e5-small-q4@<tokens> (title and lead only: faster), "
                        "static:<name> (built by `recommender distill`: fastest), st:<id or path>, hashing:<dim>. "
                        "[env RECOMMENDER_MODEL; "
                        "default: the active index's model, else e5-small-q4]")
     @wraps(func)
-    def wrapper(*args, data_dir, model, **kwargs):
+    def wrapper(*args: Any, data_dir: Path | None, model: str | None, **kwargs: Any) -> Any:
         return func(*args, settings=load_settings(data_dir=data_dir, model=model), **kwargs)
 
     return wrapper
 
 
-def _utc(value):
+def _utc(value: datetime | None) -> datetime | None:
     from datetime import timezone
 
     return value.replace(tzinfo=timezone.utc) if value is not None else None
 
 
-def to_json(value) -> str:
+def to_json(value: Any) -> str:
     """JSON as the API writes it: dates in the one ISO 8601 form (UTC, Z)."""
     from datetime import datetime
 
     from recommender.store.articles import iso
 
-    def default(obj):
+    def default(obj: Any) -> Any:
         if isinstance(obj, datetime):
             return iso(obj)
         raise TypeError(f"{type(obj).__name__} is not JSON serializable")
@@ -94,13 +117,13 @@ def to_json(value) -> str:
     return json.dumps(value, default=default, ensure_ascii=False, indent=2)
 
 
-def load_settings(**overrides):
+def load_settings(**overrides: Any) -> Settings:
     from recommender.settings import Settings
 
     return Settings(**{k: v for k, v in overrides.items() if v is not None})
 
 
-def open_engine(settings):
+def open_engine(settings: Settings) -> Engine:
     from recommender.serving.engine import Engine
 
     return Engine(settings)
@@ -122,12 +145,7 @@ def main() -> None:
     """
 
 
-def data_dir_option(func):
-    return click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-                        help="[env RECOMMENDER_DATA_DIR; default ./data]")(func)
-
-
-def echo_rows(rows: list[dict], as_json: bool, empty: str, line) -> None:
+def echo_rows(rows: list[dict], as_json: bool, empty: str, line: Callable[[dict], str]) -> None:
     """A listing: JSON for machines, else a line per row (or what to do when there is none)."""
     if as_json:
         click.echo(json.dumps(rows, indent=2))
@@ -138,7 +156,7 @@ def echo_rows(rows: list[dict], as_json: bool, empty: str, line) -> None:
         click.echo(line(row))
 
 
-def progress_option(func):
+def progress_option(func: Command) -> Command:
     return click.option("--progress/--no-progress", default=None,
                         help="Progress bars. [default: on when standard error is a terminal, so logs stay clean]")(func)
 
@@ -193,9 +211,11 @@ def ingest(files, settings, timezone, as_json, progress, precompute):
         if report.empty_bodies:
             extra.append(f"{report.empty_bodies} with an empty body (title only)")
         if report.truncated:
-            extra.append(f"{report.truncated} longer than {settings.embed_chars} characters (embedded from the beginning)")
+            extra.append(f"{report.truncated} longer than {settings.embed_chars} characters "
+                         "(embedded from the beginning)")
         click.echo(report.summary() + (f"; duplicates {len(report.duplicates)}" if report.duplicates else ""))
-        click.echo(f"embedded {report.embedded} new texts with {engine.model}" + ("; " + "; ".join(extra) if extra else ""))
+        click.echo(f"embedded {report.embedded} new texts with {engine.model}"
+                   + ("; " + "; ".join(extra) if extra else ""))
         if report.lists_left_to_server:
             click.echo("a server is serving this data dir: it recomputes the related lists as it picks the "
                        "articles up (/readyz shows how many are pending)")
@@ -203,7 +223,7 @@ def ingest(files, settings, timezone, as_json, progress, precompute):
         sys.exit(EXIT_REJECTED)
 
 
-def ranking_options(func):
+def ranking_options(func: Callable[..., Any]) -> Callable[..., Any]:
     @click.option("-k", "--k", type=click.IntRange(1, 50), default=None, help="How many suggestions. [default 5]")
     @click.option("--section", "sections", multiple=True, help="Only these sections (repeatable).")
     @click.option("--exclude-section", "exclude_sections", multiple=True, help="Never these sections (repeatable).")
@@ -221,7 +241,7 @@ def ranking_options(func):
     @click.option("--time-prior/--no-time-prior", default=None, help="Favour articles close in time to the seed.")
     @click.option("--lexical-weight", type=click.FloatRange(0, 1), default=None, help="Share of BM25 in the score.")
     @wraps(func)
-    def wrapper(*args, **kwargs):
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
         from recommender.ranking.rules import FilterParams
 
         fields = {name: kwargs.pop(name) for name in FilterParams.model_fields}
@@ -238,7 +258,8 @@ def ranking_options(func):
 @click.option("--body", default="", help="Draft body, text or HTML (with --title).")
 @common_options
 @ranking_options
-@click.option("--json", "as_json", is_flag=True, help="Print a JSON array of {id, title, url, published_at, section, relevance, rank_score, reason}.")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print a JSON array of {id, title, url, published_at, section, relevance, rank_score, reason}.")
 def related(article_id, title, body, settings, filters, options, as_json):
     """Suggestions for a stored article, or for a draft given by --title/--body.
 
@@ -311,14 +332,13 @@ def stats(settings, as_json):
     from recommender.store.base import open_store
 
     if not settings.store_path.exists():
-        raise CliError(f"no store in {settings.data_dir}", hint="ingest articles first, e.g. recommender ingest articles.jsonl")
-    from recommender.index.versions import Versions
-
+        raise CliError(f"no store in {settings.data_dir}",
+                       hint="ingest articles first, e.g. recommender ingest articles.jsonl")
     from dataclasses import asdict
 
-    from recommender.serving.lists import lists_key
+    from recommender.index.versions import Versions
     from recommender.ranking.profiles import Profiles
-
+    from recommender.serving.lists import lists_key
     from recommender.store.articles import iso
 
     store = open_store(settings)
@@ -377,8 +397,7 @@ def serve(settings, host, port, log_level):
 
 
 @main.command()
-@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Where the store and indexes live. [env RECOMMENDER_DATA_DIR; default ./data]")
+@data_dir_option
 @click.option("--model", required=True,
               help="The new model: e5-small-q4, e5-small-q4@<tokens> (e.g. @128: title and lead, faster), "
                    "static:<name> (built by `recommender distill`, fastest), st:<id or path>, hashing:<dim>.")
@@ -388,13 +407,11 @@ def serve(settings, host, port, log_level):
 @click.option("--workers", type=click.IntRange(0, 256), default=0, show_default=True,
               help="Processes on this machine, each single-threaded; 0 embeds in this process.")
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="Embed at most N texts (a trial run).")
-@click.option("--resume/--no-resume", default=True,
-              help="Continue an unfinished job for the same model (always safe: finished batches are kept).")
 @click.option("--activate/--no-activate", default=True, help="Switch to the new version when it is ready.")
 @click.option("--ray", "ray_address", default=None,
               help="Embed shards as Ray tasks: a cluster address (ray://host:10001, auto) or 'local'.")
 @progress_option
-def reembed(data_dir, model, device, batch_size, workers, limit, resume, activate, ray_address, progress):
+def reembed(data_dir, model, device, batch_size, workers, limit, activate, ray_address, progress):
     """Re-embed the archive with MODEL into a new index version, next to the active one.
 
     The active version keeps serving while the job runs. Batches are committed as
@@ -414,9 +431,6 @@ def reembed(data_dir, model, device, batch_size, workers, limit, resume, activat
     """
     from recommender.serving.reembed import ReembedOptions, run_reembed
 
-    if not resume:
-        raise click.UsageError("--no-resume is not needed: finished batches are valid forever; "
-                               "to start a fresh version, finish or prune the unfinished one")
     settings = load_settings(data_dir=data_dir)
     if not settings.store_path.exists():
         raise CliError(f"no store in {settings.data_dir}", hint="ingest articles first")
@@ -429,8 +443,7 @@ def reembed(data_dir, model, device, batch_size, workers, limit, resume, activat
 
 
 @main.command()
-@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Where the store and indexes live. [env RECOMMENDER_DATA_DIR; default ./data]")
+@data_dir_option
 @click.option("--teacher", default="e5-small-q4", show_default=True,
               help="The sentence encoder to distil: e5-small-q4 or st:<id or path>.")
 @click.option("--sample", type=click.IntRange(10, 20_000), default=10_000, show_default=True,
@@ -525,8 +538,7 @@ def index():
 
 
 @index.command("list")
-@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="[env RECOMMENDER_DATA_DIR; default ./data]")
+@data_dir_option
 @click.option("--json", "as_json", is_flag=True,
               help="Print [{version, model, dimension, count, kind, recall_at_10, created, active}].")
 def index_list(data_dir, as_json):
@@ -557,8 +569,7 @@ def search_kind(meta: dict) -> str:
 
 @index.command("activate")
 @click.argument("version")
-@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="[env RECOMMENDER_DATA_DIR; default ./data]")
+@data_dir_option
 def index_activate(version, data_dir):
     """Make VERSION the one that serves (a running server follows within a second).
 
@@ -573,8 +584,7 @@ def index_activate(version, data_dir):
 
 
 @index.command("prune")
-@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="[env RECOMMENDER_DATA_DIR; default ./data]")
+@data_dir_option
 @click.option("--keep", type=click.IntRange(min=0), default=0, show_default=True,
               help="Also keep this many of the newest inactive versions (for rollback).")
 def index_prune(data_dir, keep):
@@ -585,8 +595,8 @@ def index_prune(data_dir, keep):
     Example:
       recommender index prune --keep 1
     """
-    from recommender.store.base import open_store
     from recommender.index.versions import Versions
+    from recommender.store.base import open_store
 
     settings = load_settings(data_dir=data_dir)
     versions = Versions(settings.index_dir)
@@ -640,10 +650,10 @@ def tune(files, settings, until, field, links_csv, held_out, c, activate, as_jso
       recommender profile activate p1                     # serve it
       recommender profile rollback                        # back to the previous one
     """
-    from recommender.ranking import tune as tuning
-    from recommender.serving.engine import Engine
     from recommender.errors import NoIndex
+    from recommender.ranking import tune as tuning
     from recommender.ranking.profiles import Profiles
+    from recommender.serving.engine import Engine
 
     engine = Engine(settings)
     progress = show_progress(progress)
@@ -690,7 +700,7 @@ def profile():
     """
 
 
-def _profiles(data_dir):
+def _profiles(data_dir: Path | None) -> Profiles:
     from recommender.ranking.profiles import Profiles
 
     return Profiles(load_settings(data_dir=data_dir).profiles_dir)
@@ -785,16 +795,17 @@ def profile_rollback(data_dir):
               help="List lengths to score (repeatable).")
 @click.option("--strategy", "strategies", multiple=True,
               help="random, recency, lexical, dense, hybrid, default (repeatable). [default: all]")
-@click.option("--model", "models", multiple=True, help="Model string (repeatable). [default: RECOMMENDER_MODEL or e5-small-q4]")
+@click.option("--model", "models", multiple=True,
+              help="Model string (repeatable). [default: RECOMMENDER_MODEL or e5-small-q4]")
 @click.option("--past-only", is_flag=True, help="Candidates are only articles published at or before the query.")
-@click.option("--limit-queries", type=click.IntRange(min=1), default=None, help="Score a fixed random sample of N queries.")
+@click.option("--limit-queries", type=click.IntRange(min=1), default=None,
+              help="Score a fixed random sample of N queries.")
 @click.option("--since", type=click.DateTime(formats=["%Y-%m-%d"]), default=None,
               help="Score only queries published on or after this date (UTC); every article stays a candidate. "
                    "With --past-only: learned on the past, scored on the future.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Write report.md, report.html, plots and worst_queries.csv here.")
-@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Store for the dataset and its cached vectors. [default: OUT/data, or eval-out/<dataset>/data]")
+@data_dir_option(help="Store for the dataset and its cached vectors. [default: OUT/data, or eval-out/<dataset>/data]")
 @click.option("--ann", is_flag=True, help="Also measure HNSW recall@k against exact search.")
 @click.option("--lexical-weight", type=click.FloatRange(0, 1), default=None,
               help="BM25 share for 'hybrid' and 'default' (default ranking: the engine's setting).")
@@ -855,8 +866,7 @@ def eval_command(dataset, ks, strategies, models, past_only, limit_queries, sinc
 @click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--model", "models", multiple=True, help="Model string (repeatable). [default: e5-small-q4]")
 @click.option("--genre", default=None, help="Only pairs of this genre, e.g. main-news.")
-@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("eval-out/sts"),
-              show_default=True, help="Where sentence vectors are cached by content hash.")
+@data_dir_option(default=Path("eval-out/sts"), help="Where sentence vectors are cached by content hash.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON array of results.")
 def eval_sts(files, models, genre, data_dir, as_json):
     """Spearman correlation between cosine similarity and human scores, to
@@ -871,8 +881,8 @@ def eval_sts(files, models, genre, data_dir, as_json):
 
     from embeddings import DEFAULT_MODEL
     from eval.sts import evaluate_sts
-    from recommender.store.models import load_model
     from recommender.store.base import open_store
+    from recommender.store.models import load_model
 
     store = open_store(load_settings(data_dir=data_dir))
     results = []
@@ -889,8 +899,7 @@ def eval_sts(files, models, genre, data_dir, as_json):
 
 
 @main.command()
-@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("demo-data"),
-              show_default=True, help="Where the demo archive is stored.")
+@data_dir_option(default=Path("demo-data"), help="Where the demo archive is stored.")
 @click.option("--model", default=None, help="Embedding model. [default e5-small-q4]")
 def demo(data_dir, model):
     """Ingest the bundled sample archive and show, for a diplomacy article,

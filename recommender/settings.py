@@ -10,7 +10,6 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from pydantic import BaseModel, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-
 # The hand-set profile, README "How the ranking scores": relevance by meaning and by
 # words as in the reference formula (dense 0.7, BM25 0.3, as z-scores over the
 # candidates), a penalty per doubling of the distance in weeks, and credit for

@@ -11,8 +11,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from embeddings.hashing import HashingEmbedder  # noqa: E402
 from recommender.serving.engine import Engine  # noqa: E402
-from recommender.text.normalize import terms  # noqa: E402
 from recommender.settings import Settings  # noqa: E402
+from recommender.text.normalize import terms  # noqa: E402
 
 HASHING = "hashing:256"
 

@@ -6,7 +6,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from api.app import create_app
-from tests.conftest import CountingEmbedder, STORY_ARTICLES, article, write_jsonl
+from tests.conftest import STORY_ARTICLES, CountingEmbedder, article, write_jsonl
 
 KEY = "test-key"
 AUTH = {"Authorization": f"Bearer {KEY}"}

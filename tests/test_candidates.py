@@ -5,12 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from recommender.index.lexical import LexicalIndex
+from recommender.index.timeline import Timeline
 from recommender.ranking import pipeline
 from recommender.ranking.candidates import SOURCES
-from recommender.text.entities import entities
-from recommender.index.lexical import LexicalIndex
 from recommender.ranking.rules import Filters
-from recommender.index.timeline import Timeline
+from recommender.text.entities import entities
 from tests.conftest import article, write_jsonl
 
 

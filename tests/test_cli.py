@@ -159,9 +159,9 @@ def test_related_reads_a_current_list_from_the_store_without_loading_the_index(r
 
 
 def test_related_ranks_live_when_the_lists_are_behind_the_store(run, stories, tmp_path):
-    from recommender.store.articles import parse_article
     from recommender.serving.engine import Engine
     from recommender.settings import Settings
+    from recommender.store.articles import parse_article
 
     run("ingest", str(stories))
     engine = Engine(Settings(data_dir=tmp_path / "data", model=HASHING))

@@ -1,7 +1,7 @@
 import numpy as np
 
-from recommender.store.articles import Article
 from recommender.index.columns import ABSENT, RowMap, content_code
+from recommender.store.articles import Article
 from tests.conftest import STORY_ARTICLES, article
 
 

@@ -19,9 +19,9 @@ from embeddings.static import (
     save,
 )
 from recommender.cli import main
+from recommender.errors import RecommenderError
 from recommender.ranking.distill import DistillOptions, run_distill
 from recommender.serving.engine import Engine
-from recommender.errors import RecommenderError
 from recommender.serving.reembed import ReembedOptions, run_reembed
 from recommender.settings import Settings
 from tests.conftest import article, write_jsonl

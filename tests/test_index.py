@@ -2,9 +2,9 @@ import numpy as np
 import pytest
 
 from embeddings.base import l2_normalize
-from recommender.serving.engine import Engine
 from recommender.errors import IndexMismatch
 from recommender.index.vector_index import IndexMeta, VectorIndex, read_meta
+from recommender.serving.engine import Engine
 from tests.conftest import CountingEmbedder
 
 
@@ -230,9 +230,9 @@ def test_an_archive_above_the_threshold_is_served_by_hnsw_with_its_recall_shown(
 def test_a_restart_reads_the_saved_lexical_indexes_and_ranks_as_if_it_had_parsed_the_store(tmp_path, stories):
     import shutil
 
+    from recommender.index.state import LEXICAL_DIR
     from recommender.ranking.rules import Filters
     from recommender.settings import Settings
-    from recommender.index.state import LEXICAL_DIR
     from tests.conftest import article, write_jsonl
 
     settings = Settings(data_dir=tmp_path / "d", model="hashing:256")

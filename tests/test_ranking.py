@@ -3,8 +3,8 @@ from datetime import datetime, timezone
 import numpy as np
 import pytest
 
-from recommender.ranking import features, pipeline
 from recommender.errors import ArticleNotFound, InvalidQuery
+from recommender.ranking import features, pipeline
 from recommender.ranking.rules import Filters, mmr_select, rescale
 from recommender.settings import RankingSettings
 from tests.conftest import STORY_ARTICLES, article, write_jsonl

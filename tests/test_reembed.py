@@ -11,12 +11,12 @@ import pytest
 from click.testing import CliRunner
 
 from recommender.cli import main
-from recommender.serving.engine import Engine
 from recommender.errors import JobFailed, JobLocked
+from recommender.index.versions import Versions
+from recommender.serving.engine import Engine
 from recommender.serving.reembed import ReembedOptions, run_reembed
 from recommender.settings import Settings
 from recommender.store.vector_cache import length_sorted_batches
-from recommender.index.versions import Versions
 from tests.conftest import CountingEmbedder, article, write_jsonl
 
 quiet = lambda message: None  # noqa: E731

@@ -4,11 +4,13 @@ from dataclasses import dataclass
 
 import html5lib
 import pytest
-from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
 
-from recommender.text.rewrite import plan_rewrite, rewrite
 from recommender.text.markup import MAX_DEPTH, Cancelled, TooDeep
 from recommender.text.normalize import RELATED_LABELS, is_related_label, strip_boilerplate
+from recommender.text.rewrite import plan_rewrite, rewrite
 
 
 @dataclass

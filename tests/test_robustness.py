@@ -13,10 +13,10 @@ from click.testing import CliRunner
 from fastapi.testclient import TestClient
 
 from api.app import create_app
-from recommender.store.articles import parse_article
 from recommender.cli import main
 from recommender.serving.engine import Engine
 from recommender.serving.lists import ListUpkeep
+from recommender.store.articles import parse_article
 from tests.conftest import HASHING, STORY_ARTICLES, CountingEmbedder, article, write_jsonl
 
 KEY = "k"

@@ -10,9 +10,9 @@ from click.testing import CliRunner
 from fastapi.testclient import TestClient
 
 from api.app import create_app
-from recommender.ranking import tune
 from recommender.cli import main
 from recommender.errors import NoLabels, RecommenderError
+from recommender.ranking import tune
 from recommender.ranking.features import FEATURES
 from recommender.ranking.profiles import DEFAULT, Profiles, read_profile
 from recommender.settings import DEFAULT_WEIGHTS
@@ -167,8 +167,8 @@ def test_a_server_switches_profile_after_computing_its_lists_in_the_background(s
 
 
 def test_tune_indexes_a_store_an_interrupted_first_ingest_left_without_an_index(settings):
-    from recommender.store.articles import Article
     from recommender.serving.engine import Engine
+    from recommender.store.articles import Article
 
     engine = Engine(settings, embedder=CountingEmbedder())
     engine.upsert([Article.model_validate(record) for record in linked_archive()])  # stored, never indexed

@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import json
 from datetime import tzinfo
-from typing import Annotated
+from typing import Annotated, Sequence
 
 from fastapi import APIRouter, Body, Request
 from starlette.concurrency import run_in_threadpool
 
 from api.deps import ArticleId, ServiceDep, SettingsDep, WriteAccess
 from api.schemas import ArticleOut, BulkItemOut, BulkOut, WriteOut
-from recommender.store.articles import Article, parse_article
 from recommender.errors import InvalidArticle, InvalidQuery
 from recommender.serving.service import Service
+from recommender.store.articles import Article, parse_article
 
 router = APIRouter(tags=["articles"])
 
@@ -63,15 +63,17 @@ def bulk_entries(raw: bytes, content_type: str) -> list[tuple[int, object]]:
     except UnicodeDecodeError:
         raise InvalidQuery("the body is not valid UTF-8") from None
     stripped = text.lstrip()
+    items: Sequence[str | None]
     if "ndjson" not in content_type and "jsonl" not in content_type and stripped.startswith("["):
         try:
             return list(enumerate(json.loads(text)))
         except json.JSONDecodeError as exc:
             raise InvalidQuery(f"malformed JSON array: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
         except (ValueError, RecursionError):  # one hostile item: decode the items one by one
-            items = split_json_array(stripped)
-            if items is None:
+            split = split_json_array(stripped)
+            if split is None:
                 raise InvalidQuery("malformed JSON array") from None
+            items = split
     else:
         items = [line if line.strip() else None for line in text.splitlines()]
     entries = [(index, decode_item(item)) for index, item in enumerate(items) if item is not None]

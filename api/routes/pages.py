@@ -6,6 +6,7 @@ import asyncio
 import threading
 import time
 from functools import partial
+from typing import Callable
 
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
@@ -16,10 +17,10 @@ from api.present import block_html, related_out
 from api.render import render_link, render_template
 from api.schemas import RelatedItemOut, RewriteIn, RewriteOut
 from recommender.errors import InvalidQuery
-from recommender.text.markup import Cancelled, Element, TooDeep, parse
 from recommender.ranking.rules import Filters
-from recommender.text.rewrite import rewrite
+from recommender.text.markup import Cancelled, Element, TooDeep, parse
 from recommender.text.normalize import clean_text, html_to_text
+from recommender.text.rewrite import rewrite
 
 router = APIRouter()
 
@@ -74,7 +75,7 @@ def demo(article_id: ArticleId, service: ServiceDep, settings: SettingsDep) -> H
         paragraphs=clean_text(stored.body, stored.title).splitlines(), old=old, block=block_html(settings, out.items)))
 
 
-def page_title_and_text(page: str, cancelled=lambda: False) -> tuple[str, str]:
+def page_title_and_text(page: str, cancelled: Callable[[], bool] = lambda: False) -> tuple[str, str]:
     """The page's headline (its first h1, else its title, else its first line) and its text."""
     root = parse(page, cancelled)
     heading = next((n for n in root.iter() if isinstance(n, Element) and n.tag == "h1"), None) or next(

@@ -14,6 +14,11 @@ Python object per document would take gigabytes at a million articles.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from scipy import sparse
+
 import json
 import mmap
 import os
@@ -285,7 +290,8 @@ class LexicalIndex:
             doc = self._docs.get(int(nums[i]))
             if doc is not None:
                 parts.append((doc[0], doc[1], np.full(len(doc[0]), i)))
-        return tuple(np.concatenate([p[j] for p in parts]) for j in range(3))
+        ids, counts, positions = (np.concatenate([p[j] for p in parts]) for j in range(3))
+        return ids, counts, positions
 
     def _score_docs(self, query: tuple[np.ndarray, np.ndarray], docs: list[Doc]) -> np.ndarray:
         if not docs or len(query[0]) == 0:
@@ -337,7 +343,8 @@ class LexicalIndex:
         weights = (query[1] * self.idf(query[0]))[at]
         main_nums, main = postings.scores(terms, weights, self._total_len / max(self._count, 1) or 1.0)
         delta = sorted(n for n in postings.delta if n in self)
-        extra = self._score_docs(query, [self.doc(n) for n in delta]) if delta else np.zeros(0)
+        docs = [doc for n in delta if (doc := self.doc(n)) is not None]
+        extra = self._score_docs(query, docs) if delta else np.zeros(0)
         scores = np.concatenate([main, extra])
         nums = np.concatenate([main_nums, np.asarray(delta, dtype=np.int64)])
         hits = np.flatnonzero(scores > 0)
@@ -419,7 +426,8 @@ class _Postings:
     time on the query terms' entries only, with the current statistics, so it is
     exact. Never changed in place: a write makes a new one sharing the matrix."""
 
-    def __init__(self, nums: np.ndarray, counts, lengths: np.ndarray, dead: np.ndarray, delta: frozenset[int],
+    def __init__(self, nums: np.ndarray, counts: sparse.csr_matrix, lengths: np.ndarray, dead: np.ndarray,
+                 delta: frozenset[int],
                  rows: RowMap):
         self.nums, self.counts, self.lengths = nums, counts, lengths
         self.dead, self.delta, self.rows = dead, delta, rows

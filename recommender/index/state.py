@@ -17,16 +17,16 @@ from typing import Iterable
 
 import numpy as np
 
-from recommender.store.articles import ArticleInfo
-from recommender.index.columns import Columns
 from recommender.errors import IndexMismatch, NoIndex
-from recommender.index.vector_index import IndexMeta, VectorIndex, atomic_write, now_iso
+from recommender.index.columns import Columns
 from recommender.index.lexical import LexicalIndex
+from recommender.index.timeline import Timeline
+from recommender.index.vector_index import IndexMeta, VectorIndex, atomic_write, now_iso
+from recommender.index.versions import Versions
 from recommender.settings import AnnSettings
+from recommender.store.articles import ArticleInfo
 from recommender.store.base import Store
 from recommender.text.normalize import terms
-from recommender.index.timeline import Timeline
-from recommender.index.versions import Versions
 
 log = logging.getLogger(__name__)
 
@@ -218,7 +218,8 @@ def load_lexical(path: Path, applied_seq: int) -> tuple[LexicalIndex, LexicalInd
         meta = json.loads((directory / "meta.json").read_text())
         if meta["applied_seq"] != applied_seq:
             return None
-        return tuple(LexicalIndex.load(directory / name, meta["parts"][name]) for name in LEXICAL_PARTS)
+        lexical, entities, titles = (LexicalIndex.load(directory / name, meta["parts"][name]) for name in LEXICAL_PARTS)
+        return lexical, entities, titles
     except (OSError, ValueError, KeyError) as exc:
         if not isinstance(exc, FileNotFoundError):
             log.warning("lexical index in %s unreadable (%s); parsing the store instead", path, exc)

@@ -18,12 +18,12 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import numpy as np
 
-from recommender.index.columns import RowMap
 from recommender.errors import IndexMismatch
+from recommender.index.columns import RowMap
 from recommender.settings import AnnSettings
 
 INDEX_FILE = "index.faiss"
@@ -64,12 +64,12 @@ class VectorIndex:
 
     COMPACT_AT = 512
 
-    def __init__(self, dimension: int, faiss_index=None, ann: AnnSettings | None = None,
+    def __init__(self, dimension: int, faiss_index: Any = None, ann: AnnSettings | None = None,
                  tombstones: np.ndarray | None = None, recall: float = 1.0):
         import faiss
 
         self.dimension = dimension
-        self._faiss = faiss
+        self._faiss: Any = faiss  # SWIG bindings: their stubs lack most of the API
         self.ann = ann or AnnSettings()
         self.main = faiss_index if faiss_index is not None else self._empty()
         # Rows of an HNSW main whose article was replaced or deleted before it was saved: the
@@ -79,16 +79,18 @@ class VectorIndex:
         self.delta = self._empty()
         self._delta_ids: set[int] = set()
         self.dead: set[int] = set()  # main rows replaced or removed since the last compaction
-        self._view = None  # (main, what _main_view read of it)
-        self._sorted_sets = None  # (delta ids, dead nums) as sorted arrays, while they are unchanged
-        self._selector = None  # (dead set size, a FAISS selector excluding the dead rows)
+        # (main, what _main_view read of it)
+        self._view: tuple[Any, tuple[RowMap, np.ndarray, np.ndarray]] | None = None
+        # (delta ids, dead nums) as sorted arrays, while they are unchanged
+        self._sorted_sets: tuple[np.ndarray, np.ndarray] | None = None
+        self._selector: tuple[int, Any, Any] | None = None  # (dead set size, a FAISS selector excluding the dead rows)
         self.recall = recall  # recall@10 of the main index (1 when exact)
         self.main_token = uuid.uuid4().hex  # new with every new main
 
     def _empty(self):
         return self._faiss.IndexIDMap2(self._faiss.IndexFlatIP(self.dimension))
 
-    def _alive_ids(self, index, tombstones: np.ndarray) -> frozenset[int]:
+    def _alive_ids(self, index: Any, tombstones: np.ndarray) -> frozenset[int]:
         ids = self._ids_of(index)
         if len(tombstones):
             ids = np.delete(ids, tombstones)
@@ -98,7 +100,7 @@ class VectorIndex:
     def kind(self) -> str:
         return "hnsw" if self._hnsw(self.main) is not None else "exact"
 
-    def _hnsw(self, index):
+    def _hnsw(self, index: Any):
         inner = self._faiss.downcast_index(index.index)
         return inner if isinstance(inner, self._faiss.IndexHNSWFlat) else None
 
@@ -115,7 +117,7 @@ class VectorIndex:
         graph.hnsw.efConstruction = self.ann.ef_construction
         return self._faiss.IndexIDMap2(graph)
 
-    def _ids_of(self, index) -> np.ndarray:
+    def _ids_of(self, index: Any) -> np.ndarray:
         return self._faiss.vector_to_array(index.id_map).astype(np.int64)
 
     def clone(self) -> "VectorIndex":
@@ -152,8 +154,8 @@ class VectorIndex:
 
     def _sorted(self) -> tuple[np.ndarray, np.ndarray]:
         if self._sorted_sets is None:
-            self._sorted_sets = tuple(np.sort(np.fromiter(s, dtype=np.int64, count=len(s)))
-                                      for s in (self._delta_ids, self.dead))
+            delta, dead = (np.sort(np.fromiter(s, dtype=np.int64, count=len(s))) for s in (self._delta_ids, self.dead))
+            self._sorted_sets = delta, dead
         return self._sorted_sets
 
     def ids(self) -> np.ndarray:
@@ -289,7 +291,7 @@ class VectorIndex:
         self._view = (self.main, view)
         return view
 
-    def _stored(self, index) -> np.ndarray:
+    def _stored(self, index: Any) -> np.ndarray:
         """The vectors of an IDMap2-wrapped flat or HNSW index, in row order, read in place."""
         inner = self._hnsw(index)
         flat = self._faiss.downcast_index(inner.storage if inner is not None else index.index)
@@ -345,7 +347,7 @@ class VectorIndex:
         finally:
             self._faiss.omp_set_num_threads(before)
 
-    def measure_recall(self, index, k: int = 10) -> float:
+    def measure_recall(self, index: Any, k: int = 10) -> float:
         """Recall@k of an index's search against exact search over its own vectors,
         on a fixed sample of its rows (1 for an exact index)."""
         if self._hnsw(index) is None or index.ntotal <= k:
@@ -449,7 +451,7 @@ def now_iso() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def atomic_write_index(faiss, index, path: Path) -> None:
+def atomic_write_index(faiss: Any, index: Any, path: Path) -> None:
     """A FAISS index written straight to a file, then renamed into place (no copy in memory)."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     os.close(fd)

@@ -20,8 +20,10 @@ from typing import Callable
 import numpy as np
 
 from recommender.index.lexical import LexicalIndex
-from recommender.ranking.rules import DAY
 from recommender.index.state import IndexState
+from recommender.ranking.rules import DAY
+
+Query = tuple[np.ndarray, np.ndarray]  # a BM25 query: (term ids, weights), from LexicalIndex.query
 
 SOURCES = ("dense", "lexical", "time", "entities")
 WINDOW_LIMIT = 2  # the time source scores at most this many times its share, the closest in time
@@ -37,7 +39,7 @@ class Candidates:
     by_source: dict[str, np.ndarray]  # each source's own, best first
 
 
-def gather(state: IndexState, vector: np.ndarray, lexical_query, entity_query, when: float | None,
+def gather(state: IndexState, vector: np.ndarray, lexical_query: Query, entity_query: Query, when: float | None,
            accept: Accept, per_source: int, window_days: float, past_only: bool,
            nearest: np.ndarray | None = None) -> Candidates:
     """Up to `per_source` accepted candidates from each source, merged. `nearest`:
@@ -80,7 +82,7 @@ def _passing(nums: np.ndarray, accept: Accept) -> np.ndarray:
     return nums[accept(nums)]
 
 
-def bm25(lexical: LexicalIndex, query, accept: Accept, wanted: int) -> np.ndarray:
+def bm25(lexical: LexicalIndex, query: Query, accept: Accept, wanted: int) -> np.ndarray:
     if len(query[0]) == 0 or len(lexical) == 0:
         return np.zeros(0, dtype=np.int64)
     fetch = wanted + MARGIN

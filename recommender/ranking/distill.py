@@ -19,6 +19,7 @@ from typing import Callable
 
 import numpy as np
 
+from embeddings import Embedder
 from embeddings.static import (
     StaticMeta,
     Vocabulary,
@@ -29,11 +30,11 @@ from embeddings.static import (
     mean_matrix,
     save,
 )
-from recommender.store import vector_cache
 from recommender.errors import RecommenderError
-from recommender.store.models import load_model, model_name
 from recommender.settings import Settings
-from recommender.store.base import open_store
+from recommender.store import vector_cache
+from recommender.store.base import Store, open_store
+from recommender.store.models import load_model, model_name
 
 HELD_OUT_EVERY = 10  # every tenth sample article scores the fit, before it is refitted on all
 
@@ -57,7 +58,8 @@ class DistillResult:
     seconds: float
 
 
-def run_distill(settings: Settings, opts: DistillOptions, echo: Callable[[str], None] = lambda _: None) -> DistillResult:
+def run_distill(settings: Settings, opts: DistillOptions,
+                echo: Callable[[str], None] = lambda _: None) -> DistillResult:
     started = time.monotonic()
     teacher_name = model_name(opts.teacher)
     if teacher_name.startswith(("static:", "hashing:")):
@@ -86,7 +88,7 @@ def run_distill(settings: Settings, opts: DistillOptions, echo: Callable[[str], 
     return DistillResult(f"static:{path.name}", path, meta, time.monotonic() - started)
 
 
-def _teacher_vectors(store: Store, teacher, texts: list[str], desc: str, progress: bool) -> np.ndarray:
+def _teacher_vectors(store: Store, teacher: Embedder, texts: list[str], desc: str, progress: bool) -> np.ndarray:
     return vector_cache.embed_cached(store, teacher, texts, batch_size=32, progress=progress, desc=desc)
 
 

@@ -12,9 +12,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from recommender.index.lexical import LexicalIndex
+from recommender.index.state import IndexState
 from recommender.ranking import time_prior
 from recommender.ranking.rules import rescale
-from recommender.index.state import IndexState
 from recommender.text.normalize import fold
 
 FEATURES = (

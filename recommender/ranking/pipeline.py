@@ -10,17 +10,25 @@ from typing import Callable
 import numpy as np
 from pydantic import ValidationError
 
-from recommender.store.articles import Article, content_hash, describe_validation_error, title_key
 from recommender.errors import ArticleNotFound, InvalidQuery
 from recommender.index.lexical import LexicalIndex
-from recommender.ranking import candidates, features, time_prior
-from recommender.text.entities import entities
-from recommender.ranking.features import SeedTerms
-from recommender.ranking.rules import (DAY, Filters, RelatedItem, age_phrase, mmr_select, rescale, same_story_as_seed,
-                                       shared_terms_reason)
-from recommender.settings import RankingSettings
 from recommender.index.state import IndexState
+from recommender.ranking import candidates, features, time_prior
+from recommender.ranking.features import SeedTerms
+from recommender.ranking.rules import (
+    DAY,
+    Filters,
+    RelatedItem,
+    age_phrase,
+    mmr_select,
+    rescale,
+    same_story_as_seed,
+    shared_terms_reason,
+)
+from recommender.settings import RankingSettings
+from recommender.store.articles import Article, content_hash, describe_validation_error, title_key
 from recommender.store.base import Store
+from recommender.text.entities import entities
 from recommender.text.normalize import stem_words, surface_words, terms
 
 NO_FILTERS = Filters()

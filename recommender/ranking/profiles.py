@@ -16,8 +16,8 @@ from pathlib import Path
 from pydantic import BaseModel, Field, ValidationError, field_validator
 
 from recommender.errors import RecommenderError
-from recommender.ranking.features import FEATURES
 from recommender.index.vector_index import atomic_write
+from recommender.ranking.features import FEATURES
 from recommender.settings import DEFAULT_WEIGHTS
 
 DEFAULT = "default"

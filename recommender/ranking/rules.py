@@ -14,15 +14,15 @@ The order, as `recommender.ranking.pipeline.rank` applies them:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Sequence
+from typing import Iterable, Sequence
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from recommender.store.articles import ArticleInfo
 from recommender.errors import InvalidQuery
+from recommender.store.articles import ArticleInfo
 from recommender.text.normalize import fold
 
 DAY = 86400.0
@@ -41,6 +41,10 @@ class Filters:
     past_only: bool = False  # only candidates published at or before the seed
     date_from: datetime | None = None
     date_to: datetime | None = None
+    # Folded once, for `accepts`; derived from the fields above, so not compared.
+    _sections: frozenset[str] = field(init=False, repr=False, compare=False, default=frozenset())
+    _excluded_sections: frozenset[str] = field(init=False, repr=False, compare=False, default=frozenset())
+    _excluded_ids: frozenset[str] = field(init=False, repr=False, compare=False, default=frozenset())
 
     def __post_init__(self) -> None:
         if self.max_age_days is not None and self.max_age_days < 0:
@@ -178,7 +182,7 @@ def mmr_select(score: np.ndarray, sims: np.ndarray, k: int, diversity: float, du
     return chosen
 
 
-def shared_terms_reason(seed_terms: Sequence[str], cand_terms: Sequence[str], idf: dict[str, float],
+def shared_terms_reason(seed_terms: Iterable[str], cand_terms: Sequence[str], idf: dict[str, float],
                         surface: dict[str, str], limit: int = 3) -> str:
     """A short human reason: the rarest terms the two articles share."""
     shared = set(cand_terms).intersection(seed_terms)  # pass a set: a list's ten reasons then share one

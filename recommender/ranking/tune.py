@@ -20,15 +20,15 @@ from typing import Callable, Iterable
 
 import numpy as np
 
+from recommender.errors import NoLabels, RecommenderError
+from recommender.index.state import IndexState
 from recommender.ranking import features, pipeline
 from recommender.ranking.metrics import hit_at_k, reciprocal_rank
-from recommender.store.articles import Article
-from recommender.errors import NoLabels, RecommenderError
-from recommender.text.markup import Element, parse
 from recommender.ranking.rules import Filters
 from recommender.settings import RankingSettings
-from recommender.index.state import IndexState
+from recommender.store.articles import Article
 from recommender.store.base import Store
+from recommender.text.markup import Element, parse
 
 Labels = dict[str, set[str]]  # article id -> ids of the articles its editors linked
 
@@ -229,7 +229,7 @@ class TuneResult:
     held_out: int  # the newest ones it scored
     before: Quality  # the active profile, on the held-out queries
     after: Quality  # weights learned on the older queries only, on the same held-out queries
-    report: dict
+    report: dict[str, float | str]  # what `recommender tune --json` prints
 
 
 def learn(state: IndexState, store: Store, labels: Labels, opts: RankingSettings, embed: pipeline.Embed,
@@ -249,9 +249,10 @@ def learn(state: IndexState, store: Store, labels: Labels, opts: RankingSettings
     hits1, rr1 = quality(newer, fit(older, opts.weights, c))
     before, after = Quality(len(newer), hits0.mean(), rr0.mean()), Quality(len(newer), hits1.mean(), rr1.mean())
     weights = fit(groups, opts.weights, c)
-    report = {"links": len(groups), "held_out": len(newer), "held_out_hit10_before": round(before.hit, 4),
-              "held_out_mrr10_before": round(before.mrr, 4), "held_out_hit10": round(after.hit, 4),
-              "held_out_mrr10": round(after.mrr, 4)}
+    report: dict[str, float | str] = {
+        "links": len(groups), "held_out": len(newer), "held_out_hit10_before": round(before.hit, 4),
+        "held_out_mrr10_before": round(before.mrr, 4), "held_out_hit10": round(after.hit, 4),
+        "held_out_mrr10": round(after.mrr, 4)}
     if until is not None:
         report["until"] = f"{until:%Y-%m-%d}"
     return TuneResult(weights, len(groups), len(older), len(newer), before, after, report)

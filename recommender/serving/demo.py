@@ -5,6 +5,7 @@ from __future__ import annotations
 from importlib import resources
 from typing import Callable
 
+from recommender.errors import RecommenderError
 from recommender.settings import Settings
 
 DEMO_ARTICLE = "ext-2025-03-14-ucraina-rusia-convorbiri"
@@ -21,7 +22,10 @@ def run_demo(settings: Settings, echo: Callable[[str], None] = print, progress: 
     echo(f"Ingesting the sample archive into {settings.data_dir} with {engine.model} ...")
     report = engine.ingest([demo_corpus_path()], progress=progress)
     echo(report.summary() + f"; embedded {report.embedded}")
-    seed = engine.store.get(DEMO_ARTICLE).article
+    stored = engine.store.get(DEMO_ARTICLE)
+    if stored is None:
+        raise RecommenderError(f"the sample archive lacks its demo article {DEMO_ARTICLE}")
+    seed = stored.article
     echo("")
     echo(f"Article: {seed.title}")
     echo(f"         {seed.section}, {seed.published_at:%Y-%m-%d}")

@@ -15,18 +15,19 @@ from datetime import datetime
 import numpy as np
 
 from embeddings import DEFAULT_MODEL, Embedder
+from recommender.index.state import Indexes, IndexState
+from recommender.index.versions import Versions
 from recommender.ranking import pipeline
-from recommender.store import vector_cache
-from recommender.serving.ingest import IngestReport, ingest_sources
-from recommender.serving.lists import ListUpkeep, RelatedLists, lists_key, stored_list
-from recommender.store.models import load_model, model_name
 from recommender.ranking.profiles import DEFAULT as DEFAULT_PROFILE
 from recommender.ranking.profiles import Profile, Profiles
 from recommender.ranking.rules import Filters, RelatedItem
+from recommender.serving.ingest import IngestReport, ingest_sources
+from recommender.serving.lists import ListUpkeep, RelatedLists, lists_key, stored_list
 from recommender.settings import RankingSettings, Settings
-from recommender.index.state import Indexes, IndexState
-from recommender.store.base import open_store
-from recommender.index.versions import Versions
+from recommender.store import vector_cache
+from recommender.store.articles import Article
+from recommender.store.base import UpsertResult, open_store
+from recommender.store.models import load_model, model_name
 from recommender.store.writes import Written, delete_articles, write_articles
 
 
@@ -105,7 +106,7 @@ class Engine:
 
     # --- writes -------------------------------------------------------------
 
-    def upsert(self, articles) -> Written:
+    def upsert(self, articles: list[Article]) -> Written:
         """Store articles (embedding the text the cache lacks). Indexes follow via `catch_up`."""
         return write_articles(self.store, self.model, vector_cache.in_process(self.embed), self.settings.batch_size,
                               list(articles), self.settings.embed_chars)
@@ -144,10 +145,10 @@ class Engine:
         from tqdm import tqdm
 
         state = self.state() if index and self.indexes.active_meta() is not None else None
-        self.embedder  # a model that cannot load fails before any line is read
+        _ = self.embedder  # a model that cannot load fails before any line is read
         report = IngestReport()
         with tqdm(unit="article", desc=f"ingesting ({self.model})", disable=not progress) as bar:
-            def write(articles):
+            def write(articles: list[Article]) -> list[UpsertResult]:
                 written = self.upsert(articles)
                 report.embedded += written.embedded
                 bar.update(len(articles))

@@ -13,8 +13,8 @@ from datetime import timezone, tzinfo
 from typing import Callable
 
 from recommender.store.articles import Article
-from recommender.store.jsonl import Rejection, open_source, read_jsonl
 from recommender.store.base import UpsertResult
+from recommender.store.jsonl import Rejection, open_source, read_jsonl
 
 WRITE_CHUNK = 500
 

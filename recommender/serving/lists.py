@@ -10,18 +10,18 @@ from __future__ import annotations
 
 import json
 import threading
-from datetime import datetime, timezone
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from typing import Iterable, Iterator
 
 import numpy as np
 
+from recommender.index.state import IndexState
 from recommender.ranking import pipeline
-from recommender.store.articles import ArticleInfo
 from recommender.ranking.candidates import fetch_size
 from recommender.ranking.rules import Filters, RelatedItem
 from recommender.settings import RankingSettings
-from recommender.index.state import IndexState
+from recommender.store.articles import ArticleInfo
 from recommender.store.base import Store
 
 SAVE_EVERY = 500  # lists written to the store per transaction
@@ -285,7 +285,7 @@ class ListUpkeep:
             yield num, pipeline.rank(state, seed, Filters(), self.options, near)
 
     @staticmethod
-    def cached_items(state: IndexState, items) -> list[CachedItem]:
+    def cached_items(state: IndexState, items: Iterable[RelatedItem]) -> list[CachedItem]:
         return [CachedItem(state.by_id[i.id], i.relevance, i.rank_score, i.reason) for i in items]
 
 
@@ -294,18 +294,23 @@ class ListUpkeep:
 _forked_job: tuple[ListUpkeep, IndexState, str] | None = None
 
 
+def _job() -> tuple[ListUpkeep, IndexState, str]:
+    assert _forked_job is not None, "set before the pool forks"
+    return _forked_job
+
+
 def _start_forked() -> None:
     global _forked_job
     from threadpoolctl import threadpool_limits
 
     threadpool_limits(1)  # N workers on N cores, not N x BLAS threads
-    upkeep, state, key = _forked_job
+    upkeep, state, key = _job()
     store = upkeep.store.reopened()  # a connection must not cross a fork
     _forked_job = (ListUpkeep(store, upkeep.options, upkeep.precompute_k, upkeep.embed), state, key)
 
 
 def _compute_forked(nums: list[int]) -> int:
-    upkeep, state, key = _forked_job
+    upkeep, state, key = _job()
     lists = {num: encode(upkeep.cached_items(state, items)) for num, items in upkeep.lists_for(state, nums)}
     upkeep.store.put_lists(key, lists)
     return len(nums)

@@ -20,13 +20,15 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from recommender.store import vector_cache
-from recommender.serving.engine import Engine
+from embeddings import Embedder
 from recommender.errors import JobFailed
-from recommender.store.models import load_model, model_name
-from recommender.settings import Settings
-from recommender.store.vector_cache import Batch, split
+from recommender.index.state import IndexState
 from recommender.index.versions import Versions
+from recommender.serving.engine import Engine
+from recommender.settings import Settings
+from recommender.store import vector_cache
+from recommender.store.models import load_model, model_name
+from recommender.store.vector_cache import Batch, split
 
 SHARD_BATCHES = 8  # batches per Ray task
 
@@ -75,7 +77,8 @@ def run_reembed(settings: Settings, opts: ReembedOptions, echo: Callable[[str], 
             raise _failure("the job could not write to the data dir", engine, exc) from None
 
 
-def _run(engine, versions, embedder, opts: ReembedOptions, echo) -> ReembedResult:
+def _run(engine: Engine, versions: Versions, embedder: Embedder, opts: ReembedOptions,
+         echo: Callable[[str], None]) -> ReembedResult:
     model = engine.model
     version, resumed = _job_version(engine, versions)
     pending = engine.store.texts_missing_vectors(model)
@@ -103,8 +106,9 @@ def _run(engine, versions, embedder, opts: ReembedOptions, echo) -> ReembedResul
     return result
 
 
-def _embed_all(engine, pending: list[tuple[str, str]], opts: ReembedOptions, embedder) -> int:
+def _embed_all(engine: Engine, pending: list[tuple[str, str]], opts: ReembedOptions, embedder: Embedder) -> int:
     models_dir = engine.settings.models_dir
+    stream: vector_cache.EmbedStream
     if opts.ray_address:
         stream = partial(embed_with_ray, opts.ray_address, engine.model, opts.device, opts.batch_size, models_dir)
     elif opts.workers > 0:
@@ -118,7 +122,7 @@ def _embed_all(engine, pending: list[tuple[str, str]], opts: ReembedOptions, emb
         raise _failure("could not write a checkpoint", engine, exc) from None
 
 
-def _failure(what: str, engine, exc: Exception) -> JobFailed:
+def _failure(what: str, engine: Engine, exc: Exception) -> JobFailed:
     active = engine.versions.active() or "no version"
     return JobFailed(f"{what} ({type(exc).__name__}: {exc}). Nothing was activated: {active} keeps serving, and the "
                      f"vectors committed so far are kept",
@@ -126,7 +130,7 @@ def _failure(what: str, engine, exc: Exception) -> JobFailed:
                           "then rerun the same command to resume")
 
 
-def _build(engine, version: str, embedder, result: ReembedResult, progress: bool):
+def _build(engine: Engine, version: str, embedder: Embedder, result: ReembedResult, progress: bool):
     """Index, validation, related lists: everything before the switch."""
     try:
         state = engine.indexes.build_state(version, embedder.dimension)
@@ -140,7 +144,7 @@ def _build(engine, version: str, embedder, result: ReembedResult, progress: bool
     return state
 
 
-def validate(engine, state, embedder, sample: int = 20) -> list[str]:
+def validate(engine: Engine, state: IndexState, embedder: Embedder, sample: int = 20) -> list[str]:
     """Every article has a vector, the dimension is the model's, and a sample of
     articles re-embedded now sits at its own place in the index."""
     missing = [info.id for info in state.infos.values() if info.num not in state.vectors]
@@ -151,7 +155,8 @@ def validate(engine, state, embedder, sample: int = 20) -> list[str]:
     rng = np.random.default_rng(0)
     infos = list(state.infos.values())
     picks = [infos[i] for i in rng.choice(len(infos), size=min(sample, len(infos)), replace=False)] if infos else []
-    fresh = embedder.embed([engine.store.get_text(info.id) or info.title for info in picks]) if picks else []
+    texts = [engine.store.get_text(info.id) or info.title for info in picks]
+    fresh = embedder.embed(texts) if picks else np.zeros((0, embedder.dimension))
     for info, vector in zip(picks, fresh):
         scores, nums = state.vectors.search(vector, 1)
         own = float(state.vectors.reconstruct(np.array([info.num]))[0] @ vector)
@@ -162,7 +167,7 @@ def validate(engine, state, embedder, sample: int = 20) -> list[str]:
             f"{len(picks)} articles re-embedded and found at their own place"]
 
 
-def _job_version(engine, versions) -> tuple[str, bool]:
+def _job_version(engine: Engine, versions: Versions) -> tuple[str, bool]:
     version = engine.store.unfinished_job(engine.model)
     if version is not None:
         return version, True
@@ -174,7 +179,7 @@ def _job_version(engine, versions) -> tuple[str, bool]:
 
 # --- embedding backends -----------------------------------------------------------
 
-_worker_embedder = None  # one per worker process, loaded by its initializer
+_worker_embedder: Embedder | None = None  # one per worker process, loaded by its initializer
 
 
 def _init_worker(model: str, device: str | None, batch_size: int, models_dir: Path) -> None:
@@ -193,6 +198,7 @@ def _init_worker(model: str, device: str | None, batch_size: int, models_dir: Pa
 
 def _embed_in_worker(batch: Batch) -> tuple[list[str], np.ndarray]:
     hashes, texts = split(batch)
+    assert _worker_embedder is not None, "_init_worker runs first"
     return hashes, _worker_embedder.embed(texts)
 
 
@@ -208,7 +214,8 @@ def embed_with_processes(model: str, device: str | None, batch_size: int, worker
         yield from pool.imap_unordered(_embed_in_worker, ordered)
 
 
-def _embed_shard(model: str, device: str | None, batch_size: int, models_dir: Path, shard: list[Batch]) -> tuple[list[str], np.ndarray]:
+def _embed_shard(model: str, device: str | None, batch_size: int, models_dir: Path,
+                 shard: list[Batch]) -> tuple[list[str], np.ndarray]:
     """A Ray task: embed a shard, return it in the checkpoint format (hashes, vectors)."""
     global _worker_embedder
     if _worker_embedder is None or _worker_embedder.name != model:

@@ -22,14 +22,14 @@ from datetime import datetime, timezone
 from typing import Iterator
 
 from embeddings import Embedder
-from recommender.ranking import pipeline
-from recommender.store.articles import Article
-from recommender.serving.engine import Engine
 from recommender.errors import ArticleNotFound, NoIndex
-from recommender.serving.lists import CachedList, RelatedLists, last_stored_list, lists_key
-from recommender.ranking.rules import Filters, RelatedItem
-from recommender.settings import Settings
 from recommender.index.state import IndexState
+from recommender.ranking import pipeline
+from recommender.ranking.rules import Filters, RelatedItem
+from recommender.serving.engine import Engine
+from recommender.serving.lists import CachedList, RelatedLists, last_stored_list, lists_key
+from recommender.settings import Settings
+from recommender.store.articles import Article
 from recommender.store.base import StoredArticle, UpsertResult
 
 log = logging.getLogger(__name__)
@@ -241,7 +241,7 @@ class Service:
         items = None
         if version and diversity is None and k <= self.settings.precompute_k:
             items = last_stored_list(engine.store, lists_key(version, engine.profile.name), num, k, filters)
-        if items is None:
+        if items is None or not version:
             raise NoIndex("the index is still loading; until then only precomputed lists are served")
         self.counters.hits += 1
         return Related(items, engine.model, version)
@@ -412,11 +412,11 @@ class ListWorker:
 
     def _step(self) -> bool:
         with self._lock:
+            snap = self.service._snapshot
+            if snap is None or not self._pending:  # changes wait for the first snapshot
+                return False
             batch, self._pending = self._pending, set()
             self._busy = len(batch)
-            snap = self.service._snapshot
-        if not batch:
-            return False
         try:
             upkeep = snap.engine.upkeep
             affected = upkeep.affected(snap.state, snap.lists, batch)
@@ -469,9 +469,9 @@ class ListWorker:
 
     def _fill_step(self) -> bool:
         """Compute a batch of the lists still missing."""
-        if not self._fill:
-            return False
         snap = self.service._snapshot
+        if not self._fill or snap is None:
+            return False
         if self._todo is None:
             self._todo = iter(snap.engine.upkeep.missing(snap.state, snap.lists))
         if self._compute_batch(snap.engine, snap.state, snap.lists, self._todo):

@@ -9,8 +9,8 @@ from datetime import timezone, tzinfo
 from pathlib import Path
 from typing import IO, Iterator
 
-from recommender.store.articles import Article, parse_article
 from recommender.errors import InvalidArticle
+from recommender.store.articles import Article, parse_article
 
 
 @dataclass(frozen=True)
@@ -31,7 +31,8 @@ def read_jsonl(stream: IO[bytes], source: str,
         try:
             text = raw.decode("utf-8")
         except UnicodeDecodeError as exc:
-            yield number, Rejection(source, number, f"not valid UTF-8 (byte {raw[exc.start]:#04x} at column {exc.start + 1})")
+            where = f"byte {raw[exc.start]:#04x} at column {exc.start + 1}"
+            yield number, Rejection(source, number, f"not valid UTF-8 ({where})")
             continue
         text = text.strip().lstrip("\ufeff")
         if not text:

@@ -12,23 +12,21 @@ import sqlite3
 import sys
 import threading
 from contextlib import contextmanager
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
+from recommender.errors import StoreError
 from recommender.store.articles import Article, ArticleInfo
 from recommender.store.base import ArticleRow, Store, StoredArticle, StoreStats, UpsertResult, Writes
-from recommender.errors import StoreError
 from recommender.text.entities import entities
-from recommender.text.normalize import terms
 
 # Each entry brings a store from the version before it to its own number
 # (PRAGMA user_version). Version 0 is a store from before versioning, or a new
 # file: every statement is idempotent, so both take the same path.
-MIGRATIONS: list[str] = [
+MIGRATIONS: list[str | Callable[[sqlite3.Connection], None]] = [
     # 1: the schema as first released, plus the related-lists table that used to
     # be created on first use.
     """
@@ -337,7 +335,7 @@ class SQLiteStore(Store):
             conn.executemany("INSERT OR REPLACE INTO related_lists VALUES (?, ?, ?, 1)",
                              [(version, num, items) for num, items in lists.items()])
 
-    def delete_lists(self, version: str, nums) -> None:
+    def delete_lists(self, version: str, nums: Iterable[int]) -> None:
         with self._write() as conn:
             conn.executemany("DELETE FROM related_lists WHERE version = ? AND num = ?", [(version, n) for n in nums])
 
@@ -355,7 +353,8 @@ class SQLiteStore(Store):
         """Record that lists follow the change log up to `seq` (never moving it back)."""
         with self._write() as conn:
             conn.execute("""INSERT INTO list_progress (version, refreshed_seq) VALUES (?, ?)
-                            ON CONFLICT(version) DO UPDATE SET refreshed_seq = MAX(refreshed_seq, excluded.refreshed_seq)""",
+                            ON CONFLICT(version) DO UPDATE
+                            SET refreshed_seq = MAX(refreshed_seq, excluded.refreshed_seq)""",
                          (version, seq))
 
     def changed_between(self, after: int, upto: int) -> list[int]:
@@ -390,7 +389,8 @@ class _Writes(Writes):
         """The row is prepared beforehand (`ArticleRow.of`): stemming and hashing stay
         outside the transaction, which other writers wait for."""
         article, prepared = row.article, row.text
-        old = self.conn.execute("SELECT num, record_hash, content_hash FROM articles WHERE id = ?", (article.id,)).fetchone()
+        old = self.conn.execute("SELECT num, record_hash, content_hash FROM articles WHERE id = ?",
+                                (article.id,)).fetchone()
         if old is not None and old[1] == row.record_hash and old[2] == row.content_hash:
             return UpsertResult(old[0], "unchanged", prepared)
         num = self.conn.execute(

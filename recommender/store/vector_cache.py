@@ -13,6 +13,7 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 
 from embeddings import Embedder
+from recommender.errors import StoreError
 from recommender.store.articles import content_hash
 from recommender.store.base import Store
 
@@ -78,4 +79,8 @@ def embed_cached(store: Store, embedder: Embedder, texts: list[str], batch_size:
     hashes = [content_hash(t) for t in texts]
     fill(store, embedder.name, missing(store, embedder.name, list(zip(hashes, texts))), in_process(embedder.embed),
          batch_size, progress, desc)
-    return np.vstack([store.vector(embedder.name, h) for h in hashes])
+    vectors = [store.vector(embedder.name, h) for h in hashes]
+    lost = sum(v is None for v in vectors)
+    if lost:  # another process pruned them meanwhile
+        raise StoreError(f"{lost} of {len(hashes)} vectors under {embedder.name} are gone from the store")
+    return np.vstack([v for v in vectors if v is not None])

@@ -33,7 +33,8 @@ IMPLIED_BY = {  # a start tag closes an open element of these kinds first
 }
 
 _TAG_NAME = re.compile(r"[A-Za-z][^\t\n\f\r />]*")
-_ATTR = re.compile(r"""[\t\n\f\r /]*([^\t\n\f\r />][^\t\n\f\r /=>]*)(?:[\t\n\f\r ]*=[\t\n\f\r ]*(?:"([^"]*)"?|'([^']*)'?|([^\t\n\f\r >]*)))?""")
+_ATTR = re.compile(r"""[\t\n\f\r /]*([^\t\n\f\r />][^\t\n\f\r /=>]*)"""  # the name
+                   r"""(?:[\t\n\f\r ]*=[\t\n\f\r ]*(?:"([^"]*)"?|'([^']*)'?|([^\t\n\f\r >]*)))?""")  # = value
 _BETWEEN_ATTRS = re.compile(r"[\t\n\f\r /]*")
 _SCRIPT_TOKENS = re.compile(r"<!--|-->|</script(?=[\t\n\f\r />])|<script(?=[\t\n\f\r />])", re.IGNORECASE)
 
@@ -150,12 +151,12 @@ def _attributes(page: str, pos: int) -> tuple[int, dict[str, str]] | None:
     after "=", and the first of a duplicate attribute wins."""
     attrs: dict[str, str] = {}
     while True:
-        pos = _BETWEEN_ATTRS.match(page, pos).end()
+        pos = _match(_BETWEEN_ATTRS, page, pos).end()
         if pos >= len(page):
             return None
         if page[pos] == ">":
             return pos + 1, attrs
-        match = _ATTR.match(page, pos)
+        match = _match(_ATTR, page, pos)
         name = match.group(1).lower()
         if name not in attrs:
             value = next((g for g in match.group(2, 3, 4) if g is not None), "")
@@ -164,6 +165,13 @@ def _attributes(page: str, pos: int) -> tuple[int, dict[str, str]] | None:
         if match.group(2) is not None and not page.startswith('"', pos - 1) or (
                 match.group(3) is not None and not page.startswith("'", pos - 1)):
             return None  # a quoted value that never closes runs to the end of the page
+
+
+def _match(pattern: re.Pattern[str], page: str, pos: int) -> re.Match[str]:
+    """`pattern.match` for a pattern that matches wherever it is tried (it may match nothing)."""
+    match = pattern.match(page, pos)
+    assert match is not None
+    return match
 
 
 def _add(parent: Element, node: Element | Text) -> None:

@@ -13,6 +13,9 @@ import re
 import unicodedata
 from functools import lru_cache
 from html import unescape
+from typing import Callable
+
+from recommender.text.markup import Element, Text, TooDeep, parse
 
 # Romanian has two visually similar forms of ș/ț: the legacy cedilla (ş ţ, from
 # ISO-8859-2 days) and the correct comma-below. Old archives mix both.
@@ -84,12 +87,10 @@ def looks_like_html(text: str) -> bool:
     return bool(_HTML_HINT.search(text))
 
 
-def html_to_text(html: str, cancelled=lambda: False) -> str:
+def html_to_text(html: str, cancelled: Callable[[], bool] = lambda: False) -> str:
     """Visible text of an HTML fragment or page, one line per block element, in one
     linear pass (`recommender.text.markup`): link-only teaser paragraphs, scripts,
     navigation and the like dropped."""
-    from recommender.text.markup import TooDeep, parse
-
     try:
         root = parse(html, cancelled)
     except TooDeep:  # not a page a browser would build either: keep its words, drop its tags
@@ -102,7 +103,7 @@ def html_to_text(html: str, cancelled=lambda: False) -> str:
         if leaving:
             out.append("\n")
             continue
-        if not hasattr(node, "tag"):
+        if isinstance(node, Text):
             out.append(node.text)
             continue
         if node.tag in _HIDDEN_TAGS or node.inert or id(node) in skipped:
@@ -128,7 +129,7 @@ _HIDDEN_TAGS = frozenset(("script", "style", "noscript", "template", "iframe", "
 _TEASER_TAGS = frozenset(("p", "li", "div"))
 
 
-def _link_teasers(root) -> set[int]:
+def _link_teasers(root: Element) -> set[int]:
     """Ids of short p/li/div elements that are nothing but a link: teasers for other
     stories. Bottom-up word counts, so the cost stays linear however deep the page."""
     nodes = list(root.iter())
@@ -136,8 +137,9 @@ def _link_teasers(root) -> set[int]:
     linked: dict[int, int] = {}  # element id -> of which inside <a>
     teasers: set[int] = set()
     for node in reversed(nodes):  # children before their parents
+        assert node.parent is not None  # iter() yields the root's descendants, never the root
         parent = id(node.parent)
-        if not hasattr(node, "tag"):
+        if isinstance(node, Text):
             count = len(node.text.split())
             words[parent] = words.get(parent, 0) + count
             if node.parent.tag == "a":
@@ -156,7 +158,8 @@ def _link_teasers(root) -> set[int]:
 
 
 def _is_breadcrumb(folded: str) -> bool:
-    return len(_BREADCRUMB_SEP.findall(folded)) >= 1 and folded.startswith(_BREADCRUMB_HOME) and len(folded.split()) <= 15
+    return (len(_BREADCRUMB_SEP.findall(folded)) >= 1 and folded.startswith(_BREADCRUMB_HOME)
+            and len(folded.split()) <= 15)
 
 
 def strip_boilerplate(text: str, title: str = "") -> str:

@@ -132,6 +132,7 @@ def _stats(root: Element) -> dict[int, _Stats]:
         if isinstance(node, Element):
             stats[id(node)] = _Stats()
     for node in reversed(nodes):  # children before their parents
+        assert node.parent is not None  # iter() yields the root's descendants, never the root
         parent = stats[id(node.parent)]
         if isinstance(node, Text):
             if _rendered(node):
@@ -188,6 +189,7 @@ def _block(label: Element | Text, start: int, stats: dict[int, _Stats]) -> Block
 
 
 def _links_after(label: Element | Text, stats: dict[int, _Stats]) -> tuple[list[Element], int, set]:
+    assert label.parent is not None  # labels are found among the root's descendants
     siblings = label.parent.children
     members: set = {label}
     links: list[Element] = []
