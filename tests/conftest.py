@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 from pathlib import Path
@@ -101,10 +102,18 @@ def stories(tmp_path) -> Path:
     return write_jsonl(tmp_path / "stories.jsonl", STORY_ARTICLES)
 
 
+# sentence-transformers is an extra: without it, the tests that need it are skipped, not red.
+HAS_ST = importlib.util.find_spec("sentence_transformers") is not None
+ST_MISSING = "needs the [st] extra: pip install torch==2.13.0 && pip install -e '.[st]'"
+needs_st = pytest.mark.skipif(not HAS_ST, reason=ST_MISSING)
+
+
 @pytest.fixture(scope="session")
 def tiny_st_model(tmp_path_factory) -> Path:
     """A real sentence-transformers model, built offline: StaticEmbedding over a
     word-level tokenizer made with `tokenizers`, saved to a folder."""
+    if not HAS_ST:
+        pytest.skip(ST_MISSING)
     import numpy as np
     import torch
     from sentence_transformers import SentenceTransformer

@@ -7,7 +7,7 @@ import pytest
 from click.testing import CliRunner
 
 from recommender.cli import main
-from tests.conftest import HASHING, article, write_jsonl
+from tests.conftest import HASHING, article, needs_st, write_jsonl
 
 COMMANDS = ["ingest", "related", "delete", "stats", "demo", "serve", "reembed", "eval", "eval-sts", "index list",
             "index activate", "index prune", "tune", "profile activate", "profile list"]
@@ -130,6 +130,7 @@ def test_help_imports_nothing_heavy():
     assert out.strip() == "[]"
 
 
+@needs_st
 def test_real_process_fails_fast_on_an_unreachable_hub(tmp_path, stories):
     env = dict(os.environ, HF_HUB_OFFLINE="0", HF_ENDPOINT="http://127.0.0.1:9", RECOMMENDER_DATA_DIR=str(tmp_path))
     proc = subprocess.run([sys.executable, "-m", "recommender.cli", "ingest", str(stories),

@@ -4,6 +4,7 @@ import pytest
 from embeddings import Embedder, ModelLoadError, UnknownModelError, load_embedder, validate_model_string
 from recommender.serving.engine import Engine
 from recommender.settings import Settings
+from tests.conftest import needs_st
 
 TEXTS = [
     "Ucraina și Rusia negociază un armistițiu în Marea Neagră.",
@@ -86,12 +87,14 @@ def test_sentence_transformers_end_to_end(tiny_st_model, tmp_path, stories):
     assert got[0] == "fot-2"
 
 
+@needs_st
 def test_unreachable_hub_id_fails_fast_with_advice(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(ModelLoadError, match="st:/path/to/model"):
         load_embedder("st:sentence-transformers/paraphrase-multilingual-MiniLM-L12-v2")
 
 
+@needs_st
 def test_missing_local_folder(tmp_path):
     with pytest.raises(ModelLoadError, match="no model folder"):
         load_embedder(f"st:{tmp_path}/missing-model")

@@ -17,7 +17,7 @@ from recommender.serving.engine import Engine
 from recommender.serving.reembed import ReembedOptions, run_reembed
 from recommender.settings import Settings
 from recommender.store.vector_cache import length_sorted_batches
-from tests.conftest import CountingEmbedder, article, write_jsonl
+from tests.conftest import HAS_ST, CountingEmbedder, article, write_jsonl
 
 quiet = lambda message: None  # noqa: E731
 
@@ -113,7 +113,8 @@ def test_bad_models_fail_before_any_work(loaded):
     unknown = runner.invoke(main, ["reembed", "--model", "gpt-9"], env=env)
     assert unknown.exit_code == 1 and "unknown model 'gpt-9'" in unknown.output
     hub = runner.invoke(main, ["reembed", "--model", "st:someone/not-downloaded"], env=env)
-    assert hub.exit_code == 1 and "st:/path/to/model" in hub.output
+    advice = "st:/path/to/model" if HAS_ST else "pip install torch==2.13.0 'recommender[st]'"
+    assert hub.exit_code == 1 and advice in hub.output
     assert Versions(loaded.index_dir).names() == ["v1"] and not (loaded.index_dir / "v2").exists()
     assert vectors_of(loaded, "st:someone/not-downloaded") == {}
 
