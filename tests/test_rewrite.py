@@ -149,6 +149,7 @@ FRAGMENTS = [
     "<a href=javascript:alert(1)>", "<img src=x onerror=alert(3)>", "<script>alert(4)</script>",
     "<script><!--document.write('<script></script>')//--></script>", "<textarea>", "</textarea>", "<!--", "-->",
     "&nbsp;", "&raquo;", "<", ">", "'", '"', "=", "<template>", "</template>", "<a href='/c' href='javascript:x'>",
+    "<!-->", "<!--->", "--!>", "--->", "<xmp>", "</xmp>",  # the standard's other comment ends, and raw text
 ]
 
 
@@ -190,3 +191,29 @@ def _texts(fragment: str) -> list[str]:
     import re
 
     return [html.unescape(t) for t in re.split(r"<[^>]*>", fragment) if t.strip()]
+
+
+def test_a_comment_ended_the_way_browsers_end_it_hides_no_opener():
+    """The standard ends a comment at `<!-->`, `<!--->` and `--!>` too: a tokenizer
+    waiting for `-->` took the `<textarea>` after one for a comment and removed it
+    with the block, and the inert text after it became a live <img onerror>."""
+    page = ("<article><h1>Convorbiri</h1><div><h3>Citește și</h3><ul><li><a href='https://x.ro/a'>A</a></li>"
+            "<li><a href='https://x.ro/b'>B</a>{end}<textarea>--></li></ul></div>\n"
+            "<img src=x onerror=alert(document.domain)>\n</textarea></article>")
+    for end in ("<!-->", "<!--->", "<!-- x --!>"):
+        out, _ = run(page.format(end=end))
+        assert _dangerous(out) == [] == _dangerous(page.format(end=end))
+
+
+COMMENT_BYTES = st.lists(st.sampled_from(["-", "!", ">", " ", "<", "<!--", "x"]), max_size=12).map("".join)
+
+
+@hsettings(max_examples=500, deadline=None)
+@given(COMMENT_BYTES)
+def test_comments_end_where_html5lib_ends_them(inside):
+    from recommender.text.markup import Element, parse
+
+    page = f"<p><!--{inside}<b>x</b></p>"
+    ours = any(isinstance(node, Element) and node.tag == "b" for node in parse(page).iter())
+    theirs = any(e.tag == "b" for e in html5lib.parse(page, namespaceHTMLElements=False).iter())
+    assert ours == theirs, page

@@ -36,6 +36,7 @@ _TAG_NAME = re.compile(r"[A-Za-z][^\t\n\f\r />]*")
 _ATTR = re.compile(r"""[\t\n\f\r /]*([^\t\n\f\r />][^\t\n\f\r /=>]*)"""  # the name
                    r"""(?:[\t\n\f\r ]*=[\t\n\f\r ]*(?:"([^"]*)"?|'([^']*)'?|([^\t\n\f\r >]*)))?""")  # = value
 _BETWEEN_ATTRS = re.compile(r"[\t\n\f\r /]*")
+_COMMENT_CLOSE = re.compile(r"--!?>")
 _SCRIPT_TOKENS = re.compile(r"<!--|-->|</script(?=[\t\n\f\r />])|<script(?=[\t\n\f\r />])", re.IGNORECASE)
 
 
@@ -107,8 +108,7 @@ def _markup(page: str, lt: int, stack: list[Element]) -> int:
     """Read the markup at `lt` ("<..."); the offset after it."""
     nxt = page[lt + 1: lt + 2]
     if page.startswith("<!--", lt):
-        end = page.find("-->", lt + 4)
-        return len(page) if end < 0 else end + 3
+        return _comment_end(page, lt + 4)
     if nxt in ("!", "?"):
         end = page.find(">", lt + 2)
         return len(page) if end < 0 else end + 1
@@ -213,6 +213,19 @@ def _close(stack: list[Element], tag: str, at: int, end: int) -> None:
         element.end = at
     stack[index].end = end
     del stack[index:]
+
+
+def _comment_end(page: str, body: int) -> int:
+    """The offset after a comment whose text starts at `body`, as the standard's comment
+    states end it: `<!-->` and `<!--->` are whole (empty) comments, and `--!>` closes
+    one as `-->` does (`---->` too: extra dashes stay in the comment end state). A
+    tokenizer that waits for `-->` alone hides markup a browser runs."""
+    if page.startswith(">", body):
+        return body + 1
+    if page.startswith("->", body):
+        return body + 2
+    found = _COMMENT_CLOSE.search(page, body)
+    return len(page) if found is None else found.end()
 
 
 def _raw_end(page: str, start: int, tag: str) -> int:
