@@ -5,10 +5,11 @@ from __future__ import annotations
 from datetime import datetime, tzinfo
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from recommender.ranking.rules import FilterParams
 from recommender.store.articles import parse_date
+from recommender.text.normalize import check_unicode
 
 
 class RelatedItemOut(BaseModel):
@@ -61,6 +62,12 @@ class DraftIn(BaseModel):
 
     filters: FilterParams = Field(default_factory=FilterParams)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _text(cls, value: Any) -> Any:
+        check_unicode(value)
+        return value
+
 
 class WriteOut(BaseModel):
     id: str
@@ -90,6 +97,12 @@ class RewriteIn(BaseModel):
 
     html: str
     article_id: str | None = Field(None, description="Without it, suggestions are computed from the page's own text")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _text(cls, value: Any) -> Any:
+        check_unicode(value)
+        return value
 
 
 class RewriteOut(BaseModel):

@@ -123,6 +123,40 @@ def test_bulk_json_array_and_jsonl(client):
     assert [(r["index"], r["status"]) for r in jsonl.json()["results"]] == [(0, "unchanged"), (1, "rejected"), (2, "added")]
 
 
+SURROGATE = "\ud800"
+
+
+def escaped(value: object) -> dict:
+    """A JSON body with its non-ASCII escaped, as a client in another language may send a
+    lone surrogate (httpx itself refuses to encode one)."""
+    return {"content": json.dumps(value), "headers": {**AUTH, "content-type": "application/json"}}
+
+
+@pytest.mark.parametrize("field", [{"body": f"un {SURROGATE}"}, {"section": SURROGATE}, {"tags": [SURROGATE]},
+                                   {"language": SURROGATE}, {"url": f"https://x.ro/{SURROGATE}"},
+                                   {"meta": {"autor": [SURROGATE]}}, {"meta": {SURROGATE: 1}}])
+def test_a_lone_surrogate_is_a_422_on_put(client, field):
+    response = client.put("/v1/articles/s", **escaped({"title": "Titlu", **field}))
+    assert response.status_code == 422 and "lone UTF-16 surrogate" in response.json()["detail"]
+    assert client.get("/v1/articles/s").status_code == 404
+
+
+def test_a_lone_surrogate_costs_only_its_own_bulk_item(client):
+    payload = [article("g-1", "Bugetul pe 2026"), {"id": "g-2", "title": f"Titlu {SURROGATE}"}]
+    body = client.post("/v1/articles:bulk", **escaped(payload)).json()
+    assert [(r["index"], r["status"]) for r in body["results"]] == [(0, "added"), (1, "rejected")]
+    assert "title holds a lone UTF-16 surrogate" in body["results"][1]["error"]
+
+
+def test_a_lone_surrogate_in_a_draft_or_a_page_is_a_422(client):
+    draft = client.post("/v1/related", **escaped({"title": "Bugetul", "body": f"deficit {SURROGATE}"}))
+    assert draft.status_code == 422 and "body holds a lone UTF-16 surrogate" in draft.json()["detail"]
+    page = client.post("/v1/rewrite", **escaped({"html": f"<p>{SURROGATE}</p>"}))
+    assert page.status_code == 422 and "html holds a lone UTF-16 surrogate" in page.json()["detail"]
+    nested = client.post("/v1/related", **escaped({"title": "Bugetul", "filters": {"exclude_ids": [SURROGATE]}}))
+    assert nested.status_code == 422
+
+
 def test_writes_need_a_key_and_write_nothing_without_one(client):
     body = {"title": "Neautorizat"}
     assert client.put("/v1/articles/x", json=body).status_code == 401

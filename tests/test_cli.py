@@ -47,6 +47,18 @@ def test_ingest_prints_counts_and_names_rejected_lines(run, tmp_path):
     assert "added 0, updated 0, unchanged 2, rejected 2" in again.stdout
 
 
+def test_a_lone_surrogate_rejects_its_line_and_no_other(run, tmp_path):
+    """JSON's \\ud800 decodes to a string no UTF-8 output can hold: the ingest used to stop
+    at that line with 'unexpected UnicodeEncodeError', every rerun at the same line."""
+    bad = '{"id": "s", "title": "Titlu", "body": "un \\ud800 text", "tags": ["\\udc00"]}'
+    path = write_jsonl(tmp_path / "a.jsonl", [article("1", "Bugetul pe 2026"), bad, article("3", "Deficitul bugetar")])
+    result = run("ingest", str(path))
+    assert result.exit_code == 3, result.output
+    assert "added 2, updated 0, unchanged 0, rejected 1" in result.stdout
+    assert f"rejected {path}:2: body holds a lone UTF-16 surrogate" in result.stderr
+    assert run("related", "1", "--json").exit_code == 0  # the index was built over the good lines
+
+
 def test_clean_ingest_exits_zero_and_reports_duplicates(run, tmp_path):
     path = write_jsonl(tmp_path / "a.jsonl", [article("1", "Unu"), article("1", "Unu bis")])
     result = run("ingest", str(path))

@@ -15,7 +15,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from recommender.errors import InvalidArticle
-from recommender.text.normalize import clean_text, fold, normalize
+from recommender.text.normalize import check_unicode, clean_text, fold, normalize
 
 RAW_BODY_LIMIT = 200_000
 MAX_ID_LENGTH = 512
@@ -228,6 +228,10 @@ def parse_article(obj: Any, timezone_: tzinfo = timezone.utc) -> Article:
     Dates without an offset are in `timezone_`, the archive's time zone."""
     if not isinstance(obj, dict):
         raise InvalidArticle(f"expected a JSON object, got {type(obj).__name__}")
+    try:
+        check_unicode(obj)
+    except ValueError as exc:
+        raise InvalidArticle(str(exc)) from None
     try:
         return Article.model_validate(obj, context={"timezone": timezone_})
     except ValidationError as exc:

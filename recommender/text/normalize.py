@@ -247,3 +247,34 @@ def stem_words(folded_words: list[str]) -> list[str]:
 def terms(text: str) -> list[str]:
     """Stemmed folded words: the vocabulary of lexical matching."""
     return stem_words(words(text))
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def not_unicode(value: object) -> str | None:
+    """Where a decoded JSON value holds a string that is not Unicode text, or None.
+    JSON's \\ud800 escapes decode to lone UTF-16 surrogates, which no UTF-8 output
+    (a hash, the store, a response) can encode. Iterative: a deep value cannot exhaust
+    the stack. Returns the path of the first one, e.g. "body" or "meta.author[0]"."""
+    stack: list[tuple[object, str]] = [(value, "")]
+    while stack:
+        item, path = stack.pop()
+        if isinstance(item, str):
+            if _SURROGATE.search(item):
+                return path or "value"
+        elif isinstance(item, dict):
+            if any(isinstance(key, str) and _SURROGATE.search(key) for key in item):
+                return f"{path or 'value'} (a key)"
+            stack.extend(reversed([(child, f"{path}.{key}" if path else str(key)) for key, child in item.items()]))
+        elif isinstance(item, list):
+            stack.extend(reversed([(child, f"{path}[{i}]") for i, child in enumerate(item)]))
+    return None
+
+
+def check_unicode(value: object) -> None:
+    """ValueError, with where, when `not_unicode` finds a string that is not text."""
+    where = not_unicode(value)
+    if where is not None:
+        raise ValueError(f"{where} holds a lone UTF-16 surrogate (a \\ud800-\\udfff escape), "
+                         "which is not text; send valid Unicode")
