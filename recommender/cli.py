@@ -757,7 +757,8 @@ def profile_activate(name, data_dir, precompute, workers, progress):
 
     A running server keeps serving the old lists until the switch, then follows
     within a second; a write made meanwhile is recomputed under NAME by the server.
-    Interrupted, a rerun computes only the lists still missing.
+    Lists an earlier activation of NAME left are kept unless a change made since
+    touches them; an interrupted activation's are recomputed by the rerun.
 
     \b
     Examples:

@@ -177,3 +177,54 @@ def test_tune_indexes_a_store_an_interrupted_first_ingest_left_without_an_index(
     out = CliRunner().invoke(main, ["tune"], env=env)
     assert out.exit_code == 0, out.output
     assert "learned from 90 linked articles" in out.output and engine.indexes.active_meta() is not None
+
+
+def test_activating_a_profile_again_recomputes_the_lists_changed_since_it_last_served(tmp_path):
+    """Lists left under p1 by an earlier activation must receive the writes made since:
+    they used to be called current at once, showing a deleted article and missing a
+    follow-up, through restarts."""
+    from recommender.serving.lists import lists_key
+    from recommender.store.sqlite import SQLiteStore
+
+    runner = CliRunner()
+    env = {"RECOMMENDER_DATA_DIR": str(tmp_path / "data"), "RECOMMENDER_MODEL": HASHING,
+           "RECOMMENDER_RANKING__MIN_SCORE": "0"}
+
+    def cli(*args: str) -> str:
+        out = runner.invoke(main, list(args), env=env)
+        assert out.exit_code == 0, out.output
+        return out.output
+
+    cli("ingest", str(write_jsonl(tmp_path / "linked.jsonl", linked_archive())))
+    cli("tune")
+    cli("profile", "activate", "p1")
+    cli("profile", "rollback")
+    store = SQLiteStore(tmp_path / "data" / "store.sqlite")
+    gone = store.num_of("st5-0")
+    last = next(record for record in linked_archive() if record["id"] == "st5-3")
+    follow_up = article("st5-4", "Un nou episod", last["body"] + " vot senat", "2025-01-16T10:00:00+00:00",
+                        section="dosar-5")
+    cli("ingest", str(write_jsonl(tmp_path / "more.jsonl", [follow_up])))
+    cli("delete", "st5-0")
+    cli("profile", "activate", "p1")
+    shown = {num: {item[0] for item in json.loads(items)} for num, items, _ in store.list_rows(lists_key("v1", "p1"))}
+    assert not [num for num, items in shown.items() if gone in items]
+    new = store.num_of("st5-4")
+    assert new in shown and any(new in items for items in shown.values())
+    assert new in shown[store.num_of("st5-3")]  # the story's last piece now points to its follow-up
+
+
+def test_lists_an_activation_left_without_a_record_are_all_recomputed(settings, tmp_path):
+    from recommender.serving.engine import Engine
+
+    engine = Engine(settings, embedder=CountingEmbedder())
+    engine.ingest([str(write_jsonl(tmp_path / "l.jsonl", linked_archive(5)))])
+    p1 = Profiles(settings.profiles_dir).save({"same_section": 10.0}, "test", {})
+    under_p1 = Engine(settings, embedder=CountingEmbedder(), profile=p1)
+    state = under_p1.state()
+    lists = under_p1.lists_for(state)
+    under_p1.upkeep.compute(state, lists, sorted(state.infos)[:7])  # an activation killed before it recorded
+    assert len(lists) == 7 and under_p1.upkeep.to_prepare(state, lists) == sorted(state.infos)
+    under_p1.upkeep.compute(state, lists, under_p1.upkeep.to_prepare(state, lists))
+    under_p1.upkeep.record(state, lists)
+    assert under_p1.upkeep.to_prepare(state, lists) == []  # recorded: current, nothing to redo

@@ -64,7 +64,7 @@ class Engine:
                         self.profiles.get(name))
         state = self.state()
         lists = engine.lists_for(state)
-        todo = engine.upkeep.missing(state, lists)
+        todo = engine.upkeep.to_prepare(state, lists)
         engine.upkeep.compute_in_processes(state, lists, todo, workers, progress)
         engine.upkeep.record(state, lists)
         return len(todo)

@@ -124,6 +124,9 @@ class RelatedLists:
         items = self._items
         return set(np.flatnonzero(np.isin(items, wanted).any(axis=1)).tolist())
 
+    def has(self, num: int) -> bool:
+        return num < len(self._has) and bool(self._has[num])
+
     def missing_or_stale(self, nums: Iterable[int]) -> list[int]:
         """Those of `nums` without a stored list (stored lists are always fresh: a change
         that concerns one recomputes it)."""
@@ -226,6 +229,19 @@ class ListUpkeep:
     def record(self, state: IndexState, lists: RelatedLists) -> None:
         """The lists follow every change the index has applied."""
         self.store.mark_lists_refreshed(lists.key, state.meta.applied_seq)
+
+    def to_prepare(self, state: IndexState, lists: RelatedLists) -> list[int]:
+        """What an activation of `lists`' profile computes before it may call its lists
+        current as of `state`: the missing lists, after dropping every stored one that the
+        changes since the key's record touch. Stored lists without a record (an activation
+        killed before it recorded) are all dropped: nothing says what they have seen."""
+        done = self.store.lists_refreshed_seq(lists.key)
+        applied = state.meta.applied_seq
+        if done is None:
+            lists.forget([n for n in state.infos if lists.has(n)])
+        elif done < applied:
+            lists.forget(self.affected(state, lists, self.store.changed_between(done, applied)))
+        return self.missing(state, lists)
 
     def fill_missing(self, state: IndexState, lists: RelatedLists, progress: bool = False) -> int:
         return self.compute(state, lists, self.missing(state, lists), progress)

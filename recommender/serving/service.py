@@ -327,8 +327,9 @@ class ListWorker:
         self._fill = False
         self._todo: Iterator[int] | None = None  # lists still to fill, listed once per fill
         # A newly activated ranking profile: its lists are computed in full before it serves.
-        self._next: tuple[Engine, RelatedLists, int] | None = None  # (engine, its lists, seq it started at)
+        self._next: tuple[Engine, RelatedLists] | None = None  # a profile being prepared, and its lists
         self._next_todo: Iterator[int] | None = None
+        self._next_since = 0  # the seq its lists are current at, once its todo is computed
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -364,12 +365,8 @@ class ListWorker:
         current lists serve until then. A newer activation replaces an unfinished one."""
         snap = self.service.snapshot
         lists = engine.lists_for(snap.state)
-        # Lists computed before the activation (`profile activate`) follow the change log up
-        # to a point; the changes after it are recomputed once the profile serves.
-        done = engine.store.lists_refreshed_seq(lists.key)
-        since = min(done, snap.state.meta.applied_seq) if done is not None else snap.state.meta.applied_seq
         with self._lock:
-            self._next = (engine, lists, since)
+            self._next = (engine, lists)
             self._next_todo = None
         log.info("ranking profile %s activated; computing its lists", engine.profile.name)
         self._wake.set()
@@ -453,16 +450,18 @@ class ListWorker:
         job = self._next
         if job is None:
             return False
-        engine, lists, since = job
-        if self._next_todo is None:
-            self._next_todo = iter(engine.upkeep.missing(self.service.snapshot.state, lists))
+        engine, lists = job
+        if self._next_todo is None:  # lists stored before (an earlier activation) are kept if still current
+            state = self.service.snapshot.state
+            self._next_todo = iter(engine.upkeep.to_prepare(state, lists))
+            self._next_since = state.meta.applied_seq
         if self._compute_batch(engine, self.service.snapshot.state, lists, self._next_todo):
             return True
         with self._lock:
             if self._next is job:
                 current = self.service.snapshot
                 self.service._set_snapshot(Snapshot(engine, current.state, lists))
-                self._pending.update(engine.store.changed_between(since, current.state.meta.applied_seq))
+                self._pending.update(engine.store.changed_between(self._next_since, current.state.meta.applied_seq))
                 self._next, self._next_todo = None, None
                 log.info("ranking profile %s serves", engine.profile.name)
         return True
