@@ -40,6 +40,15 @@ def loaded(settings, stories):
     return settings
 
 
+def test_a_job_adds_no_work_to_the_change_log_the_serving_lists_follow(loaded):
+    """Each vector stored used to log its articles as changed, under a model no serving
+    index reads: a running server recomputed every list, then the job did again."""
+    store = Engine(loaded, embedder=CountingEmbedder()).store
+    before = store.last_change()
+    result = run_reembed(loaded, ReembedOptions("hashing:64", batch_size=3, activate=False), echo=quiet)
+    assert result.embedded == 7 and store.last_change() == before
+
+
 def test_new_version_is_built_validated_and_activated(loaded):
     result = run_reembed(loaded, ReembedOptions("hashing:64", batch_size=3), echo=quiet)
     assert (result.version, result.embedded, result.reused, result.complete, result.activated) == ("v2", 7, 0, True, True)

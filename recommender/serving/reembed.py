@@ -116,8 +116,11 @@ def _embed_all(engine: Engine, pending: list[tuple[str, str]], opts: ReembedOpti
     else:
         stream = vector_cache.in_process(embedder.embed)
     try:
+        # The new version is built from the store when every text has its vector, so its
+        # vectors need no change-log rows: those would make every server recompute the
+        # active version's lists for nothing (the whole archive's, on a full job).
         return vector_cache.fill(engine.store, engine.model, pending, stream, opts.batch_size, opts.progress,
-                            desc=f"re-embedding ({engine.model})")
+                                 desc=f"re-embedding ({engine.model})", announce=False)
     except (sqlite3.OperationalError, OSError) as exc:
         raise _failure("could not write a checkpoint", engine, exc) from None
 

@@ -88,7 +88,9 @@ class Writes(Protocol):
         """The deleted article's num; None when there was none."""
         ...
 
-    def put_vectors(self, model: str, hashes: list[str], vectors: np.ndarray) -> None:
+    def put_vectors(self, model: str, hashes: list[str], vectors: np.ndarray, announce: bool = True) -> None:
+        """`announce`: log the articles with these texts as changed, so that an index under
+        `model` picks their vectors up (not for vectors no serving index reads yet)."""
         ...
 
 

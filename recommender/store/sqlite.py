@@ -417,11 +417,13 @@ class _Writes(Writes):
         self.conn.execute("INSERT INTO changes (num) VALUES (?)", (row[0],))
         return row[0]
 
-    def put_vectors(self, model: str, hashes: list[str], vectors: np.ndarray) -> None:
+    def put_vectors(self, model: str, hashes: list[str], vectors: np.ndarray, announce: bool = True) -> None:
         self.conn.executemany(
             "INSERT OR REPLACE INTO vectors (model, content_hash, vector) VALUES (?, ?, ?)",
             ((model, h, np.asarray(v, dtype=np.float32).tobytes()) for h, v in zip(hashes, vectors)),
         )
+        if not announce:
+            return
         self.conn.executemany(
             "INSERT INTO changes (num) SELECT num FROM articles WHERE content_hash = ?", ((h,) for h in hashes)
         )

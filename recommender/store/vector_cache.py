@@ -51,8 +51,10 @@ def in_process(embed: Callable[[list[str]], np.ndarray]) -> EmbedStream:
 
 
 def fill(store: Store, model: str, pending: Sequence[tuple[str, str]], embed: EmbedStream, batch_size: int,
-         progress: bool = False, desc: str | None = None) -> int:
-    """Embed `pending` (content hash, text) pairs and commit each batch; the count embedded."""
+         progress: bool = False, desc: str | None = None, announce: bool = True) -> int:
+    """Embed `pending` (content hash, text) pairs and commit each batch; the count embedded.
+    `announce=False` for vectors no serving index reads (a re-embedding job's, a teacher's):
+    they then add no work to the change log, which every server's lists follow."""
     from tqdm import tqdm
 
     done = 0
@@ -60,7 +62,7 @@ def fill(store: Store, model: str, pending: Sequence[tuple[str, str]], embed: Em
               disable=not progress or not pending) as bar:
         for hashes, vectors in embed(length_sorted_batches(pending, batch_size)):
             with store.transaction() as tx:
-                tx.put_vectors(model, hashes, vectors)
+                tx.put_vectors(model, hashes, vectors, announce)
             done += len(hashes)
             bar.update(len(hashes))
     return done
@@ -78,7 +80,7 @@ def embed_cached(store: Store, embedder: Embedder, texts: list[str], batch_size:
     """Vectors for `texts` through the cache: a rerun embeds nothing."""
     hashes = [content_hash(t) for t in texts]
     fill(store, embedder.name, missing(store, embedder.name, list(zip(hashes, texts))), in_process(embedder.embed),
-         batch_size, progress, desc)
+         batch_size, progress, desc, announce=False)
     vectors = [store.vector(embedder.name, h) for h in hashes]
     lost = sum(v is None for v in vectors)
     if lost:  # another process pruned them meanwhile
