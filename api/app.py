@@ -15,7 +15,7 @@ from fastapi_offline import FastAPIOffline
 
 from api.errors import add_error_handlers
 from api.metrics import Metrics
-from api.middleware import BodyLimitMiddleware, MetricsMiddleware, WriteAuthMiddleware
+from api.middleware import BodyLimitMiddleware, HeadMiddleware, MetricsMiddleware, WriteAuthMiddleware
 from api.routes import articles, operations, pages, related
 from embeddings import Embedder
 from recommender.errors import RecommenderError
@@ -55,6 +55,7 @@ def create_app(settings: Settings, embedder: Embedder | None = None, background:
     # The routes with their templates, for the metrics' labels: the app's own (docs) and the routers'.
     templates = [r for r in app.router.routes if getattr(r, "path", None)] + [r for x in routers for r in x.routes]
     app.state.heavy_slots = threading.BoundedSemaphore(settings.max_concurrent_drafts)
+    app.add_middleware(HeadMiddleware)  # innermost: routing and metrics see a GET's answer
     app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes)
     app.add_middleware(WriteAuthMiddleware, keys=settings.api_key_list)  # before the body is read
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics, routes=templates)  # outermost: sees every answer

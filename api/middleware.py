@@ -1,4 +1,4 @@
-"""ASGI middleware: the body-size limit and per-route metrics."""
+"""ASGI middleware: HEAD, the body-size limit, the write-key check and per-route metrics."""
 
 from __future__ import annotations
 
@@ -10,6 +10,25 @@ from starlette.routing import BaseRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.metrics import Metrics
+
+
+class HeadMiddleware:
+    """HEAD on every GET route, as HTTP asks and load balancers' health checks use:
+    the GET's status and headers, without its body."""
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "HEAD":
+            return await self.app(scope, receive, send)
+
+        async def headers_only(message: Message) -> None:
+            if message["type"] == "http.response.body":
+                message = {**message, "body": b""}
+            await send(message)
+
+        await self.app({**scope, "method": "GET"}, receive, headers_only)
 
 
 class BodyLimitMiddleware:

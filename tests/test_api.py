@@ -173,6 +173,21 @@ def test_no_keys_configured_means_no_writes(settings, stories):
         assert response.status_code == 401 and "no API keys" in response.json()["detail"]
 
 
+@pytest.mark.parametrize("hidden", ["%E2%80%8B", "%E2%80%AE", "%C2%85", "%C2%A0", "%EF%BB%BF", "%E2%80%A8",
+                                    "%FF", "%FE", "e%CC%81"])
+def test_ids_that_would_look_alike_are_refused_everywhere(client, hidden):
+    """Zero-width, right-to-left override, NEL, no-break space, BOM, line separator,
+    invalid UTF-8 (%FF and %FE both decoded to U+FFFD named one article) and a
+    decomposed é: each a 422 on a route, and a rejection at ingest."""
+    put = client.put(f"/v1/articles/a{hidden}b", json={"title": "Titlu"}, headers=AUTH)
+    assert put.status_code == 422, put.text
+    assert client.get(f"/v1/articles/a{hidden}b/related").status_code == 422
+    from urllib.parse import unquote
+
+    bulk = client.post("/v1/articles:bulk", **escaped([{"id": unquote(f"a{hidden}b"), "title": "Titlu"}])).json()
+    assert bulk["results"][0]["status"] == "rejected" and "id" in bulk["results"][0]["error"]
+
+
 def test_unknown_ids_are_404_with_a_message(client):
     for path in ("/v1/articles/nope", "/v1/articles/nope/related", "/v1/articles/nope/related.html", "/demo/nope"):
         response = client.get(path)
@@ -355,3 +370,32 @@ def test_rewrite_removes_an_inline_teaser_when_the_list_took_every_suggestion(cl
     listed = re.findall(r'href="([^"]+)"', body["html"].split("<aside")[1])
     assert len(listed) == 3 and "CITEȘTE ȘI" not in body["html"] and "Ceva vechi" not in body["html"]
     assert "<p>Text.</p><p>Mai mult text.</p>" in body["html"]
+
+
+def test_head_answers_every_get_route_without_a_body(client):
+    for path in ("/healthz", "/readyz", "/metrics", "/v1/articles/ukr-1", "/v1/articles/ukr-1/related",
+                 "/v1/articles/ukr-1/related.html", "/demo/ukr-1"):
+        got, head = client.get(path), client.head(path)
+        assert head.status_code == got.status_code == 200, path
+        assert head.content == b"" and head.headers["content-type"] == got.headers["content-type"]
+    assert client.head("/v1/articles/nope").status_code == 404
+    assert client.head("/v1/rewrite").status_code == 405  # a POST-only route
+
+
+def test_the_open_demo_page_has_a_cost_bound(api_settings, stories, tmp_path):
+    """A body the CLI ingested at 3 MB is shown from its start only, and the demo waits
+    for a heavy-route slot like drafts and rewrites (a 30 MB one cost 30 s of CPU a view)."""
+    from recommender.serving.engine import Engine
+    from recommender.text.normalize import clean_text
+
+    body = "<p>" + "Guvernul a aprobat bugetul pe anul viitor. " * 70_000 + "</p>"
+    huge = write_jsonl(tmp_path / "huge.jsonl", [article("huge", "Bugetul, în detaliu", body)])
+    Engine(api_settings, embedder=CountingEmbedder()).ingest([str(stories), str(huge)])
+    with TestClient(create_app(api_settings, embedder=CountingEmbedder(), background=False)) as client:
+        page = client.get("/demo/huge")
+        assert page.status_code == 200 and 10_000 < len(page.text) < len(clean_text(body[:60_000], ""))
+        slots = client.app.state.heavy_slots
+        while slots.acquire(blocking=False):  # every slot busy
+            pass
+        busy = client.get("/demo/huge")
+        assert busy.status_code == 429 and busy.headers["retry-after"] == "1"

@@ -7,6 +7,7 @@ import json
 import math
 import re
 import sys
+import unicodedata
 from dataclasses import dataclass, field
 from datetime import datetime, timezone, tzinfo
 from email.utils import parsedate_to_datetime
@@ -21,6 +22,9 @@ RAW_BODY_LIMIT = 200_000
 MAX_ID_LENGTH = 512
 MAX_META_DEPTH = 16  # metadata nested deeper is a mistake or an attack, never an article
 _ID_FORBIDDEN = re.compile(r"[/\x00-\x1f\x7f]")
+# Categories of characters that show nothing: controls, formats (zero-width, direction
+# marks and overrides), surrogates, private use, unassigned, line and paragraph separators.
+_HIDDEN = frozenset(("Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"))
 # Dates outside this range are typos or placeholders (0001-01-01), never news.
 EARLIEST_YEAR, LATEST_YEAR = 1800, 2200
 DATE_FORMS = "ISO 8601, dd.mm.yyyy[ HH:MM], RFC 2822 (RSS) or Unix seconds"
@@ -190,11 +194,21 @@ class Article(BaseModel):
 
 def check_id(value: str) -> str:
     """The one rule for ids, the same at ingest, in bulk and on every route: what
-    the URL of /v1/articles/{id} can carry back unchanged."""
+    the URL of /v1/articles/{id} can carry back unchanged, and no two ids that look
+    the same: no invisible characters (zero-width, direction overrides, U+0085), no
+    space but the ASCII one, and one Unicode form (NFC)."""
     if value != value.strip():
         raise ValueError(f"{_shown(value)} has surrounding spaces; send it without them")
     if _ID_FORBIDDEN.search(value):
         raise ValueError(f"{_shown(value)} contains '/' or a control character, which a URL path cannot carry")
+    if "\ufffd" in value:
+        raise ValueError(f"{_shown(value)} contains U+FFFD, what invalid UTF-8 in a URL decodes to")
+    hidden = next((c for c in value if unicodedata.category(c) in _HIDDEN or (c.isspace() and c != " ")), None)
+    if hidden is not None:
+        raise ValueError(f"{_shown(value)} contains U+{ord(hidden):04X} ({unicodedata.name(hidden, 'unnamed')}), "
+                         "an invisible character that makes look-alike ids")
+    if not unicodedata.is_normalized("NFC", value):
+        raise ValueError(f"{_shown(value)} is not in Unicode NFC form; send it composed (NFC)")
     return value
 
 
