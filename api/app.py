@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import threading
 from contextlib import asynccontextmanager
+from typing import Callable
 
 from fastapi import FastAPI
 from fastapi_offline import FastAPIOffline
@@ -25,17 +26,20 @@ from recommender.settings import Settings
 log = logging.getLogger(__name__)
 
 
-def create_app(settings: Settings, embedder: Embedder | None = None, background: bool = True) -> FastAPI:
-    """`background`: load the index in a thread so /healthz answers at once (tests pass False)."""
+def create_app(settings: Settings, embedder: Embedder | None = None, background: bool = True,
+               on_failure: Callable[[], None] = lambda: None) -> FastAPI:
+    """`background`: load the index in a thread so /healthz answers at once (tests pass False).
+    `on_failure`: called when the start cannot finish (`recommender serve` then exits non-zero)."""
     service = Service(settings, embedder)
     refresher = Refresher(service, settings.refresh_seconds, settings.save_seconds)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         if background:
-            threading.Thread(target=_start, args=(service, refresher), name="recommender-start", daemon=True).start()
+            threading.Thread(target=_start, args=(service, refresher, on_failure), name="recommender-start",
+                             daemon=True).start()
         else:
-            _start(service, refresher)
+            _start(service, refresher, on_failure)
         yield
         refresher.stop()
         service.stop()
@@ -62,11 +66,16 @@ def create_app(settings: Settings, embedder: Embedder | None = None, background:
     return app
 
 
-def _start(service: Service, refresher: Refresher) -> None:
+def _start(service: Service, refresher: Refresher, on_failure: Callable[[], None]) -> None:
     try:
         service.start()
     except RecommenderError as exc:
         log.error("cannot serve: %s", exc)
         service.failure = str(exc)
+    except Exception as exc:  # a bug or the disk: still a reason on /readyz and in the log, never a hang
+        log.exception("cannot serve")
+        service.failure = f"unexpected {type(exc).__name__}: {exc}"
+    if service.failure:
+        on_failure()
         return
     refresher.start()

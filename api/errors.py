@@ -13,6 +13,7 @@ from pydantic import ValidationError
 
 from recommender.errors import (
     ArticleNotFound,
+    IndexDamaged,
     IndexMismatch,
     InvalidArticle,
     InvalidQuery,
@@ -28,6 +29,7 @@ STATUS = [  # most specific first: the first match wins
     (InvalidQuery, 422),
     (NoIndex, 503),
     (IndexMismatch, 503),
+    (IndexDamaged, 503),
     (ModelError, 503),
     (RecommenderError, 400),
 ]

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import signal
 import sys
 from functools import wraps
 from pathlib import Path
@@ -58,11 +60,29 @@ class Group(click.Group):
             sys.exit(130)
         except (click.ClickException, click.exceptions.Exit, click.Abort, SystemExit):
             raise
+        except OSError as exc:  # the disk, not a bug: say which file and what to do
+            if os.environ.get("RECOMMENDER_DEBUG"):
+                raise
+            raise CliError(*_os_error(exc)) from None
         except Exception as exc:  # a bug: still one line, with the way to see more
             if os.environ.get("RECOMMENDER_DEBUG"):
                 raise
             raise CliError(f"unexpected {type(exc).__name__}: {exc} "
                            "(rerun with RECOMMENDER_DEBUG=1 for details)") from None
+
+
+def _os_error(exc: OSError) -> tuple[str, str]:
+    """(message, hint) for an error of the file system."""
+    where = f" ({exc.filename})" if exc.filename else ""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return (f"no space left on the device{where}",
+                "free space on the data dir's disk and rerun: what was committed is kept, and the rerun resumes")
+    if isinstance(exc, FileNotFoundError):
+        return (f"a file is missing{where}",
+                "check the paths given; a data dir's missing index files are rebuilt from its store on the next run")
+    if isinstance(exc, PermissionError):
+        return f"permission denied{where}", "run as a user who may write the data dir (--data-dir)"
+    return f"{exc.strerror or exc}{where}", "check the data dir's disk and permissions"
 
 
 def _settings_error(exc: ValidationError) -> str:
@@ -392,8 +412,13 @@ def serve(settings, host, port, log_level):
     if not settings.api_key_list:
         click.echo("warning: RECOMMENDER_API_KEYS is empty: writes are refused", err=True)
     Engine(settings).check_model()  # a model that does not match the active index is refused here
+    # A start that cannot finish stops the server (the reason is logged), so a supervisor
+    # sees a non-zero exit and restarts or alerts, instead of a process that never gets ready.
+    app = create_app(settings, on_failure=lambda: os.kill(os.getpid(), signal.SIGTERM))
     # SIGTERM: requests in flight get a few seconds, then the server stops whatever runs.
-    uvicorn.run(create_app(settings), host=host, port=port, log_level=log_level, timeout_graceful_shutdown=3)
+    uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=3)
+    if app.state.service.failure:
+        raise CliError(f"the server could not start: {app.state.service.failure}")
 
 
 @main.command()

@@ -31,6 +31,10 @@ class IndexMismatch(RecommenderError):
     """The index on disk was built with another model or dimension."""
 
 
+class IndexDamaged(RecommenderError):
+    """A file of an index version is missing, unreadable or fails its checksum."""
+
+
 class NoIndex(RecommenderError):
     """Nothing has been ingested yet."""
 

@@ -190,3 +190,17 @@ def test_a_bad_index_or_warm_start_setting_is_one_line(tmp_path, stories):
         result = CliRunner().invoke(main, ["ingest", str(stories)], env={"RECOMMENDER_DATA_DIR": str(tmp_path), name: value})
         assert result.exit_code == 1 and result.output.startswith(f"error: invalid setting: {field}"), result.output
         assert not (tmp_path / "store.sqlite").exists()  # refused before anything was written
+
+
+def test_a_full_disk_is_one_line_with_what_to_do(run, tmp_path, monkeypatch):
+    from recommender.serving.engine import Engine
+
+    def full(self, *args, **kwargs):
+        raise OSError(28, "No space left on device", str(tmp_path / "data" / "store.sqlite-wal"))
+
+    monkeypatch.setattr(Engine, "ingest", full)
+    result = CliRunner().invoke(main, ["ingest", str(write_jsonl(tmp_path / "a.jsonl", [article("1", "Unu")]))],
+                                env={"RECOMMENDER_DATA_DIR": str(tmp_path / "data"), "RECOMMENDER_MODEL": HASHING})
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert "error: no space left on the device" in result.stderr and "store.sqlite-wal" in result.stderr
+    assert "hint: free space on the data dir's disk and rerun" in result.stderr

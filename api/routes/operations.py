@@ -21,6 +21,8 @@ def healthz() -> dict:
 def readyz(service: ServiceDep) -> JSONResponse:
     if service.failure:
         return JSONResponse({"status": "failed", "detail": service.failure}, status_code=503)
+    if service.rebuilding:  # a damaged index file: nothing it says is trusted until rebuilt
+        return JSONResponse({"status": "rebuilding", "detail": service.rebuilding}, status_code=503)
     if service.warming:  # a large index still loading: precomputed lists and writes are served from the store
         return JSONResponse({"status": "warming", "index_loaded": False, **asdict(service.warming_facts())})
     if not service.ready:

@@ -25,12 +25,14 @@ import os
 import tempfile
 import uuid
 from collections import Counter
+from functools import partial
 from pathlib import Path
-from typing import Iterable
+from typing import BinaryIO, Iterable
 
 import numpy as np
 
 from recommender.index.columns import ABSENT, RowMap
+from recommender.index.files import digest, fsync_dir, verify, write_file
 
 K1 = 1.2
 B = 0.75
@@ -53,15 +55,20 @@ def ranges(starts: np.ndarray, sizes: np.ndarray) -> np.ndarray:
     return np.arange(int(np.sum(sizes))) + np.repeat(starts - offsets, sizes)
 
 
+def _save_array(array: np.ndarray, fh: BinaryIO) -> None:
+    np.save(fh, array)
+
+
 class _Base:
     """Documents as one CSR: row i is document nums[i] (nums sorted). Never changed in place."""
 
     ARRAYS = ("nums", "indptr", "ids", "counts")
 
     def __init__(self, nums: np.ndarray, indptr: np.ndarray, ids: np.ndarray, counts: np.ndarray,
-                 token: str | None = None):
+                 token: str | None = None, checksums: dict[str, str] | None = None):
         self.nums, self.indptr, self.ids, self.counts = nums, indptr, ids, counts
         self.token = token or uuid.uuid4().hex  # names its files: a base is written once
+        self.checksums = checksums or {}  # its files' SHA-256, by name under the lexical part's folder
         self._rows: RowMap | None = None
 
     def rows(self, nums: np.ndarray) -> np.ndarray:
@@ -77,22 +84,30 @@ class _Base:
     def of(cls, docs: dict[int, Doc]) -> "_Base":
         return cls.empty().merged(set(), docs)
 
-    def write(self, directory: Path) -> None:
-        """Into `directory`/base-<token>, unless already there (a rename makes it appear whole)."""
+    def write(self, directory: Path) -> dict[str, str]:
+        """Into `directory`/base-<token>, unless already there (a rename makes it appear
+        whole, each file durable first); the files' digests."""
         final = directory / f"base-{self.token}"
-        if final.exists():
-            return
-        fresh = Path(tempfile.mkdtemp(dir=directory, prefix=".base."))
-        for name in self.ARRAYS:
-            np.save(fresh / f"{name}.npy", np.ascontiguousarray(getattr(self, name)))
-        os.replace(fresh, final)
+        if final.exists() and self.checksums:
+            return self.checksums
+        if not final.exists():
+            fresh = Path(tempfile.mkdtemp(dir=directory, prefix=".base."))
+            for name in self.ARRAYS:
+                write_file(fresh / f"{name}.npy", partial(_save_array, np.ascontiguousarray(getattr(self, name))))
+            os.replace(fresh, final)
+            fsync_dir(directory)
+        self.checksums = {f"{final.name}/{name}.npy": digest(final / f"{name}.npy") for name in self.ARRAYS}
+        return self.checksums
 
     @classmethod
-    def read(cls, directory: Path, token: str) -> "_Base":
+    def read(cls, directory: Path, token: str, checksums: dict[str, str]) -> "_Base":
+        mine = {name: value for name, value in checksums.items() if name.startswith(f"base-{token}/")}
+        for name in cls.ARRAYS:
+            verify(directory / f"base-{token}" / f"{name}.npy", mine.get(f"base-{token}/{name}.npy"))
         # Plain arrays over the maps: a numpy memmap slice costs a Python object per access.
         arrays = {name: np.load(directory / f"base-{token}" / f"{name}.npy", mmap_mode="r").view(np.ndarray)
                   for name in cls.ARRAYS}
-        return cls(**arrays, token=token)
+        return cls(**arrays, token=token, checksums=mine)
 
     def release(self, names: Iterable[str] = ARRAYS) -> None:
         """Let the kernel drop the pages of the files this base maps (they are read back
@@ -388,18 +403,24 @@ class LexicalIndex:
         caller writes it last). The base, often hundreds of MB, is written once; later
         saves add the documents changed since and the vocabulary, under new names."""
         directory.mkdir(parents=True, exist_ok=True)
-        self._base.write(directory)
+        checksums = dict(self._base.write(directory))
         name = uuid.uuid4().hex
         changed = _Base.of(self._docs)
-        np.savez(directory / f"delta-{name}.npz", gone=np.fromiter(self._gone, dtype=np.int64, count=len(self._gone)),
-                 **{part: getattr(changed, part) for part in _Base.ARRAYS})
-        (directory / f"terms-{name}.json").write_text(json.dumps(self._terms[: self._known], ensure_ascii=False))
-        return {"base": self._base.token, "delta": f"delta-{name}.npz", "terms": f"terms-{name}.json"}
+        gone = np.fromiter(self._gone, dtype=np.int64, count=len(self._gone))
+        delta, terms = f"delta-{name}.npz", f"terms-{name}.json"
+        checksums[delta] = write_file(directory / delta, lambda fh: np.savez(
+            fh, gone=gone, **{part: getattr(changed, part) for part in _Base.ARRAYS}))
+        vocabulary = json.dumps(self._terms[: self._known], ensure_ascii=False).encode()
+        checksums[terms] = write_file(directory / terms, lambda fh: fh.write(vocabulary))
+        return {"base": self._base.token, "delta": delta, "terms": terms, "sha256": checksums}
 
     @classmethod
     def load(cls, directory: Path, manifest: dict) -> "LexicalIndex":
         lexical = cls()
-        lexical._base = base = _Base.read(directory, manifest["base"])
+        checksums = manifest.get("sha256", {})  # none from a release that kept no digests
+        for name in (manifest["terms"], manifest["delta"]):
+            verify(directory / name, checksums.get(name))
+        lexical._base = base = _Base.read(directory, manifest["base"], checksums)
         lexical._terms = json.loads((directory / manifest["terms"]).read_text())
         lexical.vocab = {term: i for i, term in enumerate(lexical._terms)}
         lexical._known = len(lexical._terms)

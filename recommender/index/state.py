@@ -11,17 +11,19 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import zipfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Iterable
 
 import numpy as np
 
-from recommender.errors import IndexMismatch, NoIndex
+from recommender.errors import IndexDamaged, IndexMismatch, NoIndex
 from recommender.index.columns import Columns
+from recommender.index.files import atomic_write
 from recommender.index.lexical import LexicalIndex
 from recommender.index.timeline import Timeline
-from recommender.index.vector_index import IndexMeta, VectorIndex, atomic_write, now_iso
+from recommender.index.vector_index import IndexMeta, VectorIndex, now_iso
 from recommender.index.versions import Versions
 from recommender.settings import AnnSettings
 from recommender.store.articles import ArticleInfo
@@ -103,6 +105,7 @@ class Indexes:
         self.versions = versions
         self.model = model
         self.ann = ann or AnnSettings()
+        self.rebuilding: str | None = None  # why, while a damaged version is rebuilt from the store
 
     def active_meta(self) -> IndexMeta | None:
         """The active version's sidecar; IndexMismatch if it was built with another model."""
@@ -115,17 +118,20 @@ class Indexes:
         return meta
 
     def open_active(self) -> IndexState:
-        meta = self.active_meta()
-        if meta is None:
+        version = self.versions.active()
+        if version is None:
             raise NoIndex("no index yet: nothing has been ingested",
                           hint="ingest articles first, e.g. recommender ingest articles.jsonl")
+        try:
+            meta = self.active_meta()
+        except IndexDamaged as exc:
+            return self._rebuild(version, None, exc)
+        assert meta is not None  # the version is named active
         path = self.versions.path(meta.version)
         try:
             vectors, meta = VectorIndex.load(path, self.ann)
-        except (IndexMismatch, RuntimeError, OSError, ValueError) as exc:
-            # The index is only a cache of the store's vectors, so a damaged file is rebuilt, not fatal.
-            log.warning("index %s unreadable (%s); rebuilding it from the store", meta.version, exc)
-            return self.build_version(meta.version, meta.dimension, activate=False)
+        except (IndexDamaged, IndexMismatch, RuntimeError, OSError, ValueError) as exc:
+            return self._rebuild(meta.version, meta.dimension, exc)
         state = IndexState(meta.version, meta, vectors)
         saved = load_lexical(path, meta.applied_seq)
         if saved is not None:  # what the version saved: read back memory-mapped, no text parsed
@@ -142,6 +148,23 @@ class Indexes:
         state.timeline.settle()
         self.catch_up(state)
         return state
+
+    def _rebuild(self, version: str, dimension: int | None, why: Exception) -> IndexState:
+        """The index is only a cache of the store's vectors: a damaged file is rebuilt,
+        loudly, never read. `rebuilding` says so meanwhile (a server is not ready)."""
+        log.warning("index %s is damaged (%s); rebuilding it from the store", version, why)
+        self.rebuilding = f"index {version} is damaged ({why}); rebuilding it from the store"
+        try:
+            return self.build_version(version, dimension or self._stored_dimension(), activate=False)
+        finally:
+            self.rebuilding = None
+
+    def _stored_dimension(self) -> int:
+        for _, _, _, vector in self.store.index_rows(self.model):
+            if vector is not None:
+                return len(vector) // 4  # float32
+        raise IndexDamaged(f"no vector under {self.model} in the store to rebuild the index from",
+                           hint=f"re-embed the archive: recommender reembed --model {self.model}")
 
     def _keep_lexical(self, state: IndexState) -> None:
         """Save what was just parsed (a version saved by an earlier release, or damaged), so
@@ -220,7 +243,7 @@ def load_lexical(path: Path, applied_seq: int) -> tuple[LexicalIndex, LexicalInd
             return None
         lexical, entities, titles = (LexicalIndex.load(directory / name, meta["parts"][name]) for name in LEXICAL_PARTS)
         return lexical, entities, titles
-    except (OSError, ValueError, KeyError) as exc:
-        if not isinstance(exc, FileNotFoundError):
-            log.warning("lexical index in %s unreadable (%s); parsing the store instead", path, exc)
+    except (IndexDamaged, OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:
+        if not isinstance(exc, FileNotFoundError) or directory.exists():  # none at all: saved by an old release
+            log.warning("lexical index in %s damaged or unreadable (%s); parsing the store instead", path, exc)
         return None

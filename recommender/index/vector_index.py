@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import uuid
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -24,6 +23,7 @@ import numpy as np
 
 from recommender.errors import IndexMismatch
 from recommender.index.columns import RowMap
+from recommender.index.files import atomic_write, verify, write_with
 from recommender.settings import AnnSettings
 
 INDEX_FILE = "index.faiss"
@@ -47,6 +47,8 @@ class IndexMeta:
     tombstones: list[int] = field(default_factory=list)  # rows of an HNSW main replaced or deleted, filtered out
     delta_file: str | None = None  # writes since an HNSW main was built, saved beside it (exact search)
     main_token: str = ""  # names the main index file's contents: an unchanged main is not written again
+    # SHA-256 of each file named here (index.faiss, the delta), checked before it is read.
+    checksums: dict[str, str] = field(default_factory=dict)
 
 
 BATCH_CELLS = 8_000_000  # query x article scores held at once by a batched search (32 MB)
@@ -406,16 +408,20 @@ class VectorIndex:
             _, _, row_ids = self._main_view()
             tombstones = np.union1d(tombstones, np.flatnonzero(np.isin(row_ids, list(self.dead))))
         try:
-            written = read_meta(directory).main_token == self.main_token and (directory / INDEX_FILE).exists()
+            previous = read_meta(directory)
+            main_digest = previous.checksums.get(INDEX_FILE) if previous.main_token == self.main_token else None
         except (OSError, ValueError, TypeError):
-            written = False
-        if not written:
-            atomic_write_index(self._faiss, self.main, directory / INDEX_FILE)
+            main_digest = None
+        if main_digest is None or not (directory / INDEX_FILE).exists():
+            main_digest = write_with(directory / INDEX_FILE, lambda tmp: self._faiss.write_index(self.main, tmp))
+        checksums = {INDEX_FILE: main_digest}
         delta_file = f"delta-{meta.applied_seq}-{uuid.uuid4().hex[:8]}.faiss" if self.delta.ntotal else None
         if delta_file:
-            atomic_write_index(self._faiss, self.delta, directory / delta_file)
+            checksums[delta_file] = write_with(directory / delta_file,
+                                               lambda tmp: self._faiss.write_index(self.delta, tmp))
         meta.count, meta.kind, meta.recall_at_10 = self.count, self.kind, self.recall
         meta.tombstones, meta.delta_file, meta.main_token = tombstones.tolist(), delta_file, self.main_token
+        meta.checksums = checksums
         atomic_write(directory / META_FILE, json.dumps(asdict(meta), indent=2).encode())
         for old in directory.glob("delta-*.faiss"):
             if old.name != delta_file:
@@ -426,6 +432,8 @@ class VectorIndex:
         import faiss
 
         meta = read_meta(directory)
+        for name in [INDEX_FILE] + ([meta.delta_file] if meta.delta_file else []):
+            verify(directory / name, meta.checksums.get(name))  # a damaged file is never read
         index = faiss.read_index(str(directory / INDEX_FILE))
         delta = faiss.read_index(str(directory / meta.delta_file)) if meta.delta_file else None
         extra = delta.ntotal if delta is not None else 0
@@ -449,30 +457,3 @@ def read_meta(directory: Path) -> IndexMeta:
 
 def now_iso() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
-def atomic_write_index(faiss: Any, index: Any, path: Path) -> None:
-    """A FAISS index written straight to a file, then renamed into place (no copy in memory)."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    os.close(fd)
-    try:
-        faiss.write_index(index, tmp)
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

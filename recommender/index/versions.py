@@ -12,8 +12,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from recommender.errors import JobLocked, RecommenderError
-from recommender.index.vector_index import META_FILE, IndexMeta, atomic_write, read_meta
+from recommender.errors import IndexDamaged, JobLocked, RecommenderError
+from recommender.index.files import atomic_write
+from recommender.index.vector_index import META_FILE, IndexMeta, read_meta
 
 ACTIVE_FILE = "ACTIVE"
 _VERSION = re.compile(r"^v(\d+)$")
@@ -45,11 +46,18 @@ class Versions:
         return sorted(found, key=lambda n: int(n[1:]))
 
     def metas(self) -> list[IndexMeta]:
-        return [read_meta(self.path(n)) for n in self.names()]
+        return [self.meta(n) for n in self.names()]
 
     def active_meta(self) -> IndexMeta | None:
         version = self.active()
-        return read_meta(self.path(version)) if version else None
+        return self.meta(version) if version else None
+
+    def meta(self, version: str) -> IndexMeta:
+        """A version's sidecar; IndexDamaged when it is missing or unreadable."""
+        try:
+            return read_meta(self.path(version))
+        except (OSError, ValueError, TypeError) as exc:
+            raise IndexDamaged(f"the sidecar of index {version} is missing or unreadable ({exc})") from None
 
     def new_name(self) -> str:
         """The next unused name; directories of unfinished builds count as used."""

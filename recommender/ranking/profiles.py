@@ -16,7 +16,7 @@ from pathlib import Path
 from pydantic import BaseModel, Field, ValidationError, field_validator
 
 from recommender.errors import RecommenderError
-from recommender.index.vector_index import atomic_write
+from recommender.index.files import atomic_write
 from recommender.ranking.features import FEATURES
 from recommender.settings import DEFAULT_WEIGHTS
 

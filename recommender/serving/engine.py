@@ -15,6 +15,7 @@ from datetime import datetime
 import numpy as np
 
 from embeddings import DEFAULT_MODEL, Embedder
+from recommender.errors import IndexDamaged
 from recommender.index.state import Indexes, IndexState
 from recommender.index.versions import Versions
 from recommender.ranking import pipeline
@@ -46,8 +47,7 @@ class Engine:
         if embedder is not None:
             self.model = embedder.name
         else:
-            active = self.versions.active_meta()
-            self.model = model_name(settings.model or (active.model if active else DEFAULT_MODEL))
+            self.model = model_name(settings.model or self._active_model() or DEFAULT_MODEL)
         self.indexes = Indexes(self.store, self.versions, self.model, settings.ann)
         self.profiles = Profiles(settings.profiles_dir)
         self.profile = profile or self.profiles.active()
@@ -56,6 +56,16 @@ class Engine:
         weights = settings.ranking.weights if self.profile.name == DEFAULT_PROFILE else self.profile.weights
         self.ranking_defaults = settings.ranking.model_copy(update={"weights": weights})
         self.upkeep = ListUpkeep(self.store, self.ranking_defaults, settings.precompute_k, self.embed)
+
+    def _active_model(self) -> str | None:
+        """The active index's model; with its sidecar damaged, the model the store holds
+        the most vectors of (the index is then rebuilt from them when it is opened)."""
+        try:
+            active = self.versions.active_meta()
+        except IndexDamaged:
+            by_model = self.store.stats().vectors_by_model
+            return max(by_model, key=lambda m: by_model[m]) if by_model else None
+        return active.model if active else None
 
     def prepare_profile(self, name: str, workers: int = 1, progress: bool = False) -> int:
         """Compute every list of the active index under profile `name` (in `workers`

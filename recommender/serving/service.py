@@ -118,6 +118,12 @@ class Service:
         return self._snapshot is not None
 
     @property
+    def rebuilding(self) -> str | None:
+        """Why the index is being rebuilt from the store (a damaged file), while it is."""
+        cold = self._cold
+        return cold.indexes.rebuilding if cold is not None and self._snapshot is None else None
+
+    @property
     def warming(self) -> bool:
         """The index is still loading, and has been for long enough that the store answers meanwhile."""
         return (self._snapshot is None and self._cold is not None and self.failure is None
@@ -498,7 +504,8 @@ class Refresher:
 
     def stop(self) -> None:
         self._stop.set()
-        self._thread.join(timeout=2)
+        if self._thread.is_alive():  # never started when the service could not start
+            self._thread.join(timeout=2)
 
     def _run(self) -> None:
         last_save = time.monotonic()

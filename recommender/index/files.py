@@ -1,0 +1,78 @@
+"""The files an index version is made of: written whole or not at all, durable before
+a manifest names them, and checked against the digest the manifest keeps.
+
+An index is a cache of the store, so a file that fails its check is never read: the
+version is rebuilt from the store instead (`recommender.index.state.Indexes`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from pathlib import Path
+from typing import BinaryIO, Callable
+
+from recommender.errors import IndexDamaged
+
+
+def write_file(path: Path, write: Callable[[BinaryIO], object]) -> str:
+    """`write` into a temporary file beside `path`, flushed to disk, then renamed into
+    place; its SHA-256. A failure (a full disk) leaves no file, not a truncated one."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            write(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)
+    return digest(path)
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    write_file(path, lambda fh: fh.write(data))
+
+
+def write_with(path: Path, write: Callable[[str], object]) -> str:
+    """For writers that take a file name (FAISS): into a temporary name, fsynced, renamed."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    os.close(fd)
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)
+    return digest(path)
+
+
+def fsync_dir(directory: Path) -> None:
+    """Make the renames into `directory` durable (a power loss keeps them)."""
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def digest(path: Path) -> str:
+    with open(path, "rb") as fh:
+        return hashlib.file_digest(fh, "sha256").hexdigest()
+
+
+def verify(path: Path, expected: str | None) -> None:
+    """IndexDamaged unless `path` exists and has the digest its manifest recorded
+    (`expected` None: a file from a release that kept no digests, read as it is)."""
+    try:
+        found = digest(path)
+    except OSError as exc:
+        raise IndexDamaged(f"{path} is unreadable ({exc.strerror or exc})") from None
+    if expected is not None and found != expected:
+        raise IndexDamaged(f"{path} is damaged: its SHA-256 is not the one its manifest recorded")

@@ -1,0 +1,124 @@
+"""Damaged index files: an index is a cache of the store, so every file that fails its
+check is rebuilt from the store, loudly, and never answers wrong."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from api.app import create_app
+from recommender.serving.engine import Engine
+from tests.conftest import CountingEmbedder
+
+
+def flip(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    middle = len(data) // 2
+    data[middle:middle + 8] = bytes(b ^ 0xFF for b in data[middle:middle + 8])
+    path.write_bytes(bytes(data))
+
+
+def truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[: len(path.read_bytes()) // 2])
+
+
+def delete(path: Path) -> None:
+    path.unlink()
+
+
+def index_files(version: Path) -> list[Path]:
+    return sorted(p for p in version.rglob("*") if p.is_file() and not p.name.startswith("."))
+
+
+def answers(engine: Engine) -> dict[str, list[str]]:
+    return {aid: [i.id for i in engine.related(aid, k=5)] for aid in sorted(engine.state().by_id)}
+
+
+@pytest.fixture
+def served(settings, stories, tmp_path):
+    """A data dir as a server leaves it, its answers, and a pristine copy to damage."""
+    engine = Engine(settings, embedder=CountingEmbedder())
+    engine.ingest([str(stories)])
+    reference = answers(engine)
+    pristine = tmp_path / "pristine"
+    shutil.copytree(settings.data_dir, pristine)
+    return settings, reference, pristine
+
+
+@pytest.mark.parametrize("damage", [flip, truncate, delete])
+def test_every_damaged_index_file_is_detected_and_rebuilt_from_the_store(served, damage, caplog):
+    settings, reference, pristine = served
+    files = index_files(pristine / "indexes" / "v1")
+    assert {"index.faiss", "meta.json", "nums.npy"} <= {p.name for p in files} and len(files) >= 12
+    for file in files:
+        shutil.rmtree(settings.data_dir)
+        shutil.copytree(pristine, settings.data_dir)
+        damage(settings.data_dir / file.relative_to(pristine))
+        caplog.clear()
+        with caplog.at_level(logging.WARNING):
+            fresh = CountingEmbedder()
+            engine = Engine(settings, embedder=fresh)
+            assert answers(engine) == reference, file.name
+        assert fresh.embedded == 0  # rebuilt from the stored vectors, nothing embedded again
+        assert any(word in caplog.text for word in ("damaged", "unreadable")), (damage.__name__, file.name)
+
+
+def test_swapped_files_are_detected(served, caplog):
+    settings, reference, pristine = served
+    shutil.rmtree(settings.data_dir)
+    shutil.copytree(pristine, settings.data_dir)
+    lexical = settings.data_dir / "indexes" / "v1" / "lexical"
+    text, titles = (next((lexical / part).glob("delta-*.npz")) for part in ("text", "titles"))
+    a, b = text.read_bytes(), titles.read_bytes()  # each a valid file, holding another part's documents
+    text.write_bytes(b)
+    titles.write_bytes(a)
+    with caplog.at_level(logging.WARNING):
+        assert answers(Engine(settings, embedder=CountingEmbedder())) == reference
+    assert "damaged" in caplog.text
+
+
+def test_a_server_is_not_ready_while_it_rebuilds_a_damaged_index(served, monkeypatch):
+    from recommender.index.state import Indexes
+
+    settings, _, pristine = served
+    flip(settings.data_dir / "indexes" / "v1" / "index.faiss")
+    release = threading.Event()
+    build = Indexes.build_state
+
+    def held(self, version, dimension):
+        release.wait(30)
+        return build(self, version, dimension)
+
+    monkeypatch.setattr(Indexes, "build_state", held)  # holds the rebuild, to look at /readyz meanwhile
+    with TestClient(create_app(settings, embedder=CountingEmbedder())) as client:
+        deadline = time.monotonic() + 10
+        while (ready := client.get("/readyz")).json()["status"] != "rebuilding" and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert ready.status_code == 503 and "index.faiss is damaged" in ready.json()["detail"]
+        release.set()
+        while (ready := client.get("/readyz")).status_code != 200 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert ready.json()["status"] == "ready"
+        assert client.get("/v1/articles/ukr-1/related").status_code == 200
+
+
+def test_a_start_that_cannot_finish_says_why_and_calls_for_an_exit(settings, monkeypatch):
+    from recommender.serving.service import Service
+
+    def broken(self):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(Service, "start", broken)
+    stopped = []
+    with TestClient(create_app(settings, embedder=CountingEmbedder(), background=False,
+                               on_failure=lambda: stopped.append(True))) as client:
+        ready = client.get("/readyz")
+        assert ready.status_code == 503 and ready.json()["status"] == "failed"
+        assert "No space left on device" in ready.json()["detail"]
+    assert stopped == [True]
