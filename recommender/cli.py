@@ -407,6 +407,7 @@ def serve(settings, host, port, log_level):
     import uvicorn
 
     from api.app import create_app
+    from api.server import protocol
     from recommender.serving.engine import Engine
 
     if not settings.api_key_list:
@@ -416,7 +417,8 @@ def serve(settings, host, port, log_level):
     # sees a non-zero exit and restarts or alerts, instead of a process that never gets ready.
     app = create_app(settings, on_failure=lambda: os.kill(os.getpid(), signal.SIGTERM))
     # SIGTERM: requests in flight get a few seconds, then the server stops whatever runs.
-    uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=3)
+    uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=3,
+                http=protocol(settings.header_timeout_seconds))
     if app.state.service.failure:
         raise CliError(f"the server could not start: {app.state.service.failure}")
 

@@ -118,6 +118,9 @@ class Settings(BaseSettings):
     max_concurrent_drafts: int = Field(1, ge=1, le=64)
     # A page rewrite that runs longer is stopped with a 422.
     request_budget_seconds: float = Field(10.0, gt=0, le=600)
+    # A connection whose request line and headers take longer than this to arrive is
+    # closed (a slow-header client otherwise holds a connection as long as it likes).
+    header_timeout_seconds: float = Field(10.0, gt=0, le=600)
 
     @field_validator("timezone")
     @classmethod

@@ -202,3 +202,40 @@ def test_docs_render_their_operations_with_the_network_off(server, tmp_path):
     ).stdout
     paths = {p.get_text(strip=True).replace("\u200b", "") for p in BeautifulSoup(dom, "html.parser").select(".opblock-summary-path")}
     assert {"/v1/articles/{article_id}/related", "/v1/rewrite", "/v1/articles:bulk"} <= paths
+
+
+def test_a_client_slow_to_send_its_headers_is_dropped(settings, stories):
+    """300 slow-header connections were held for 40 s: uvicorn bounds keep-alive, not the
+    request head. With a 1 s deadline, a half-sent head is closed within a few seconds,
+    on a new connection and on a kept-alive one, while whole requests are served."""
+    Engine(settings, embedder=CountingEmbedder()).ingest([str(stories)])
+    port = free_port()
+    env = dict(os.environ, RECOMMENDER_DATA_DIR=str(settings.data_dir), RECOMMENDER_MODEL=settings.model,
+               RECOMMENDER_HEADER_TIMEOUT_SECONDS="1")
+    proc = subprocess.Popen([sys.executable, "-m", "recommender.cli", "serve", "--port", str(port), "--log-level",
+                             "warning"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        wait_until_ready(f"http://127.0.0.1:{port}", proc)
+
+        def closed_within(sock: socket.socket, seconds: float) -> bool:
+            sock.settimeout(seconds)
+            try:
+                while sock.recv(4096):
+                    pass
+                return True
+            except TimeoutError:
+                return False
+
+        with socket.create_connection(("127.0.0.1", port)) as slow:
+            slow.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")  # never the blank line
+            assert closed_within(slow, 5)
+        with socket.create_connection(("127.0.0.1", port)) as kept:
+            kept.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            kept.settimeout(5)
+            assert b"200 OK" in kept.recv(4096)
+            kept.sendall(b"GET /healthz HTTP/1.1\r\n")  # the next request's head, half of it
+            assert closed_within(kept, 5)
+        assert httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=5).status_code == 200
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
