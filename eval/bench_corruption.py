@@ -168,8 +168,9 @@ def main() -> None:
     cases = []
     for path in files:
         for damage in DAMAGES:
-            if damage == "swap" and partner_of(path, files) is None:
-                continue
+            partner = partner_of(path, files)
+            if damage == "swap" and (partner is None or partner.read_bytes() == path.read_bytes()):
+                continue  # nothing to swap with, or a swap that changes no byte
             case = run_case(pristine, root / "work" / "data", path.relative_to(pristine), damage, ids, reference)
             cases.append(case)
             print(f"{kind(path):28} {damage:8} detected={case.detected} right={case.right} {case.crashed}", flush=True)

@@ -122,3 +122,13 @@ def test_a_start_that_cannot_finish_says_why_and_calls_for_an_exit(settings, mon
         assert ready.status_code == 503 and ready.json()["status"] == "failed"
         assert "No space left on device" in ready.json()["detail"]
     assert stopped == [True]
+
+
+@pytest.mark.parametrize("active", [b"\x89\x8e\xf5", b"v99\n", None])
+def test_a_damaged_active_pointer_serves_the_newest_version(served, caplog, active):
+    settings, reference, pristine = served
+    pointer = settings.data_dir / "indexes" / "ACTIVE"
+    pointer.unlink() if active is None else pointer.write_bytes(active)
+    with caplog.at_level(logging.WARNING):
+        assert answers(Engine(settings, embedder=CountingEmbedder())) == reference
+    assert "names no index version" in caplog.text

@@ -5,6 +5,7 @@ rename of that file, so a reader sees either the old version or the new one."""
 from __future__ import annotations
 
 import fcntl
+import logging
 import os
 import re
 import shutil
@@ -17,6 +18,7 @@ from recommender.index.files import atomic_write
 from recommender.index.vector_index import META_FILE, IndexMeta, read_meta
 
 ACTIVE_FILE = "ACTIVE"
+log = logging.getLogger(__name__)
 _VERSION = re.compile(r"^v(\d+)$")
 
 
@@ -28,11 +30,19 @@ class Versions:
         return self.root / version
 
     def active(self) -> str | None:
+        """The version that serves. An ACTIVE file that is missing or names no version
+        (damaged) while versions exist falls back to the newest one, loudly."""
         try:
-            name = (self.root / ACTIVE_FILE).read_text().strip()
+            name: str | None = (self.root / ACTIVE_FILE).read_text(errors="replace").strip()
         except FileNotFoundError:
-            return None
-        return name or None
+            name = None
+        if name and _VERSION.match(name) and self.path(name).is_dir():  # a damaged sidecar is rebuilt later
+            return name
+        newest = self.names()[-1:] if self.root.exists() else []
+        if newest:
+            log.warning("%s names no index version (%r); serving the newest, %s "
+                        "(choose another with: recommender index activate)", self.root / ACTIVE_FILE, name, newest[0])
+        return newest[0] if newest else None
 
     def activate(self, version: str) -> None:
         if not (self.path(version) / META_FILE).exists():
