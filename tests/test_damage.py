@@ -132,3 +132,42 @@ def test_a_damaged_active_pointer_serves_the_newest_version(served, caplog, acti
     with caplog.at_level(logging.WARNING):
         assert answers(Engine(settings, embedder=CountingEmbedder())) == reference
     assert "names no index version" in caplog.text
+
+
+def test_a_write_that_fails_leaves_no_file_behind(tmp_path):
+    """A full disk used to leave a zero-byte delta file beside the index."""
+    from recommender.index.files import write_file
+
+    def full(fh):
+        fh.write(b"half")
+        raise OSError(28, "No space left on device")
+
+    with pytest.raises(OSError):
+        write_file(tmp_path / "delta-1.npz", full)
+    assert list(tmp_path.iterdir()) == []
+    assert write_file(tmp_path / "ok.json", lambda fh: fh.write(b"{}")) == (
+        "44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a")
+
+
+def test_a_damaged_store_page_takes_the_server_out_of_rotation(served, caplog):
+    """The store is no cache: nothing rebuilds it. A damaged page (here one of an index
+    the serving path does not read) used to go unnoticed; /readyz now says so."""
+    import sqlite3
+
+    settings, _, _ = served
+    conn = sqlite3.connect(settings.store_path)
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    page_size = conn.execute("PRAGMA page_size").fetchone()[0]
+    (page,) = conn.execute("SELECT pageno FROM dbstat WHERE name = 'articles_section' LIMIT 1").fetchone()
+    conn.close()
+    with open(settings.store_path, "r+b") as fh:
+        fh.seek((page - 1) * page_size + 8)
+        fh.write(b"\xff" * 64)
+    with caplog.at_level(logging.ERROR), TestClient(create_app(settings, embedder=CountingEmbedder(),
+                                                               background=False)) as client:
+        deadline = time.monotonic() + 10
+        while (ready := client.get("/readyz")).status_code == 200 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert ready.status_code == 503 and ready.json()["status"] == "store damaged"
+        assert client.get("/v1/articles/ukr-1/related").status_code == 200  # what it can, it still serves
+    assert "is damaged" in caplog.text and ".recover" in caplog.text

@@ -21,6 +21,8 @@ def healthz() -> dict:
 def readyz(service: ServiceDep) -> JSONResponse:
     if service.failure:
         return JSONResponse({"status": "failed", "detail": service.failure}, status_code=503)
+    if service.store_damage:  # nothing rebuilds a store: out of rotation until it is restored
+        return JSONResponse({"status": "store damaged", "detail": service.store_damage}, status_code=503)
     if service.rebuilding:  # a damaged index file: nothing it says is trusted until rebuilt
         return JSONResponse({"status": "rebuilding", "detail": service.rebuilding}, status_code=503)
     if service.warming:  # a large index still loading: precomputed lists and writes are served from the store

@@ -77,6 +77,7 @@ class Service:
         self._snapshot: Snapshot | None = None
         self._saved_seq = -1
         self.failure: str | None = None  # why start() failed, for /readyz
+        self.store_damage: str | None = None  # what the store's integrity check found, for /readyz
         self._cold: Engine | None = None  # the engine while its index loads: the store is usable already
         self._started_at = time.monotonic()
         self._serving: int | None = None  # the serving lock's descriptor
@@ -106,6 +107,17 @@ class Service:
         if done is not None and done < state.meta.applied_seq:
             self.lists.enqueue(engine.store.changed_between(done, state.meta.applied_seq))
         self.lists.start(fill_missing=self.settings.precompute_on_start)
+        threading.Thread(target=self._check_store, args=(engine,), name="recommender-check", daemon=True).start()
+
+    def _check_store(self, engine: Engine) -> None:
+        """The store cannot be rebuilt from anything, so a damaged page is reported loudly
+        (a server that serves from it leaves the load balancer's rotation) rather than
+        found one wrong answer at a time. In a thread: it reads every page once."""
+        damage = engine.store.damage()
+        if damage:
+            log.error("the store %s is damaged (%s); restore it from a backup, or try: sqlite3 %s .recover",
+                      engine.settings.store_path, damage, engine.settings.store_path)
+            self.store_damage = damage
 
     def stop(self) -> None:
         self.lists.stop()

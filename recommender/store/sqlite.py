@@ -144,6 +144,17 @@ class SQLiteStore(Store):
     def schema_version(self) -> int:
         return self.conn.execute("PRAGMA user_version").fetchone()[0]
 
+    def damage(self) -> str | None:
+        """SQLite's quick_check (every page read once, on its own connection): None when "ok"."""
+        conn = sqlite3.connect(self.path, timeout=30)
+        try:
+            found = [row[0] for row in conn.execute("PRAGMA quick_check(5)")]
+        except sqlite3.DatabaseError as exc:
+            found = [str(exc)]
+        finally:
+            conn.close()
+        return None if found == ["ok"] else "; ".join(found)
+
     @property
     def conn(self) -> sqlite3.Connection:
         conn = getattr(self._local, "conn", None)
