@@ -11,7 +11,6 @@ import json
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime
-from pathlib import Path
 from typing import TYPE_CHECKING, Iterable, Iterator, Protocol
 
 import numpy as np
@@ -97,8 +96,6 @@ class Writes(Protocol):
 class Store(Protocol):
     """A durable store. Every write appends the articles it touched to the change
     log, whose sequence numbers (`last_change`) indexes and lists follow."""
-
-    path: Path
 
     def transaction(self) -> AbstractContextManager[Writes]: ...
     def reopened(self) -> Store:
