@@ -134,7 +134,8 @@ class RelatedLists:
         return [n for n in nums if n >= len(has) or not has[n]]
 
     def forget(self, nums: list[int]) -> None:
-        """Deleted articles: their own lists go (lists that show them are filtered at read time)."""
+        """Drop these articles' own lists: deleted articles' (lists that show them are filtered
+        at read time), or lists to compute again (`ListUpkeep.to_prepare`)."""
         self.store.delete_lists(self.key, nums)
         with self._lock:
             for n in nums:
