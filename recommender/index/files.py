@@ -16,29 +16,10 @@ from typing import BinaryIO, Callable
 from recommender.errors import IndexDamaged
 
 
-def write_file(path: Path, write: Callable[[BinaryIO], object]) -> str:
-    """`write` into a temporary file beside `path`, flushed to disk, then renamed into
-    place; its SHA-256. A failure (a full disk) leaves no file, not a truncated one."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    fsync_dir(path.parent)
-    return digest(path)
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    write_file(path, lambda fh: fh.write(data))
-
-
 def write_with(path: Path, write: Callable[[str], object]) -> str:
-    """For writers that take a file name (FAISS): into a temporary name, fsynced, renamed."""
+    """`write` to a temporary name beside `path` (FAISS takes a file name), flushed to
+    disk, then renamed into place; its SHA-256. A failure (a full disk) leaves no
+    file, not a truncated one."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     os.close(fd)
     try:
@@ -51,6 +32,19 @@ def write_with(path: Path, write: Callable[[str], object]) -> str:
         raise
     fsync_dir(path.parent)
     return digest(path)
+
+
+def write_file(path: Path, write: Callable[[BinaryIO], object]) -> str:
+    """`write_with`, for writers that take an open binary file."""
+    def fill(tmp: str) -> None:
+        with open(tmp, "wb") as fh:
+            write(fh)
+
+    return write_with(path, fill)
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    write_file(path, lambda fh: fh.write(data))
 
 
 def fsync_dir(directory: Path) -> None:
