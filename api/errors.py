@@ -20,6 +20,7 @@ from recommender.errors import (
     ModelError,
     NoIndex,
     RecommenderError,
+    StoreUnavailable,
 )
 from recommender.store.articles import describe_validation_error
 
@@ -28,6 +29,7 @@ STATUS = [  # most specific first: the first match wins
     (InvalidArticle, 422),
     (InvalidQuery, 422),
     (NoIndex, 503),
+    (StoreUnavailable, 503),  # the database is away: nothing was written, a retry may succeed
     (IndexMismatch, 503),
     (IndexDamaged, 503),
     (ModelError, 503),
@@ -39,7 +41,8 @@ def add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RecommenderError)
     async def domain(request: Request, exc: RecommenderError) -> JSONResponse:
         status = next(code for kind, code in STATUS if isinstance(exc, kind))
-        return JSONResponse({"detail": str(exc)}, status_code=status)
+        headers = {"Retry-After": "1"} if status == 503 else None
+        return JSONResponse({"detail": str(exc)}, status_code=status, headers=headers)
 
     @app.exception_handler(ValidationError)
     async def validation(request: Request, exc: ValidationError) -> JSONResponse:

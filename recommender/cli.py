@@ -137,9 +137,21 @@ def to_json(value: Any) -> str:
     return json.dumps(value, default=default, ensure_ascii=False, indent=2)
 
 
+def store_exists(settings: Settings) -> bool:
+    from recommender.store.base import store_exists as exists
+
+    return exists(settings)
+
+
 def load_settings(**overrides: Any) -> Settings:
+    """Settings from the command's options, then the environment. `--database-url` is an
+    option of the group, so it is read from the root context."""
     from recommender.settings import Settings
 
+    ctx = click.get_current_context(silent=True)
+    url = ctx.find_root().params.get("database_url") if ctx is not None else None
+    if url and "database_url" not in overrides:
+        overrides["database_url"] = url
     return Settings(**{k: v for k, v in overrides.items() if v is not None})
 
 
@@ -151,7 +163,11 @@ def open_engine(settings: Settings) -> Engine:
 
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(package_name="recommender")
-def main() -> None:
+@click.option("--database-url", metavar="URL", default=None,
+              help="A PostgreSQL store shared by several servers (postgresql://user@host:5432/db), "
+                   "for every command; the data dir then holds only index files. "
+                   "[env RECOMMENDER_DATABASE_URL; default: SQLite in the data dir]")
+def main(database_url: str | None) -> None:
     """Related-article suggestions for a news archive.
 
     \b
@@ -162,6 +178,8 @@ def main() -> None:
       recommender related ARTICLE_ID        # its "Citește și" suggestions
       recommender serve                     # the HTTP API
     Every command takes --data-dir and --model, or RECOMMENDER_DATA_DIR and RECOMMENDER_MODEL.
+    Several servers over one PostgreSQL store:
+      recommender --database-url postgresql://news@db:5432/news serve
     """
 
 
@@ -329,7 +347,7 @@ def delete(ids, from_file, settings):
     wanted = list(ids) + ([line.strip() for line in from_file if line.strip()] if from_file else [])
     if not wanted:
         raise click.UsageError("give ids to delete, or --from-file")
-    if not settings.store_path.exists():
+    if not store_exists(settings):
         raise CliError(f"no store in {settings.data_dir}", hint="check --data-dir")
     unknown = open_engine(settings).delete_and_sync(list(dict.fromkeys(wanted)))
     click.echo(f"deleted {len(set(wanted)) - len(unknown)}" + (f"; not found {len(unknown)}" if unknown else ""))
@@ -351,7 +369,7 @@ def stats(settings, as_json):
     """
     from recommender.store.base import open_store
 
-    if not settings.store_path.exists():
+    if not store_exists(settings):
         raise CliError(f"no store in {settings.data_dir}",
                        hint="ingest articles first, e.g. recommender ingest articles.jsonl")
     from dataclasses import asdict
@@ -459,7 +477,7 @@ def reembed(data_dir, model, device, batch_size, workers, limit, activate, ray_a
     from recommender.serving.reembed import ReembedOptions, run_reembed
 
     settings = load_settings(data_dir=data_dir)
-    if not settings.store_path.exists():
+    if not store_exists(settings):
         raise CliError(f"no store in {settings.data_dir}", hint="ingest articles first")
     result = run_reembed(settings, ReembedOptions(model, device, batch_size, workers, limit, activate,
                                                   ray_address, show_progress(progress)),
@@ -512,7 +530,7 @@ def distill(data_dir, teacher, sample, until, min_count, max_words, ridge, as_js
     from recommender.ranking.distill import DistillOptions, run_distill
 
     settings = load_settings(data_dir=data_dir)
-    if not settings.store_path.exists():
+    if not store_exists(settings):
         raise CliError(f"no store in {settings.data_dir}", hint="ingest articles first")
     result = run_distill(settings, DistillOptions(teacher, sample, _utc(until), min_count, max_words, ridge,
                                                   show_progress(progress)), echo=lambda m: click.echo(m, err=True))
@@ -630,7 +648,7 @@ def index_prune(data_dir, keep):
     active = versions.active()
     inactive = [n for n in versions.names() if n != active]
     doomed = inactive[: max(len(inactive) - keep, 0)]
-    store = open_store(settings) if settings.store_path.exists() else None
+    store = open_store(settings) if store_exists(settings) else None
     for name in doomed:
         versions.remove(name)
         if store is not None:

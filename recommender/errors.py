@@ -51,6 +51,10 @@ class StoreError(RecommenderError):
     """The store cannot be opened: written by a newer version, or not a store."""
 
 
+class StoreUnavailable(StoreError):
+    """The database cannot be reached now; nothing was written, and a retry may succeed."""
+
+
 class JobLocked(RecommenderError):
     """Another job holds the data directory's lock."""
 

@@ -80,6 +80,11 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="RECOMMENDER_", env_nested_delimiter="__", extra="ignore")
 
     data_dir: Path = Path("data")
+    # postgresql://user@host:port/db: the store is this database, shared by any number of
+    # servers (each keeps its own indexes in its data dir, as caches). Unset: SQLite in the data dir.
+    database_url: str = Field("", repr=False)
+    # A streaming standby for page views' reads (lists, articles); writes go to database_url.
+    database_read_url: str = Field("", repr=False)
     # The archive's time zone: dates written without an offset ("20.05.2025 14:30") are read
     # in it. An IANA name, e.g. Europe/Bucharest.
     timezone: str = "UTC"
@@ -129,6 +134,13 @@ class Settings(BaseSettings):
             ZoneInfo(value)
         except (ZoneInfoNotFoundError, ValueError):
             raise ValueError(f"unknown time zone {value!r}; use an IANA name such as Europe/Bucharest or UTC") from None
+        return value
+
+    @field_validator("database_url", "database_read_url")
+    @classmethod
+    def _postgres_url(cls, value: str) -> str:
+        if value and not value.startswith(("postgresql://", "postgres://")):
+            raise ValueError("a database URL starts with postgresql:// (e.g. postgresql://user@host:5432/news)")
         return value
 
     @property

@@ -4,6 +4,7 @@ import importlib.util
 import json
 import os
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
@@ -56,12 +57,66 @@ class CountingEmbedder(HashingEmbedder):
         return sum(self.calls)
 
 
+# PostgreSQL: RECOMMENDER_TEST_DATABASE_URL names a server where tests may create and drop
+# databases. .ci/run sets it, so there a missing server fails the run; unset, the local default
+# is tried, and the PostgreSQL tests are skipped with a reason when nothing answers there.
+PG_ADMIN_URL = os.environ.get("RECOMMENDER_TEST_DATABASE_URL", "")
+PG_DEFAULT = "postgresql://postgres@127.0.0.1:5432/postgres"
+# RECOMMENDER_TEST_STORE=postgres runs the tests that use the `settings` fixture over PostgreSQL.
+STORE_BACKEND = os.environ.get("RECOMMENDER_TEST_STORE", "sqlite")
+
+
+def pg_admin_url() -> str:
+    import psycopg
+
+    url = PG_ADMIN_URL or PG_DEFAULT
+    try:
+        psycopg.connect(url, connect_timeout=3).close()
+    except psycopg.OperationalError as exc:
+        if PG_ADMIN_URL:
+            pytest.fail(f"RECOMMENDER_TEST_DATABASE_URL={PG_ADMIN_URL} cannot be reached: {exc}")
+        pytest.skip(f"no PostgreSQL at {PG_DEFAULT} (set RECOMMENDER_TEST_DATABASE_URL): {exc}")
+    return url
+
+
+def with_dbname(url: str, name: str) -> str:
+    from psycopg.conninfo import conninfo_to_dict
+
+    parts = conninfo_to_dict(url)
+    password = f":{parts['password']}" if parts.get("password") else ""
+    return (f"postgresql://{parts.get('user', 'postgres')}{password}@{parts.get('host', '127.0.0.1')}:"
+            f"{parts.get('port', 5432)}/{name}")
+
+
 @pytest.fixture
-def settings(tmp_path) -> Settings:
+def pg_url() -> Iterator[str]:
+    """A database of its own, dropped afterwards (with whatever is still connected to it)."""
+    import uuid
+
+    import psycopg
+
+    admin = pg_admin_url()
+    name = f"rec_test_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name}")
+    yield with_dbname(admin, name)
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+@pytest.fixture
+def database_url(request) -> str:
+    """The store the `settings` fixture uses: "" (SQLite in the data dir) unless RECOMMENDER_TEST_STORE=postgres."""
+    return request.getfixturevalue("pg_url") if STORE_BACKEND == "postgres" else ""
+
+
+@pytest.fixture
+def settings(tmp_path, database_url) -> Settings:
     # The rule tests reason about dense scores alone; the BM25 blend has tests of its own.
     from recommender.settings import RankingSettings
 
-    return Settings(data_dir=tmp_path / "data", model=HASHING, ranking=RankingSettings(lexical_weight=0.0))
+    return Settings(data_dir=tmp_path / "data", model=HASHING, ranking=RankingSettings(lexical_weight=0.0),
+                    database_url=database_url)
 
 
 @pytest.fixture

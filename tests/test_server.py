@@ -27,7 +27,7 @@ def free_port() -> int:
 def server(settings, stories):
     Engine(settings, embedder=CountingEmbedder()).ingest([str(stories)])
     port = free_port()
-    env = dict(os.environ, RECOMMENDER_DATA_DIR=str(settings.data_dir), RECOMMENDER_MODEL=settings.model,
+    env = dict(os.environ, RECOMMENDER_DATA_DIR=str(settings.data_dir), RECOMMENDER_DATABASE_URL=settings.database_url, RECOMMENDER_MODEL=settings.model,
                RECOMMENDER_API_KEYS=KEY, RECOMMENDER_REFRESH_SECONDS="0.2")
     proc = subprocess.Popen([sys.executable, "-m", "recommender.cli", "serve", "--port", str(port), "--log-level", "warning"],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -113,7 +113,7 @@ def test_a_cli_ingest_beside_the_server_shows_up_without_a_restart(server, setti
     extra = write_jsonl(tmp_path / "extra.jsonl", [article(
         "fot-3", "Dinamo și FCSB, din nou în derby", "FCSB și Dinamo joacă derby-ul din Superliga.",
         "2025-03-16T18:00:00+00:00", section="sport")])
-    env = dict(os.environ, RECOMMENDER_DATA_DIR=str(settings.data_dir), RECOMMENDER_MODEL=settings.model)
+    env = dict(os.environ, RECOMMENDER_DATA_DIR=str(settings.data_dir), RECOMMENDER_DATABASE_URL=settings.database_url, RECOMMENDER_MODEL=settings.model)
     cli = subprocess.run([sys.executable, "-m", "recommender.cli", "ingest", str(extra)], env=env, check=True,
                          capture_output=True, text=True)
     assert "a server is serving this data dir" in cli.stdout  # the lists are left to it: not computed twice
@@ -210,7 +210,7 @@ def test_a_client_slow_to_send_its_headers_is_dropped(settings, stories):
     on a new connection and on a kept-alive one, while whole requests are served."""
     Engine(settings, embedder=CountingEmbedder()).ingest([str(stories)])
     port = free_port()
-    env = dict(os.environ, RECOMMENDER_DATA_DIR=str(settings.data_dir), RECOMMENDER_MODEL=settings.model,
+    env = dict(os.environ, RECOMMENDER_DATA_DIR=str(settings.data_dir), RECOMMENDER_DATABASE_URL=settings.database_url, RECOMMENDER_MODEL=settings.model,
                RECOMMENDER_HEADER_TIMEOUT_SECONDS="1")
     proc = subprocess.Popen([sys.executable, "-m", "recommender.cli", "serve", "--port", str(port), "--log-level",
                              "warning"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

@@ -22,7 +22,7 @@ from datetime import datetime, timezone
 from typing import Iterator
 
 from embeddings import Embedder
-from recommender.errors import ArticleNotFound, NoIndex
+from recommender.errors import ArticleNotFound, NoIndex, StoreUnavailable
 from recommender.index.state import IndexState
 from recommender.ranking import pipeline
 from recommender.ranking.rules import Filters, RelatedItem
@@ -30,7 +30,7 @@ from recommender.serving.engine import Engine
 from recommender.serving.lists import CachedList, RelatedLists, last_stored_list, lists_key
 from recommender.settings import Settings
 from recommender.store.articles import Article
-from recommender.store.base import StoredArticle, UpsertResult
+from recommender.store.base import Lease, StoredArticle, UpsertResult
 
 log = logging.getLogger(__name__)
 
@@ -113,10 +113,10 @@ class Service:
         """The store cannot be rebuilt from anything, so a damaged page is reported loudly
         (a server that serves from it leaves the load balancer's rotation) rather than
         found one wrong answer at a time. In a thread: it reads every page once."""
-        damage = engine.store.damage()
+        store = engine.store
+        damage = store.damage()
         if damage:
-            log.error("the store %s is damaged (%s); restore it from a backup, or try: sqlite3 %s .recover",
-                      engine.settings.store_path, damage, engine.settings.store_path)
+            log.error("the store %s is damaged (%s); %s", store.describe(), damage, store.repair_hint())
             self.store_damage = damage
 
     def stop(self) -> None:
@@ -333,9 +333,14 @@ class Service:
 class ListWorker:
     """One background thread that recomputes the lists writes touched, outside the
     write lock. It always works on the newest snapshot, so the newest state wins;
-    reads serve the old lists meanwhile. When idle it fills lists still missing."""
+    reads serve the old lists meanwhile. When idle it fills lists still missing.
+
+    Over a shared store one server at a time does this (the store's lease "lists"):
+    the others serve the rows it stores, and the first to take the lease when its
+    holder dies catches up from the last change the lists are recorded to follow."""
 
     BATCH = 200  # lists per step: a stop or a newer change is seen between steps
+    RETRY_LEASE = 1.0  # seconds between a follower's tries to take the lease
 
     def __init__(self, service: "Service"):
         self.service = service
@@ -351,6 +356,8 @@ class ListWorker:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self.leading: bool | None = None  # None until the lease was first tried
+        self._next_try = 0.0
 
     def start(self, fill_missing: bool) -> None:
         self._fill = fill_missing
@@ -416,14 +423,63 @@ class ListWorker:
         return True
 
     def _run(self) -> None:
+        lease = self.service.snapshot.engine.store.lease("lists")
         while not self._stop.is_set():
             self._wake.wait(1.0)
             self._wake.clear()
             try:
+                if not self._lead(lease):
+                    continue
                 while not self._stop.is_set() and (self._step() or self._profile_step() or self._fill_step()):
                     pass
+            except StoreUnavailable as exc:  # the database is away: the next wake-up retries
+                log.warning("recomputing related lists: %s", exc)
             except Exception:  # keep serving the old lists; the next change retries
                 log.exception("recomputing related lists failed")
+        lease.release()
+
+    def _lead(self, lease: Lease) -> bool:
+        """Whether this server computes the lists now (taking the lease if it is free)."""
+        if not self.leading and time.monotonic() < self._next_try:
+            return False
+        held = lease.held()
+        if held and self.leading is False:
+            self._take_over()
+        if not held:
+            self._next_try = time.monotonic() + self.RETRY_LEASE
+            with self._lock:  # the leader computes them
+                self._pending.clear()
+            self._follow_profile()
+        self.leading = held
+        return held
+
+    def _take_over(self) -> None:
+        """Become the list worker after another server: read back the lists it stored, and
+        queue every change since the last one its lists were recorded to follow."""
+        snap = self.service.snapshot
+        lists = snap.engine.lists_for(snap.state)
+        with self.service._write:
+            current = self.service.snapshot
+            if current.state.version == snap.state.version and current.engine is snap.engine:
+                self.swap(Snapshot(current.engine, current.state, lists), [])
+            current = self.service.snapshot
+        done = current.engine.store.lists_refreshed_seq(current.lists.key)
+        applied = current.state.meta.applied_seq
+        self.enqueue(current.engine.store.changed_between(done or 0, applied))
+        self.request_fill()
+        log.info("this server now computes the related lists (from change %s)", done)
+
+    def _follow_profile(self) -> None:
+        """A follower serves a newly activated profile once the leader has computed its lists."""
+        job = self._next
+        if job is None or job[0].store.lists_refreshed_seq(job[1].key) is None:
+            return
+        engine = job[0]
+        with self.service._write:
+            current = self.service.snapshot
+            self.swap(Snapshot(engine, current.state, engine.lists_for(current.state)), [])
+            self._next, self._next_todo = None, None
+        log.info("ranking profile %s serves (its lists computed by another server)", engine.profile.name)
 
     def _step(self) -> bool:
         with self._lock:
@@ -482,6 +538,7 @@ class ListWorker:
                 self._pending.update(engine.store.changed_between(self._next_since, current.state.meta.applied_seq))
                 self._next, self._next_todo = None, None
                 log.info("ranking profile %s serves", engine.profile.name)
+        engine.store.mark_lists_refreshed(lists.key, self._next_since)  # other servers may switch to it
         return True
 
     def _fill_step(self) -> bool:
@@ -502,30 +559,41 @@ class ListWorker:
 
 
 class Refresher:
-    """Background thread: picks up other processes' writes and saves the index now and then."""
+    """Background thread: picks up other processes' writes and saves the index now and then.
+    It polls every `every` seconds, and wakes at once when the store notifies a commit
+    (PostgreSQL's NOTIFY), so a write through one server reaches the others in milliseconds."""
 
     def __init__(self, service: Service, every: float, save_every: float):
         self.service = service
         self.every = every
         self.save_every = save_every
         self._stop = threading.Event()
+        self._wake = threading.Event()
         self._thread = threading.Thread(target=self._run, name="recommender-refresh", daemon=True)
 
     def start(self) -> None:
+        self.service.snapshot.engine.store.watch(self._wake.set)
         self._thread.start()
 
     def stop(self) -> None:
         self._stop.set()
+        self._wake.set()
         if self._thread.is_alive():  # never started when the service could not start
             self._thread.join(timeout=2)
 
     def _run(self) -> None:
         last_save = time.monotonic()
-        while not self._stop.wait(self.every):
+        while True:
+            self._wake.wait(self.every)
+            self._wake.clear()
+            if self._stop.is_set():
+                return
             try:
                 self.service.refresh()
                 if time.monotonic() - last_save >= self.save_every:
                     self.service.save()
                     last_save = time.monotonic()
+            except StoreUnavailable as exc:  # the database is away: serve what is known, retry
+                log.warning("background refresh: %s", exc)
             except Exception:  # keep serving the last good snapshot
                 log.exception("background refresh failed")

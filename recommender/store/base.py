@@ -2,7 +2,8 @@
 hash), the change log indexes and lists follow, stored lists and re-embedding jobs.
 
 Callers hold a `Store` and never a backend: `open_store` picks SQLite in the data
-dir, the embedded default; a second backend implements the same two protocols.
+dir, the embedded default, or PostgreSQL when the settings name a database URL, for
+several servers over one store. Both implement the same two protocols.
 """
 
 from __future__ import annotations
@@ -11,10 +12,11 @@ import json
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Iterable, Iterator, Protocol
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Protocol
 
 import numpy as np
 
+from recommender.errors import StoreError
 from recommender.store.articles import Article, ArticleInfo, EmbedText, content_hash
 from recommender.text.entities import entities
 from recommender.text.normalize import terms
@@ -93,6 +95,18 @@ class Writes(Protocol):
         ...
 
 
+class Lease:
+    """A role only one process may hold at a time, such as the list worker's. This one is
+    always held: a backend with one server per store needs nothing more."""
+
+    def held(self) -> bool:
+        """Whether this process holds the role now; a free role is taken on the way."""
+        return True
+
+    def release(self) -> None:
+        pass
+
+
 class Store(Protocol):
     """A durable store. Every write appends the articles it touched to the change
     log, whose sequence numbers (`last_change`) indexes and lists follow."""
@@ -105,6 +119,18 @@ class Store(Protocol):
     def damage(self) -> str | None:
         """What the backend's own integrity check reports, or None when it finds nothing."""
         ...
+    def describe(self) -> str:
+        """Where the store is, for messages (never a password)."""
+        ...
+    def repair_hint(self) -> str: ...
+    def lease(self, name: str) -> Lease:
+        """The role `name`, shared by every process over this store."""
+        ...
+    def watch(self, wake: Callable[[], None]) -> None:
+        """Call `wake` soon after another process commits a change (and on reconnecting);
+        a backend without notifications never calls it, and callers poll."""
+        ...
+    def close(self) -> None: ...
 
     # the change log
     def last_change(self) -> int: ...
@@ -148,7 +174,22 @@ class Store(Protocol):
 
 
 def open_store(settings: Settings) -> Store:
-    """The store the settings name: today the SQLite file in the data dir."""
+    """The store the settings name: PostgreSQL at `database_url`, else the SQLite file in the data dir."""
+    if settings.database_url:
+        from recommender.store.postgres import PostgresStore
+
+        return PostgresStore(settings.database_url, settings.database_read_url or None)
     from recommender.store.sqlite import SQLiteStore
 
     return SQLiteStore(settings.store_path)
+
+
+def store_exists(settings: Settings) -> bool:
+    """Whether there is a store to read: a database is assumed (opening it says if not)."""
+    return bool(settings.database_url) or settings.store_path.exists()
+
+
+def check_version(where: str, found: int, supported: int) -> None:
+    if found > supported:
+        raise StoreError(f"{where} has schema version {found}, newer than this program's {supported}",
+                         hint="upgrade the recommender package")
