@@ -571,6 +571,75 @@ def models_command(data_dir, as_json):
 
 
 @main.group()
+def store():
+    """The store: copy it to another backend (SQLite to PostgreSQL, or back).
+
+    \b
+    Examples:
+      recommender store copy --to postgresql://news@db:5432/news
+      recommender --database-url postgresql://news@db:5432/news store copy --to backup/store.sqlite
+    """
+
+
+@store.command("copy")
+@data_dir_option
+@click.option("--to", "target", required=True, metavar="URL_OR_FILE",
+              help="postgresql://user@host:port/db, or the path of a SQLite file to write.")
+@progress_option
+def store_copy(data_dir, target, progress):
+    """Copy every article, vector, list and the change log to another store, as they
+    are, and check the copy (row counts, and a sample of lists and articles). The source
+    is the configured store: --database-url, else the data dir's SQLite file.
+
+    Stop writes to the source meanwhile. An interrupted copy resumes where it stopped
+    when rerun. Then point the servers at the copy (RECOMMENDER_DATABASE_URL): their
+    index files still fit, so they start warm.
+
+    \b
+    Examples:
+      recommender store copy --to postgresql://news@db:5432/news
+      recommender --database-url postgresql://news@db:5432/news store copy --to backup/store.sqlite
+    """
+    from recommender.store.base import open_store
+    from recommender.store.copy import copy_store
+
+    settings = load_settings(data_dir=data_dir)
+    if not store_exists(settings):
+        raise CliError(f"no store in {settings.data_dir}", hint="check --data-dir, or give --database-url")
+    source = open_store(settings)
+    if target.startswith(("postgresql://", "postgres://")):
+        destination = open_store(settings.model_copy(update={"database_url": target, "database_read_url": ""}))
+    else:
+        destination = _sqlite_at(Path(target))
+    if destination.describe() == source.describe():
+        raise click.UsageError("--to names the store being copied")
+    bar = _copy_bar(show_progress(progress))
+    report = copy_store(source, destination, bar)  # type: ignore[arg-type]  # both backends are SQLStores
+    click.echo(f"copied to {destination.describe()}: " + ", ".join(
+        f"{table} {count:,}" for table, count in report.counts.items())
+        + f"; checked {report.lists_checked} lists and every count")
+
+
+def _sqlite_at(path: Path) -> Any:
+    from recommender.store.sqlite import SQLiteStore
+
+    return SQLiteStore(path)
+
+
+def _copy_bar(show: bool) -> Callable[[str, int, int], None] | None:
+    if not show:
+        return None
+    last: dict[str, int] = {}
+
+    def report(table: str, done: int, total: int) -> None:
+        if done - last.get(table, -10**9) >= 10_000 or done == total:
+            click.echo(f"  {table}: {done:,} / {total:,}", err=True)
+            last[table] = done
+
+    return report
+
+
+@main.group()
 def index():
     """Index versions: list, activate (switch or roll back), prune.
 

@@ -169,7 +169,7 @@ def test_demo_page_renders_the_new_block_with_links_in_chromium(server, tmp_path
 
 
 def test_reembed_beside_a_running_server_swaps_without_failing_a_request(server, settings):
-    env = dict(os.environ, RECOMMENDER_DATA_DIR=str(settings.data_dir))
+    env = dict(os.environ, RECOMMENDER_DATA_DIR=str(settings.data_dir), RECOMMENDER_DATABASE_URL=settings.database_url)
     with Readers(server, 3) as readers:
         job = subprocess.run([sys.executable, "-m", "recommender.cli", "reembed", "--model", "hashing:64",
                               "--batch-size", "1", "--no-progress"], env=env, capture_output=True, text=True, timeout=120)

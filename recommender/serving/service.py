@@ -124,6 +124,8 @@ class Service:
         if self._serving is not None:
             os.close(self._serving)
             self._serving = None
+        if self._snapshot is not None:  # a database's pool and listener go with the server
+            self._snapshot.engine.store.close()
 
     @property
     def ready(self) -> bool:

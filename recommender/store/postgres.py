@@ -31,7 +31,7 @@ from recommender.store.sql import Executor, SQLStore
 log = logging.getLogger(__name__)
 
 CHANNEL = "recommender_changes"
-WAIT_SECONDS = 5.0  # a request waits this long for a connection before it is told the database is unavailable
+WAIT_SECONDS = 2.0  # a request waits this long for a connection before it is told the database is unavailable
 STREAM_ROWS = 5000  # rows per round trip of a whole-archive scan
 # TCP keepalives: a connection to a machine that vanished is found dead in about 10 s,
 # so the list worker's lock is released and another server takes over.
@@ -113,6 +113,7 @@ class PostgresStore(SQLStore):
     def __init__(self, url: str, read_url: str | None = None, max_connections: int = 10):
         self.url, self.read_url = url, read_url
         self._where = describe_url(url)
+        self._closed = threading.Event()
         _probe(url, self._where)  # the real reason now, not a pool's timeout later
         self.pool = _pool(url, max_connections, self._where)
         self.read_pool = _pool(read_url, max_connections, describe_url(read_url)) if read_url else self.pool
@@ -151,9 +152,17 @@ class PostgresStore(SQLStore):
         return PostgresStore(self.url, self.read_url)
 
     def close(self) -> None:
+        self._closed.set()
         self.pool.close()
         if self.read_pool is not self.pool:
             self.read_pool.close()
+
+    def after_copy(self) -> None:
+        """Rows copied with their numbers leave the identity sequences behind: move them past."""
+        with self._writing(log_changes=False) as ex:
+            for table, column in (("articles", "num"), ("changes", "seq")):
+                ex.one(f"SELECT setval(pg_get_serial_sequence('{table}', '{column}'), "
+                       f"COALESCE((SELECT MAX({column}) FROM {table}), 0) + 1, false)")
 
     # --- the hooks of SQLStore ----------------------------------------------------------
 
@@ -196,7 +205,8 @@ class PostgresStore(SQLStore):
         return AdvisoryLease(self.url, lock_key(name))
 
     def watch(self, wake: Callable[[], None]) -> None:
-        threading.Thread(target=_listen, args=(self.url, wake), name="recommender-listen", daemon=True).start()
+        threading.Thread(target=_listen, args=(self.url, wake, self._closed), name="recommender-listen",
+                         daemon=True).start()
 
 
 class AdvisoryLease(Lease):
@@ -229,19 +239,22 @@ class AdvisoryLease(Lease):
             conn.close()
 
 
-def _listen(url: str, wake: Callable[[], None]) -> None:
-    """Wake on every commit to the change log, for the life of the process; after a lost
+def _listen(url: str, wake: Callable[[], None], closed: threading.Event) -> None:
+    """Wake on every commit to the change log until the store is closed; after a lost
     connection, reconnect and wake once (what was missed meanwhile is in the log)."""
-    while True:
+    while not closed.is_set():
         try:
             with psycopg.connect(url, autocommit=True, **CONNECT) as conn:
                 conn.execute(f"LISTEN {CHANNEL}")
                 wake()
-                for _ in conn.notifies():
-                    wake()
+                while not closed.is_set():
+                    for _ in conn.notifies(timeout=1.0):
+                        wake()
         except psycopg.Error as exc:
+            if closed.is_set():
+                return
             log.warning("listening for changes failed (%s); polling meanwhile", _first_line(exc))
-        threading.Event().wait(1.0)
+        closed.wait(1.0)
 
 
 def _probe(url: str, where: str) -> None:

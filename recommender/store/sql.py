@@ -248,6 +248,29 @@ class SQLStore(Store):
             ex.one("UPDATE reembed_jobs SET finished_at = ? WHERE model = ?", (_now(), model))
 
 
+    # --- a copy to another store (recommender.store.copy) ---------------------------------
+
+    def count_rows(self, table: str) -> int:
+        return self._rows(f"SELECT COUNT(*) FROM {table}")[0][0]
+
+    def scan(self, sql: str, params: tuple = ()) -> Iterator[tuple]:
+        return self._stream(sql, params)
+
+    def first_ids(self, n: int) -> list[str]:
+        return [r[0] for r in self._rows("SELECT id FROM articles ORDER BY num LIMIT ?", (n,))]
+
+    def insert_rows(self, table: str, columns: tuple[str, ...], rows: list[tuple]) -> int:
+        """Rows as they are, keys included; those already there are left (a resumed copy)."""
+        if rows:
+            with self._writing(log_changes=False) as ex:
+                ex.many(f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({_marks(columns)}) "
+                        "ON CONFLICT DO NOTHING", rows)
+        return len(rows)
+
+    def after_copy(self) -> None:
+        """What a backend does once rows came with their keys (SQLite: nothing)."""
+
+
 class _Writes(Writes):
     """The writes of one transaction, on its connection."""
 
