@@ -77,10 +77,9 @@ def main() -> None:
               "lists_per_s": round(per_s, 1), "all_lists_min": round(args.size / per_s / 60, 1),
               "mean_list_ms": round(1000 / per_s, 2)}
     if args.switch_workers:
-        from recommender.ranking.profiles import Profiles
         from recommender.settings import DEFAULT_WEIGHTS
 
-        profile = Profiles(engine.settings.profiles_dir).save(dict(DEFAULT_WEIGHTS), "bench_ranking", {})
+        profile = engine.profiles.save(dict(DEFAULT_WEIGHTS), "bench_ranking", {})
         started = time.perf_counter()
         count = engine.prepare_profile(profile.name, args.switch_workers)
         result["switch_lists"] = count

@@ -375,7 +375,7 @@ def stats(settings, as_json):
     from dataclasses import asdict
 
     from recommender.index.versions import Versions
-    from recommender.ranking.profiles import Profiles
+    from recommender.ranking.profiles import open_profiles
     from recommender.serving.lists import lists_key
     from recommender.store.articles import iso
 
@@ -383,7 +383,7 @@ def stats(settings, as_json):
     found = store.stats()
     versions = Versions(settings.index_dir)
     active = versions.active()
-    profile = Profiles(settings.profiles_dir).active_name()
+    profile = open_profiles(settings, store).active_name()
     refreshed = store.lists_refreshed_seq(lists_key(active, profile)) if active else None
     behind = len(store.changed_between(refreshed, found.last_change)) if refreshed is not None else 0
     if as_json:
@@ -600,6 +600,7 @@ def store_copy(data_dir, target, progress):
       recommender store copy --to postgresql://news@db:5432/news
       recommender --database-url postgresql://news@db:5432/news store copy --to backup/store.sqlite
     """
+    from recommender.ranking.profiles import FolderShelf, open_profiles
     from recommender.store.base import open_store
     from recommender.store.copy import copy_store
 
@@ -607,14 +608,24 @@ def store_copy(data_dir, target, progress):
     if not store_exists(settings):
         raise CliError(f"no store in {settings.data_dir}", hint="check --data-dir, or give --database-url")
     source = open_store(settings)
-    if target.startswith(("postgresql://", "postgres://")):
+    to_database = target.startswith(("postgresql://", "postgres://"))
+    if to_database:
         destination = open_store(settings.model_copy(update={"database_url": target, "database_read_url": ""}))
     else:
         destination = _sqlite_at(Path(target))
     if destination.describe() == source.describe():
         raise click.UsageError("--to names the store being copied")
-    bar = _copy_bar(show_progress(progress))
-    report = copy_store(source, destination, bar)  # type: ignore[arg-type]  # both backends are SQLStores
+    try:
+        # open_store gives the Store protocol; both of its backends are SQLStores, which copy_store reads
+        report = copy_store(source, destination, _copy_bar(show_progress(progress)))  # type: ignore[arg-type]
+        # The ranking profiles: files beside a SQLite store, documents in a shared database.
+        mine = open_profiles(settings, source).shelf
+        theirs = destination.shelf("profiles") if to_database else FolderShelf(Path(target).parent / "profiles")
+        for name in mine.names():
+            theirs.write(name, mine.read(name) or "")
+    finally:
+        source.close()
+        destination.close()
     click.echo(f"copied to {destination.describe()}: " + ", ".join(
         f"{table} {count:,}" for table, count in report.counts.items())
         + f"; checked {report.lists_checked} lists and every count")
@@ -766,7 +777,6 @@ def tune(files, settings, until, field, links_csv, held_out, c, activate, as_jso
     """
     from recommender.errors import NoIndex
     from recommender.ranking import tune as tuning
-    from recommender.ranking.profiles import Profiles
     from recommender.serving.engine import Engine
 
     engine = Engine(settings)
@@ -784,7 +794,7 @@ def tune(files, settings, until, field, links_csv, held_out, c, activate, as_jso
     result = tuning.learn(state, engine.store, labels, engine.ranking(k=10), engine.embed, _utc(until),
                           held_out, c, progress)
     source = "recommender tune" + (f" --until {until:%Y-%m-%d}" if until else "") + f" ({result.links} linked articles)"
-    profiles = Profiles(settings.profiles_dir)
+    profiles = engine.profiles
     profile = profiles.save(result.weights, source, result.report)
     if activate:
         profiles.activate(profile.name)
@@ -797,7 +807,7 @@ def tune(files, settings, until, field, links_csv, held_out, c, activate, as_jso
                f"MRR@10  {result.before.mrr:.3f} -> {result.after.mrr:.3f}   "
                f"(active profile {engine.profile.name} -> learned weights)")
     click.echo("weights: " + ", ".join(f"{k} {v:+.3f}" for k, v in profile.weights.items()))
-    click.echo(f"saved profile {profile.name} ({settings.profiles_dir / (profile.name + '.json')})"
+    click.echo(f"saved profile {profile.name} ({profiles.where(profile.name)})"
                + ("; active" if activate else f"; serve it with: recommender profile activate {profile.name}"))
 
 
@@ -815,9 +825,9 @@ def profile():
 
 
 def _profiles(data_dir: Path | None) -> Profiles:
-    from recommender.ranking.profiles import Profiles
+    from recommender.ranking.profiles import open_profiles
 
-    return Profiles(load_settings(data_dir=data_dir).profiles_dir)
+    return open_profiles(load_settings(data_dir=data_dir))
 
 
 @profile.command("list")

@@ -41,8 +41,10 @@ class Replica:
 def start_replica(database_url: str, data_dir: Path, **env_extra: str) -> Replica:
     port = free_port()
     # The default refresh period (1 s) on purpose: NOTIFY, not polling, makes writes visible sooner.
+    # No model named: a new server takes the database's, and builds its index from the stored vectors.
     env = dict(os.environ, RECOMMENDER_DATA_DIR=str(data_dir), RECOMMENDER_DATABASE_URL=database_url,
-               RECOMMENDER_MODEL=HASHING, RECOMMENDER_API_KEYS=KEY, **env_extra)
+               RECOMMENDER_API_KEYS=KEY, **env_extra)
+    env.pop("RECOMMENDER_MODEL", None)
     proc = subprocess.Popen([sys.executable, "-m", "recommender.cli", "serve", "--port", str(port),
                              "--log-level", "warning"], env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
@@ -102,8 +104,9 @@ def test_every_replica_answers_each_route_as_one_server_does(replicas):
     for path in ("/v1/articles/ukr-2", "/v1/articles/ukr-2/related.html", "/v1/articles/nope/related"):
         bodies = {(r.client.get(path).status_code, r.client.get(path).text) for r in replicas}
         assert len(bodies) == 1, path
-    leaders = [r.ready()["list_worker"] for r in replicas]
-    assert leaders.count(True) == 1  # one list worker over one database
+    ready = [r.ready() for r in replicas]
+    assert [r["model"] for r in ready] == [HASHING] * 3  # built from the database's vectors
+    assert [r["list_worker"] for r in ready].count(True) == 1  # one list worker over one database
 
 
 def test_a_write_through_one_replica_reaches_every_replicas_lists_within_a_second(replicas):
@@ -188,11 +191,14 @@ def own_postgres():
     cluster.start()
     started = [cluster]
     yield cluster, started
+    import shutil
+
     for c in started:
         try:
             c.stop("immediate")
         except subprocess.CalledProcessError:
             pass  # already stopped
+        shutil.rmtree(c.root, ignore_errors=True)
 
 
 def test_the_database_restarting_under_load_loses_nothing_and_answers_503_meanwhile(own_postgres, tmp_path, stories):
@@ -276,3 +282,20 @@ def test_page_views_read_from_a_streaming_standby_and_outlive_the_primary(own_po
         assert refused.status_code == 503 and "unavailable" in refused.json()["detail"]
     finally:
         stop_all([replica])
+
+
+def test_a_profile_activated_through_the_cli_is_picked_up_by_every_replica(replicas, pg_url, tmp_path):
+    from recommender.ranking.profiles import Profiles
+    from recommender.store.postgres import PostgresStore
+
+    store = PostgresStore(pg_url)
+    name = Profiles(store.shelf("profiles")).save({"dense_z": 1.0, "same_section": 3.0}, "test", {}).name
+    store.close()
+    env = dict(os.environ, RECOMMENDER_DATA_DIR=str(tmp_path / "cli"))
+    cli = subprocess.run([sys.executable, "-m", "recommender.cli", "--database-url", pg_url, "profile", "activate",
+                          name], env=env, capture_output=True, text=True, timeout=120)
+    assert cli.returncode == 0, cli.stdout + cli.stderr
+    for r in replicas:
+        wait_for(lambda r=r: r.ready()["ranking_profile"] == name, 15, "the profile reaching a replica")
+    answers = [r.client.get("/v1/articles/ukr-2/related").json() for r in replicas]
+    assert all(a == answers[0] for a in answers)

@@ -250,3 +250,13 @@ def test_watch_wakes_on_another_process_commit(pg_url):
     assert woke.wait(2) and time.monotonic() - started < 1
     store.close()
     other.close()
+
+
+def test_documents_on_a_shelf(store):
+    shelf = store.shelf("profiles")
+    assert shelf.read("ACTIVE") is None and shelf.names() == []
+    shelf.write("p1.json", "{}")
+    shelf.write("ACTIVE", "p1\n")
+    shelf.write("ACTIVE", "p2\n")
+    store.shelf("other").write("x", "y")
+    assert shelf.read("ACTIVE") == "p2\n" and shelf.names() == ["ACTIVE", "p1.json"]

@@ -4,6 +4,7 @@
 came from, what they scored); `profiles/ACTIVE` names the one in use, and
 `profiles/HISTORY` the ones activated before it, for rollback. With no ACTIVE
 file the hand-set profile `default` (recommender.settings.DEFAULT_WEIGHTS) serves.
+Over a database that several servers share, the same names are documents in it.
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ from pydantic import BaseModel, Field, ValidationError, field_validator
 from recommender.errors import RecommenderError
 from recommender.index.files import atomic_write
 from recommender.ranking.features import FEATURES
-from recommender.settings import DEFAULT_WEIGHTS
+from recommender.settings import DEFAULT_WEIGHTS, Settings
+from recommender.store.base import Shelf, Store
 
 DEFAULT = "default"
 ACTIVE_FILE = "ACTIVE"
@@ -49,15 +51,39 @@ class Profile(BaseModel):
 BUILT_IN = Profile(name=DEFAULT, weights=DEFAULT_WEIGHTS, created_at="", source="hand-set (built in)")
 
 
-class Profiles:
+class FolderShelf(Shelf):
+    """A folder of the data dir, one file per name, each written atomically."""
+
     def __init__(self, root: Path):
         self.root = Path(root)
 
-    def active_name(self) -> str:
+    def read(self, name: str) -> str | None:
         try:
-            return (self.root / ACTIVE_FILE).read_text().strip() or DEFAULT
+            return (self.root / name).read_text(encoding="utf-8")
         except FileNotFoundError:
-            return DEFAULT
+            return None
+
+    def write(self, name: str, text: str) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        atomic_write(self.root / name, text.encode())
+
+    def names(self) -> list[str]:
+        return sorted(p.name for p in self.root.iterdir()) if self.root.exists() else []
+
+    def describe(self, name: str) -> str:
+        return str(self.root / name)
+
+
+class Profiles:
+    """The profiles on a shelf: the data dir's profiles/ folder, or, over a database
+    that several servers share, its documents, so that an activation anywhere is seen
+    by all of them."""
+
+    def __init__(self, shelf: Path | Shelf):
+        self.shelf: Shelf = FolderShelf(shelf) if isinstance(shelf, Path) else shelf
+
+    def active_name(self) -> str:
+        return (self.shelf.read(ACTIVE_FILE) or "").strip() or DEFAULT
 
     def active(self) -> Profile:
         return self.get(self.active_name())
@@ -65,31 +91,33 @@ class Profiles:
     def get(self, name: str) -> Profile:
         if name == DEFAULT:
             return BUILT_IN
-        path = self.root / f"{name}.json"
-        if not _NAME.match(name) or not path.exists():
+        text = self.shelf.read(f"{name}.json") if _NAME.match(name) else None
+        if text is None:
             raise RecommenderError(f"no ranking profile {name!r}", hint="see: recommender profile list")
-        return read_profile(path)
+        return parse_profile(text, self.where(name))
+
+    def where(self, name: str) -> str:
+        """Where a profile is kept, for messages."""
+        describe = getattr(self.shelf, "describe", None)
+        return describe(f"{name}.json") if describe else f"profile {name} in the database"
 
     def names(self) -> list[str]:
-        found = [p.stem for p in self.root.glob("p*.json") if _NAME.match(p.stem)] if self.root.exists() else []
+        found = [n[:-5] for n in self.shelf.names() if n.endswith(".json") and _NAME.match(n[:-5])]
         return [DEFAULT] + sorted(found, key=lambda n: int(n[1:]))
 
     def save(self, weights: dict[str, float], source: str, report: dict) -> Profile:
         """A new profile under the next free name; not active until `activate`."""
-        self.root.mkdir(parents=True, exist_ok=True)
         used = [int(m.group(1)) for n in self.names() if (m := _NAME.match(n))]
         profile = Profile(name=f"p{max(used, default=0) + 1}", weights=weights, source=source, report=report)
-        atomic_write(self.root / f"{profile.name}.json", (profile.model_dump_json(indent=2) + "\n").encode())
+        self.shelf.write(f"{profile.name}.json", profile.model_dump_json(indent=2) + "\n")
         return profile
 
     def activate(self, name: str) -> Profile:
         profile = self.get(name)  # refuses an unknown name before anything changes
         previous = self.active_name()
         if previous != name:
-            history = self._history() + [previous]
-            self.root.mkdir(parents=True, exist_ok=True)
-            atomic_write(self.root / HISTORY_FILE, ("\n".join(history) + "\n").encode())
-            atomic_write(self.root / ACTIVE_FILE, (name + "\n").encode())
+            self.shelf.write(HISTORY_FILE, "\n".join(self._history() + [previous]) + "\n")
+            self.shelf.write(ACTIVE_FILE, name + "\n")
         return profile
 
     def rollback(self) -> Profile:
@@ -99,23 +127,37 @@ class Profiles:
             raise RecommenderError("no earlier profile to roll back to", hint="see: recommender profile list")
         previous = history.pop()
         self.get(previous)
-        atomic_write(self.root / HISTORY_FILE, ("\n".join(history) + "\n").encode() if history else b"")
-        atomic_write(self.root / ACTIVE_FILE, (previous + "\n").encode())
+        self.shelf.write(HISTORY_FILE, "\n".join(history) + "\n" if history else "")
+        self.shelf.write(ACTIVE_FILE, previous + "\n")
         return self.get(previous)
 
     def _history(self) -> list[str]:
-        try:
-            return [line for line in (self.root / HISTORY_FILE).read_text().split() if line]
-        except FileNotFoundError:
-            return []
+        return (self.shelf.read(HISTORY_FILE) or "").split()
+
+
+def open_profiles(settings: Settings, store: Store | None = None) -> Profiles:
+    """The data dir's profiles, or the shared database's when the settings name one."""
+    if not settings.database_url:
+        return Profiles(settings.profiles_dir)
+    if store is None:
+        from recommender.store.base import open_store
+
+        store = open_store(settings)
+    return Profiles(store.shelf("profiles"))
 
 
 def read_profile(path: Path) -> Profile:
     """A profile from a JSON file (one that `recommender tune` wrote, or hand-written)."""
     try:
-        return Profile.model_validate_json(Path(path).read_text(encoding="utf-8"))
+        text = Path(path).read_text(encoding="utf-8")
     except FileNotFoundError:
         raise RecommenderError(f"no ranking profile at {path}", hint="see: recommender profile list") from None
+    return parse_profile(text, str(path))
+
+
+def parse_profile(text: str, path: str) -> Profile:
+    try:
+        return Profile.model_validate_json(text)
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"])

@@ -20,7 +20,7 @@ from recommender.index.state import Indexes, IndexState
 from recommender.index.versions import Versions
 from recommender.ranking import pipeline
 from recommender.ranking.profiles import DEFAULT as DEFAULT_PROFILE
-from recommender.ranking.profiles import Profile, Profiles
+from recommender.ranking.profiles import Profile, open_profiles
 from recommender.ranking.rules import Filters, RelatedItem
 from recommender.serving.ingest import IngestReport, ingest_sources
 from recommender.serving.lists import ListUpkeep, RelatedLists, lists_key, stored_list
@@ -49,7 +49,7 @@ class Engine:
         else:
             self.model = model_name(settings.model or self._active_model() or DEFAULT_MODEL)
         self.indexes = Indexes(self.store, self.versions, self.model, settings.ann)
-        self.profiles = Profiles(settings.profiles_dir)
+        self.profiles = open_profiles(settings, self.store)
         self.profile = profile or self.profiles.active()
         # The active profile's weights are the ranking's defaults (the built-in profile's are the
         # settings', so RECOMMENDER_RANKING__WEIGHTS applies to it); a request may still override them.
@@ -58,14 +58,17 @@ class Engine:
         self.upkeep = ListUpkeep(self.store, self.ranking_defaults, settings.precompute_k, self.embed)
 
     def _active_model(self) -> str | None:
-        """The active index's model; with its sidecar damaged, the model the store holds
-        the most vectors of (the index is then rebuilt from them when it is opened)."""
+        """The active index's model; with its sidecar damaged, or no index in this data dir
+        yet (a new server over a shared database), the model the store holds the most
+        vectors of: the index is then built from them, without embedding anything."""
         try:
             active = self.versions.active_meta()
         except IndexDamaged:
-            by_model = self.store.stats().vectors_by_model
-            return max(by_model, key=lambda m: by_model[m]) if by_model else None
-        return active.model if active else None
+            active = None
+        if active is not None:
+            return active.model
+        by_model = self.store.stats().vectors_by_model
+        return max(by_model, key=lambda m: by_model[m]) if by_model else None
 
     def prepare_profile(self, name: str, workers: int = 1, progress: bool = False) -> int:
         """Compute every list of the active index under profile `name` (in `workers`

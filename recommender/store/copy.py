@@ -25,8 +25,10 @@ TABLES: dict[str, tuple[str, ...]] = {
     "related_lists": ("version", "num", "items", "fresh"),
     "list_progress": ("version", "refreshed_seq"),
     "reembed_jobs": ("model", "version", "started_at", "finished_at"),
+    "documents": ("name", "body"),
 }
-KEYS = {"articles": 1, "vectors": 2, "changes": 1, "related_lists": 2, "list_progress": 1, "reembed_jobs": 1}
+KEYS = {"articles": 1, "vectors": 2, "changes": 1, "related_lists": 2, "list_progress": 1, "reembed_jobs": 1,
+        "documents": 1}
 BATCH = 1000
 
 Progress = Callable[[str, int, int], None]  # (table, rows done, rows in all)

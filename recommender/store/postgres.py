@@ -97,6 +97,10 @@ MIGRATIONS = [
     CREATE INDEX IF NOT EXISTS articles_published ON articles(published_ts);
     CREATE INDEX IF NOT EXISTS vectors_model ON vectors(model);
     """,
+    # 5: small documents several servers share: the ranking profiles, the active one.
+    """
+    CREATE TABLE IF NOT EXISTS documents (name TEXT PRIMARY KEY, body TEXT NOT NULL);
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

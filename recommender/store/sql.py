@@ -17,7 +17,7 @@ from typing import Iterable, Iterator, Protocol
 import numpy as np
 
 from recommender.store.articles import Article, ArticleInfo
-from recommender.store.base import ArticleRow, Lease, Store, StoredArticle, StoreStats, UpsertResult, Writes
+from recommender.store.base import ArticleRow, Lease, Shelf, Store, StoredArticle, StoreStats, UpsertResult, Writes
 
 ROW_COLUMNS = "num, id, title, body, url, published_at, section, tags, language, meta, content_hash"
 INFO_COLUMNS = "a.num, a.id, a.title, a.url, a.published_at, a.section, a.language, a.content_hash, a.tags"
@@ -248,6 +248,11 @@ class SQLStore(Store):
             ex.one("UPDATE reembed_jobs SET finished_at = ? WHERE model = ?", (_now(), model))
 
 
+    # --- documents -------------------------------------------------------------------------
+
+    def shelf(self, prefix: str) -> Shelf:
+        return _TableShelf(self, prefix)
+
     # --- a copy to another store (recommender.store.copy) ---------------------------------
 
     def count_rows(self, table: str) -> int:
@@ -269,6 +274,24 @@ class SQLStore(Store):
 
     def after_copy(self) -> None:
         """What a backend does once rows came with their keys (SQLite: nothing)."""
+
+
+class _TableShelf(Shelf):
+    def __init__(self, store: SQLStore, prefix: str):
+        self.store, self.prefix = store, prefix.rstrip("/") + "/"
+
+    def read(self, name: str) -> str | None:
+        row = self.store._one("SELECT body FROM documents WHERE name = ?", (self.prefix + name,))
+        return row[0] if row else None
+
+    def write(self, name: str, text: str) -> None:
+        with self.store._writing(log_changes=False) as ex:
+            ex.one("INSERT INTO documents (name, body) VALUES (?, ?) "
+                   "ON CONFLICT (name) DO UPDATE SET body = excluded.body", (self.prefix + name, text))
+
+    def names(self) -> list[str]:
+        return [r[0][len(self.prefix):] for r in self.store._rows(
+            "SELECT name FROM documents WHERE substr(name, 1, ?) = ? ORDER BY name", (len(self.prefix), self.prefix))]
 
 
 class _Writes(Writes):

@@ -90,6 +90,11 @@ MIGRATIONS: list[str | Callable[[sqlite3.Connection], None]] = [
     CREATE INDEX IF NOT EXISTS articles_published ON articles(published_ts);
     CREATE INDEX IF NOT EXISTS vectors_model ON vectors(model);
     """,
+    # 5: small documents several servers share through the store, such as the ranking
+    # profiles over PostgreSQL (a SQLite store keeps them as files in the data dir).
+    """
+    CREATE TABLE IF NOT EXISTS documents (name TEXT PRIMARY KEY, body TEXT NOT NULL) WITHOUT ROWID;
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
