@@ -374,14 +374,14 @@ def stats(settings, as_json):
                        hint="ingest articles first, e.g. recommender ingest articles.jsonl")
     from dataclasses import asdict
 
-    from recommender.index.versions import Versions
+    from recommender.index.versions import open_versions
     from recommender.ranking.profiles import open_profiles
     from recommender.serving.lists import lists_key
     from recommender.store.articles import iso
 
     store = open_store(settings)
     found = store.stats()
-    versions = Versions(settings.index_dir)
+    versions = open_versions(settings, store)
     active = versions.active()
     profile = open_profiles(settings, store).active_name()
     refreshed = store.lists_refreshed_seq(lists_key(active, profile)) if active else None
@@ -600,6 +600,7 @@ def store_copy(data_dir, target, progress):
       recommender store copy --to postgresql://news@db:5432/news
       recommender --database-url postgresql://news@db:5432/news store copy --to backup/store.sqlite
     """
+    from recommender.index.versions import Versions, open_versions
     from recommender.ranking.profiles import FolderShelf, open_profiles
     from recommender.store.base import open_store
     from recommender.store.copy import copy_store
@@ -623,6 +624,13 @@ def store_copy(data_dir, target, progress):
         theirs = destination.shelf("profiles") if to_database else FolderShelf(Path(target).parent / "profiles")
         for name in mine.names():
             theirs.write(name, mine.read(name) or "")
+        if to_database:  # the index versions' names and the active one, for the servers over the copy
+            local, shelf = open_versions(settings, source), destination.shelf("indexes")
+            shared = Versions(settings.index_dir, shelf)
+            for meta in local.metas():
+                shared.register(meta.version, meta.model)
+            if local.active():
+                shelf.write("ACTIVE", f"{local.active()}\n")
     finally:
         source.close()
         destination.close()
@@ -675,9 +683,9 @@ def index_list(data_dir, as_json):
     Example:
       recommender index list --json
     """
-    from recommender.index.versions import Versions
+    from recommender.index.versions import open_versions
 
-    versions = Versions(load_settings(data_dir=data_dir).index_dir)
+    versions = open_versions(load_settings(data_dir=data_dir))
     active = versions.active()
     rows = [{"version": m.version, "model": m.model, "dimension": m.dimension, "count": m.count, "kind": m.kind,
              "recall_at_10": m.recall_at_10, "created": m.created_at, "active": m.version == active}
@@ -702,9 +710,9 @@ def index_activate(version, data_dir):
     Example:
       recommender index activate v1      # roll back
     """
-    from recommender.index.versions import Versions
+    from recommender.index.versions import open_versions
 
-    Versions(load_settings(data_dir=data_dir).index_dir).activate(version)
+    open_versions(load_settings(data_dir=data_dir)).activate(version)
     click.echo(f"{version} is active")
 
 
@@ -720,11 +728,11 @@ def index_prune(data_dir, keep):
     Example:
       recommender index prune --keep 1
     """
-    from recommender.index.versions import Versions
+    from recommender.index.versions import open_versions
     from recommender.store.base import open_store
 
     settings = load_settings(data_dir=data_dir)
-    versions = Versions(settings.index_dir)
+    versions = open_versions(settings)
     active = versions.active()
     inactive = [n for n in versions.names() if n != active]
     doomed = inactive[: max(len(inactive) - keep, 0)]

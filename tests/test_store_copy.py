@@ -37,6 +37,7 @@ def test_copy_to_postgresql_and_back_keeps_every_row_and_list(archive, settings,
     assert result.exit_code == 0, result.output
     shared = PostgresStore(pg_url)
     assert Profiles(shared.shelf("profiles")).active().weights == {"same_section": 1.0}
+    assert shared.shelf("indexes").read("ACTIVE") == "v1\n"  # servers over the copy serve the same version
     shared.close()
     assert Profiles(back.parent / "profiles").active_name() == "p1"
     source, copied = SQLiteStore(settings.store_path), SQLiteStore(back)

@@ -126,7 +126,8 @@ class Indexes:
             meta = self.active_meta()
         except IndexDamaged as exc:
             return self._rebuild(version, None, exc)
-        assert meta is not None  # the version is named active
+        if meta is None:  # a shared store's version, new to this data dir
+            return self._rebuild(version, None, FileNotFoundError(self.versions.path(version)))
         path = self.versions.path(meta.version)
         try:
             vectors, meta = VectorIndex.load(path, self.ann)
@@ -152,7 +153,10 @@ class Indexes:
     def _rebuild(self, version: str, dimension: int | None, why: Exception) -> IndexState:
         """The index is only a cache of the store's vectors: a damaged file is rebuilt,
         loudly, never read. `rebuilding` says so meanwhile (a server is not ready)."""
-        log.warning("index %s is damaged (%s); rebuilding it from the store", version, why)
+        if self.versions.path(version).exists():
+            log.warning("index %s is damaged (%s); rebuilding it from the store", version, why)
+        else:  # a shared store's version, new to this data dir
+            log.info("index %s is not in %s yet; building it from the store", version, self.versions.root)
         self.rebuilding = f"index {version} is damaged ({why}); rebuilding it from the store"
         try:
             return self.build_version(version, dimension or self._stored_dimension(), activate=False)
@@ -187,6 +191,7 @@ class Indexes:
 
     def build_version(self, version: str, dimension: int, activate: bool) -> IndexState:
         """build_state, saved as `version` on disk, and optionally made active."""
+        self.versions.register(version, self.model)
         state = self.build_state(version, dimension)
         self.save(state)
         if activate:

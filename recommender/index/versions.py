@@ -16,6 +16,8 @@ from typing import Iterator
 from recommender.errors import IndexDamaged, JobLocked, RecommenderError
 from recommender.index.files import atomic_write
 from recommender.index.vector_index import META_FILE, IndexMeta, read_meta
+from recommender.settings import Settings
+from recommender.store.base import Shelf, Store
 
 ACTIVE_FILE = "ACTIVE"
 log = logging.getLogger(__name__)
@@ -23,15 +25,20 @@ _VERSION = re.compile(r"^v(\d+)$")
 
 
 class Versions:
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, shelf: Shelf | None = None):
         self.root = Path(root)
+        self.shelf = shelf
 
     def path(self, version: str) -> Path:
         return self.root / version
 
     def active(self) -> str | None:
-        """The version that serves. An ACTIVE file that is missing or names no version
-        (damaged) while versions exist falls back to the newest one, loudly."""
+        """The version that serves: the shared one, when there is a shared store (its files
+        may not be here yet). An ACTIVE file that is missing or names no version (damaged)
+        while versions exist falls back to the newest one, loudly."""
+        shared = (self.shelf.read(ACTIVE_FILE) or "").strip() if self.shelf is not None else ""
+        if _VERSION.match(shared):
+            return shared
         try:
             name: str | None = (self.root / ACTIVE_FILE).read_text(errors="replace").strip()
         except FileNotFoundError:
@@ -48,6 +55,19 @@ class Versions:
         if not (self.path(version) / META_FILE).exists():
             raise RecommenderError(f"no index version {version!r}", hint="see: recommender index list")
         atomic_write(self.root / ACTIVE_FILE, (version + "\n").encode())
+        if self.shelf is not None:
+            self.register(version, self.meta(version).model)
+            self.shelf.write(ACTIVE_FILE, version + "\n")
+
+    def register(self, version: str, model: str) -> None:
+        """Claim a version's name for `model` on the shared store, so no other server
+        names another model's index so."""
+        if self.shelf is not None:
+            self.shelf.write(f"{version}.model", model)
+
+    def shared_model(self, version: str) -> str | None:
+        """The model a version was registered with on the shared store."""
+        return self.shelf.read(f"{version}.model") if self.shelf is not None else None
 
     def names(self) -> list[str]:
         if not self.root.exists():
@@ -59,7 +79,10 @@ class Versions:
         return [self.meta(n) for n in self.names()]
 
     def active_meta(self) -> IndexMeta | None:
+        """None also while a shared store's active version has no files here yet."""
         version = self.active()
+        if version and self.shelf is not None and not self.path(version).exists():
+            return None
         return self.meta(version) if version else None
 
     def meta(self, version: str) -> IndexMeta:
@@ -71,8 +94,9 @@ class Versions:
 
     def new_name(self) -> str:
         """The next unused name; directories of unfinished builds count as used."""
-        used = [int(m.group(1)) for p in (self.root.iterdir() if self.root.exists() else [])
-                if (m := _VERSION.match(p.name))]
+        names = [p.name for p in (self.root.iterdir() if self.root.exists() else [])]
+        names += [n.removesuffix(".model") for n in (self.shelf.names() if self.shelf is not None else [])]
+        used = [int(m.group(1)) for n in names if (m := _VERSION.match(n))]
         return f"v{max(used, default=0) + 1}"
 
     def remove(self, version: str) -> None:
@@ -128,3 +152,14 @@ class Versions:
             yield fd
         finally:
             os.close(fd)
+
+
+def open_versions(settings: Settings, store: Store | None = None) -> Versions:
+    """The data dir's index versions, coordinated through the store when it is shared."""
+    if not settings.database_url:
+        return Versions(settings.index_dir)
+    if store is None:
+        from recommender.store.base import open_store
+
+        store = open_store(settings)
+    return Versions(settings.index_dir, store.shelf("indexes"))

@@ -17,7 +17,7 @@ import numpy as np
 from embeddings import DEFAULT_MODEL, Embedder
 from recommender.errors import IndexDamaged
 from recommender.index.state import Indexes, IndexState
-from recommender.index.versions import Versions
+from recommender.index.versions import open_versions
 from recommender.ranking import pipeline
 from recommender.ranking.profiles import DEFAULT as DEFAULT_PROFILE
 from recommender.ranking.profiles import Profile, open_profiles
@@ -40,7 +40,7 @@ class Engine:
         faiss.omp_set_num_threads(settings.faiss_threads)
         self.settings = settings
         self.store = open_store(settings)
-        self.versions = Versions(settings.index_dir)
+        self.versions = open_versions(settings, self.store)
         self._embedder = embedder
         self._embed_lock = threading.Lock()  # the embedding engines are not documented as thread-safe
         self._state: IndexState | None = None
@@ -67,6 +67,10 @@ class Engine:
             active = None
         if active is not None:
             return active.model
+        version = self.versions.active()
+        shared = self.versions.shared_model(version) if version else None
+        if shared:  # a shared store serves a version whose files this data dir lacks yet
+            return shared
         by_model = self.store.stats().vectors_by_model
         return max(by_model, key=lambda m: by_model[m]) if by_model else None
 

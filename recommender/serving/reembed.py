@@ -23,7 +23,7 @@ import numpy as np
 from embeddings import Embedder
 from recommender.errors import JobFailed
 from recommender.index.state import IndexState
-from recommender.index.versions import Versions
+from recommender.index.versions import Versions, open_versions
 from recommender.serving.engine import Engine
 from recommender.settings import Settings
 from recommender.store import vector_cache
@@ -65,7 +65,7 @@ class ReembedResult:
 
 def run_reembed(settings: Settings, opts: ReembedOptions, echo: Callable[[str], None] = print) -> ReembedResult:
     name = model_name(opts.model)
-    versions = Versions(settings.index_dir)
+    versions = open_versions(settings)
     with versions.lock("reembed", "re-embedding job"):
         # Load the model before any work: a bad id or an unreachable hub fails here.
         embedder = load_model(name, device=opts.device, batch_size=opts.batch_size, models_dir=settings.models_dir)

@@ -212,13 +212,15 @@ class Service:
     def _switch_version(self, version: str) -> None:
         from recommender.index.vector_index import read_meta
 
-        meta = read_meta(self.snapshot.engine.versions.path(version))
-        settings = self.settings.model_copy(update={"model": meta.model})
-        embedder = self._embedder if self._embedder is not None and self._embedder.name == meta.model else None
+        versions = self.snapshot.engine.versions
+        # A shared store's version may have no files here yet: the engine builds them from the store.
+        model = versions.shared_model(version) or read_meta(versions.path(version)).model
+        settings = self.settings.model_copy(update={"model": model})
+        embedder = self._embedder if self._embedder is not None and self._embedder.name == model else None
         engine = Engine(settings, embedder)
         state = engine.state()
         lists = engine.lists_for(state)
-        log.info("switched to index %s (%s)", version, meta.model)
+        log.info("switched to index %s (%s)", version, model)
         self.lists.swap(Snapshot(engine, state, lists), [])
         self.lists.request_fill()  # normally done by the job before activating; until then, served live
         self._saved_seq = state.meta.applied_seq
