@@ -154,10 +154,11 @@ class Indexes:
         """The index is only a cache of the store's vectors: a damaged file is rebuilt,
         loudly, never read. `rebuilding` says so meanwhile (a server is not ready)."""
         if self.versions.path(version).exists():
-            log.warning("index %s is damaged (%s); rebuilding it from the store", version, why)
+            self.rebuilding = f"index {version} is damaged ({why}); rebuilding it from the store"
+            log.warning("%s", self.rebuilding)
         else:  # a shared store's version, new to this data dir
-            log.info("index %s is not in %s yet; building it from the store", version, self.versions.root)
-        self.rebuilding = f"index {version} is damaged ({why}); rebuilding it from the store"
+            self.rebuilding = f"index {version} is not in {self.versions.root} yet; building it from the store"
+            log.info("%s", self.rebuilding)
         try:
             return self.build_version(version, dimension or self._stored_dimension(), activate=False)
         finally:
