@@ -165,12 +165,13 @@ class Service:
         """Bring in other processes' writes and version switches; True if anything changed.
         A large backlog (a CLI ingest) is applied in chunks, the write lock released in
         between, so the CMS's own writes never queue behind all of it."""
+        current = self.snapshot
+        active = current.engine.versions.active()
+        if active and active != current.state.version:
+            self._switch_version(active)
+            return True
         with self._write:
             current = self.snapshot
-            active = current.engine.versions.active()
-            if active and active != current.state.version:
-                self._switch_version(active)
-                return True
             profile = current.engine.profiles.active_name()
             if profile != current.engine.profile.name and profile != self.lists.preparing:
                 self.lists.prepare(current.engine.reloaded())
@@ -217,13 +218,17 @@ class Service:
         model = versions.shared_model(version) or read_meta(versions.path(version)).model
         settings = self.settings.model_copy(update={"model": model})
         embedder = self._embedder if self._embedder is not None and self._embedder.name == model else None
+        # Opened (or built, for a shared store's version new here) outside the write lock: writes go
+        # on into the old snapshot meanwhile, and the new one catches up on them once swapped in.
         engine = Engine(settings, embedder)
         state = engine.state()
         lists = engine.lists_for(state)
-        log.info("switched to index %s (%s)", version, model)
-        self.lists.swap(Snapshot(engine, state, lists), [])
-        self.lists.request_fill()  # normally done by the job before activating; until then, served live
-        self._saved_seq = state.meta.applied_seq
+        with self._write:
+            log.info("switched to index %s (%s)", version, model)
+            self.lists.swap(Snapshot(engine, state, lists), [])
+            self.lists.request_fill()  # normally done by the job before activating; until then, served live
+            self._saved_seq = state.meta.applied_seq
+            self._advance()
 
     # --- reads ----------------------------------------------------------------
 
