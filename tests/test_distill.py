@@ -146,9 +146,12 @@ def test_models_lists_what_distill_built(archive):
     run_distill(archive, DistillOptions(sample=30))
     runner = CliRunner()
     listed = runner.invoke(main, ["models", "--data-dir", str(archive.data_dir)])
-    assert listed.exit_code == 0 and listed.output.startswith("static:s1") and "30 articles" in listed.output
+    lines = listed.output.splitlines()
+    assert listed.exit_code == 0 and lines[0].startswith("e5-small-q4") and "engine" in lines[0]
+    assert lines[1].startswith("static:s1") and "30 articles" in lines[1]
     rows = json.loads(runner.invoke(main, ["models", "--data-dir", str(archive.data_dir), "--json"]).output)
-    assert [(r["model"], r["teacher"], r["sample"]) for r in rows] == [("static:s1", "e5-small-q4", 30)]
+    assert [(r["model"], r.get("teacher"), r.get("sample")) for r in rows] == [
+        ("e5-small-q4", None, None), ("static:s1", "e5-small-q4", 30)]
 
 
 def test_too_small_an_archive_is_refused(tmp_path):

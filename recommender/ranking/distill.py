@@ -76,7 +76,7 @@ def run_distill(settings: Settings, opts: DistillOptions,
         raise RecommenderError(f"too little text to distill from: {len(vocabulary.keys)} words seen "
                                f"{opts.min_count}+ times, {len(sample)} articles to sample; ingest the archive first")
     teacher = load_model(teacher_name, device=settings.device, batch_size=settings.batch_size,
-                         models_dir=settings.models_dir)
+                         models_dir=settings.models_dir, e5_engine=settings.e5_engine)
     echo(f"{len(vocabulary.keys):,} words from {counts.texts:,} texts; {teacher_name} embeds each word once "
          f"(cached: a rerun resumes)")
     words = _teacher_vectors(store, teacher, vocabulary.spellings, "teacher: words", opts.progress)

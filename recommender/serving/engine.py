@@ -96,7 +96,8 @@ class Engine:
     def embedder(self) -> Embedder:
         if self._embedder is None:
             s = self.settings
-            self._embedder = load_model(self.model, device=s.device, batch_size=s.batch_size, models_dir=s.models_dir)
+            self._embedder = load_model(self.model, device=s.device, batch_size=s.batch_size, models_dir=s.models_dir,
+                                        e5_engine=s.e5_engine)
         return self._embedder
 
     def embed(self, texts: list[str]) -> np.ndarray:

@@ -27,7 +27,7 @@ from recommender.index.versions import Versions, open_versions
 from recommender.serving.engine import Engine
 from recommender.settings import Settings
 from recommender.store import vector_cache
-from recommender.store.models import load_model, model_name
+from recommender.store.models import E5Engine, load_model, model_name
 from recommender.store.vector_cache import Batch, split
 
 SHARD_BATCHES = 8  # batches per Ray task
@@ -68,7 +68,8 @@ def run_reembed(settings: Settings, opts: ReembedOptions, echo: Callable[[str], 
     versions = open_versions(settings)
     with versions.lock("reembed", "re-embedding job"):
         # Load the model before any work: a bad id or an unreachable hub fails here.
-        embedder = load_model(name, device=opts.device, batch_size=opts.batch_size, models_dir=settings.models_dir)
+        embedder = load_model(name, device=opts.device, batch_size=opts.batch_size, models_dir=settings.models_dir,
+                              e5_engine=settings.e5_engine)
         job_settings = settings.model_copy(update={"model": name, "batch_size": opts.batch_size, "device": opts.device})
         engine = Engine(job_settings, embedder)
         try:
@@ -107,12 +108,14 @@ def _run(engine: Engine, versions: Versions, embedder: Embedder, opts: ReembedOp
 
 
 def _embed_all(engine: Engine, pending: list[tuple[str, str]], opts: ReembedOptions, embedder: Embedder) -> int:
-    models_dir = engine.settings.models_dir
+    models_dir, e5_engine = engine.settings.models_dir, engine.settings.e5_engine
     stream: vector_cache.EmbedStream
     if opts.ray_address:
-        stream = partial(embed_with_ray, opts.ray_address, engine.model, opts.device, opts.batch_size, models_dir)
+        stream = partial(embed_with_ray, opts.ray_address, engine.model, opts.device, opts.batch_size, models_dir,
+                         e5_engine)
     elif opts.workers > 0:
-        stream = partial(embed_with_processes, engine.model, opts.device, opts.batch_size, opts.workers, models_dir)
+        stream = partial(embed_with_processes, engine.model, opts.device, opts.batch_size, opts.workers, models_dir,
+                         e5_engine)
     else:
         stream = vector_cache.in_process(embedder.embed)
     try:
@@ -185,7 +188,7 @@ def _job_version(engine: Engine, versions: Versions) -> tuple[str, bool]:
 _worker_embedder: Embedder | None = None  # one per worker process, loaded by its initializer
 
 
-def _init_worker(model: str, device: str | None, batch_size: int, models_dir: Path) -> None:
+def _init_worker(model: str, device: str | None, batch_size: int, models_dir: Path, e5_engine: E5Engine) -> None:
     global _worker_embedder
     # Each worker is single-threaded: N workers use N cores without oversubscription.
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
@@ -196,7 +199,8 @@ def _init_worker(model: str, device: str | None, batch_size: int, models_dir: Pa
         torch.set_num_threads(1)
     except ImportError:
         pass
-    _worker_embedder = load_model(model, device=device, batch_size=batch_size, threads=1, models_dir=models_dir)
+    _worker_embedder = load_model(model, device=device, batch_size=batch_size, threads=1, models_dir=models_dir,
+                                  e5_engine=e5_engine)
 
 
 def _embed_in_worker(batch: Batch) -> tuple[list[str], np.ndarray]:
@@ -206,23 +210,25 @@ def _embed_in_worker(batch: Batch) -> tuple[list[str], np.ndarray]:
 
 
 def embed_with_processes(model: str, device: str | None, batch_size: int, workers: int, models_dir: Path,
-                         batches: list[Batch]) -> Iterator[tuple[list[str], np.ndarray]]:
+                         e5_engine: E5Engine, batches: list[Batch]) -> Iterator[tuple[list[str], np.ndarray]]:
     import multiprocessing
 
     context = multiprocessing.get_context("spawn")  # no inherited threads or CUDA state
     # Longest batches first: the workers then finish together instead of one
     # idling while the other embeds the last, longest batch.
     ordered = sorted(batches, key=lambda b: sum(len(t) for _, t in b), reverse=True)
-    with context.Pool(workers, initializer=_init_worker, initargs=(model, device, batch_size, models_dir)) as pool:
+    initargs = (model, device, batch_size, models_dir, e5_engine)
+    with context.Pool(workers, initializer=_init_worker, initargs=initargs) as pool:
         yield from pool.imap_unordered(_embed_in_worker, ordered)
 
 
-def _embed_shard(model: str, device: str | None, batch_size: int, models_dir: Path,
+def _embed_shard(model: str, device: str | None, batch_size: int, models_dir: Path, e5_engine: E5Engine,
                  shard: list[Batch]) -> tuple[list[str], np.ndarray]:
     """A Ray task: embed a shard, return it in the checkpoint format (hashes, vectors)."""
     global _worker_embedder
     if _worker_embedder is None or _worker_embedder.name != model:
-        _worker_embedder = load_model(model, device=device, batch_size=batch_size, models_dir=models_dir)
+        _worker_embedder = load_model(model, device=device, batch_size=batch_size, models_dir=models_dir,
+                                      e5_engine=e5_engine)
     hashes: list[str] = []
     vectors = []
     for batch in shard:
@@ -233,7 +239,7 @@ def _embed_shard(model: str, device: str | None, batch_size: int, models_dir: Pa
 
 
 def embed_with_ray(address: str, model: str, device: str | None, batch_size: int, models_dir: Path,
-                   batches: list[Batch]) -> Iterator[tuple[list[str], np.ndarray]]:
+                   e5_engine: E5Engine, batches: list[Batch]) -> Iterator[tuple[list[str], np.ndarray]]:
     try:
         import ray
     except ImportError:
@@ -243,7 +249,7 @@ def embed_with_ray(address: str, model: str, device: str | None, batch_size: int
                  include_dashboard=False, log_to_driver=False)
     task = ray.remote(num_cpus=1)(_embed_shard)
     shards = [batches[i:i + SHARD_BATCHES] for i in range(0, len(batches), SHARD_BATCHES)]
-    pending = [task.remote(model, device, batch_size, models_dir, shard) for shard in shards]
+    pending = [task.remote(model, device, batch_size, models_dir, e5_engine, shard) for shard in shards]
     while pending:
         done, pending = ray.wait(pending, num_returns=1)
         yield ray.get(done[0])

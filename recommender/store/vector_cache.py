@@ -8,6 +8,7 @@ batch is committed as it finishes, so an interrupted run keeps what it embedded.
 
 from __future__ import annotations
 
+from collections import deque
 from typing import Callable, Iterator, Sequence
 
 import numpy as np
@@ -41,11 +42,31 @@ def length_sorted_batches(items: Sequence[tuple[str, str]], batch_size: int) -> 
 
 def in_process(embed: Callable[[list[str]], np.ndarray]) -> EmbedStream:
     """Batches embedded one after the other in this process by `embed` (an
-    embedder's `embed`, or the engine's, which serialises callers)."""
+    embedder's `embed`, or the engine's, which serialises callers). The next batch
+    embeds in a thread while the caller commits this one: both engines release the
+    GIL while they compute, so the store's writes take nothing from the model."""
     def stream(batches: list[Batch]) -> Iterator[Embedded]:
-        for batch in batches:
-            hashes, texts = split(batch)
-            yield hashes, embed(texts)
+        from concurrent.futures import Future, ThreadPoolExecutor
+
+        pool = ThreadPoolExecutor(1, thread_name_prefix="embed")
+        ahead: deque[tuple[list[str], Future]] = deque()
+        queue = iter(batches)
+
+        def submit() -> None:
+            batch = next(queue, None)
+            if batch is not None:
+                hashes, texts = split(batch)
+                ahead.append((hashes, pool.submit(embed, texts)))
+
+        try:
+            submit()
+            while ahead:
+                hashes, future = ahead.popleft()
+                vectors = future.result()
+                submit()
+                yield hashes, vectors
+        finally:  # an interrupted caller waits for at most the batch under way, then stops
+            pool.shutdown(wait=True, cancel_futures=True)
 
     return stream
 
