@@ -194,6 +194,20 @@ def echo_rows(rows: list[dict], as_json: bool, empty: str, line: Callable[[dict]
         click.echo(line(row))
 
 
+class RankingDefault(click.Option):
+    """An option whose default is the ranking setting of its name: --help shows the
+    settings' own value (the settings are read only when help is shown)."""
+
+    def get_help_record(self, ctx: click.Context) -> tuple[str, str] | None:
+        from recommender.settings import RankingSettings
+
+        record = super().get_help_record(ctx)
+        if record is None or self.name is None:
+            return record
+        default = RankingSettings.model_fields[self.name].default
+        return record[0], f"{record[1]}  [default: {default}; setting RECOMMENDER_RANKING__{self.name.upper()}]"
+
+
 def progress_option(func: Command) -> Command:
     return click.option("--progress/--no-progress", default=None,
                         help="Progress bars. [default: on when standard error is a terminal, so logs stay clean]")(func)
@@ -262,7 +276,8 @@ def ingest(files, settings, timezone, as_json, progress, precompute):
 
 
 def ranking_options(func: Callable[..., Any]) -> Callable[..., Any]:
-    @click.option("-k", "--k", type=click.IntRange(1, 50), default=None, help="How many suggestions. [default 5]")
+    @click.option("-k", "--k", type=click.IntRange(1, 50), default=None, help="How many suggestions.",
+                  cls=RankingDefault)
     @click.option("--section", "sections", multiple=True, help="Only these sections (repeatable).")
     @click.option("--exclude-section", "exclude_sections", multiple=True, help="Never these sections (repeatable).")
     @click.option("--language", default=None, help="Only articles in this language, e.g. ro.")
@@ -272,10 +287,10 @@ def ranking_options(func: Callable[..., Any]) -> Callable[..., Any]:
     @click.option("--past-only", is_flag=True, help="Only articles published before the seed.")
     @click.option("--since", "date_from", type=click.DateTime(), default=None, help="Published on or after (UTC).")
     @click.option("--until", "date_to", type=click.DateTime(), default=None, help="Published on or before (UTC).")
-    @click.option("--diversity", type=click.FloatRange(0, 1), default=None,
-                  help="MMR trade-off: 0 ranks by relevance only, 1 by novelty only. [default 0.2]")
-    @click.option("--min-score", type=click.FloatRange(0, 1), default=None,
-                  help="Drop suggestions below this relevance (0 = as similar as a random pair). [default 0.15]")
+    @click.option("--diversity", type=click.FloatRange(0, 1), default=None, cls=RankingDefault,
+                  help="MMR trade-off: 0 ranks by relevance only, 1 by novelty only.")
+    @click.option("--min-score", type=click.FloatRange(0, 1), default=None, cls=RankingDefault,
+                  help="Drop suggestions below this relevance (0 = as similar as a random pair).")
     @click.option("--time-prior/--no-time-prior", default=None, help="Favour articles close in time to the seed.")
     @click.option("--lexical-weight", type=click.FloatRange(0, 1), default=None, help="Share of BM25 in the score.")
     @wraps(func)

@@ -204,3 +204,14 @@ def test_a_full_disk_is_one_line_with_what_to_do(run, tmp_path, monkeypatch):
     assert result.exit_code == 1 and "Traceback" not in result.output
     assert "error: no space left on the device" in result.stderr and "store.sqlite-wal" in result.stderr
     assert "hint: free space on the data dir's disk and rerun" in result.stderr
+
+
+def test_help_shows_the_ranking_defaults_the_settings_use():
+    from recommender.settings import RankingSettings
+
+    shown = " ".join(CliRunner().invoke(main, ["related", "--help"]).output.split())
+    defaults = RankingSettings()
+    for option, value in (("--min-score FLOAT", defaults.min_score), ("--diversity FLOAT", defaults.diversity),
+                          ("--k INTEGER", defaults.k)):
+        after = shown[shown.index(option):]
+        assert f"[default: {value};" in after[:220], option
