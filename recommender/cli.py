@@ -407,10 +407,14 @@ def stats(settings, as_json):
                                 "ranking_profile": profile, "lists_pending": behind}
         click.echo(to_json(data))
         return
-    click.echo(f"articles: {found.articles}  ({iso(found.first_published)} .. {iso(found.last_published)})")
+    if not found.articles:
+        click.echo("articles: 0 (the store is empty: recommender ingest articles.jsonl)")
+    else:
+        click.echo(f"articles: {found.articles}  ({iso(found.first_published)} .. {iso(found.last_published)})")
     for model, count in found.vectors_by_model.items():
         click.echo(f"vectors: {count} by {model}")
-    click.echo("sections: " + ", ".join(f"{s or '(none)'} {n}" for s, n in found.sections.items()))
+    if found.sections:
+        click.echo("sections: " + ", ".join(f"{s or '(none)'} {n}" for s, n in found.sections.items()))
     click.echo(f"ranking profile: {profile}")
     served = next((asdict(m) for m in versions.metas() if m.version == active), None)
     click.echo(f"active index: {active or 'none'}" + (f", {search_kind(served)}" if served else "")

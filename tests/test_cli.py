@@ -126,6 +126,14 @@ def test_stats(run, stories):
     assert "articles: 7" in run("stats").stdout
 
 
+def test_stats_on_an_empty_store_says_so(run, tmp_path):
+    path = write_jsonl(tmp_path / "a.jsonl", [article("1", "Bun")])
+    run("ingest", str(path))
+    run("delete", "1")
+    shown = run("stats").stdout
+    assert "the store is empty" in shown and "None" not in shown and "sections:" not in shown
+
+
 def test_demo_shows_noisy_block_beside_new_suggestions(run, tmp_path):
     result = run("demo", "--model", "hashing:512", "--data-dir", str(tmp_path / "demo"))
     assert result.exit_code == 0, result.output
