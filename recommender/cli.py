@@ -161,6 +161,14 @@ def open_engine(settings: Settings) -> Engine:
     return Engine(settings)
 
 
+def require_store(settings: Settings) -> None:
+    """Commands that read the archive stop here on a missing store (a mistyped
+    --data-dir, say) instead of creating an empty one there."""
+    if not store_exists(settings):
+        raise CliError(f"no store in {settings.data_dir}",
+                       hint="check --data-dir, or ingest articles first: recommender ingest articles.jsonl")
+
+
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(package_name="recommender")
 @click.option("--database-url", metavar="URL", default=None,
@@ -324,6 +332,7 @@ def related(article_id, title, body, settings, filters, options, as_json):
     """
     if bool(article_id) == bool(title):
         raise click.UsageError("give either ARTICLE_ID or --title (with an optional --body)")
+    require_store(settings)
     engine = open_engine(settings)
     if article_id:
         items = engine.related(article_id, filters, **options)
@@ -826,6 +835,8 @@ def tune(files, settings, until, field, links_csv, held_out, c, activate, as_jso
     from recommender.ranking import tune as tuning
     from recommender.serving.engine import Engine
 
+    if not files:
+        require_store(settings)
     engine = Engine(settings)
     progress = show_progress(progress)
     if files:
@@ -874,7 +885,9 @@ def profile():
 def _profiles(data_dir: Path | None) -> Profiles:
     from recommender.ranking.profiles import open_profiles
 
-    return open_profiles(load_settings(data_dir=data_dir))
+    settings = load_settings(data_dir=data_dir)
+    require_store(settings)
+    return open_profiles(settings)
 
 
 @profile.command("list")

@@ -101,7 +101,7 @@ def test_related_needs_an_id_or_a_title(run):
 
 
 def test_errors_are_one_line_without_traceback(run, stories):
-    assert run("related", "x").output.strip().startswith("error: no index yet")
+    assert run("related", "x").output.strip().startswith("error: no store in")
     run("ingest", str(stories))
     result = run("related", "nope")
     assert result.exit_code == 1
@@ -223,3 +223,13 @@ def test_help_shows_the_ranking_defaults_the_settings_use():
                           ("--k INTEGER", defaults.k)):
         after = shown[shown.index(option):]
         assert f"[default: {value};" in after[:220], option
+
+
+@pytest.mark.parametrize("command", [["related", "x"], ["related", "--title", "Bugetul"], ["tune"],
+                                     ["profile", "list"], ["profile", "show"], ["profile", "activate", "p1"],
+                                     ["profile", "rollback"]])
+def test_a_read_on_a_mistyped_data_dir_says_so_and_creates_nothing(tmp_path, command):
+    missing = tmp_path / "nope"
+    result = CliRunner().invoke(main, [*command, "--data-dir", str(missing)])
+    assert result.exit_code != 0 and f"no store in {missing}" in result.output, result.output
+    assert "Traceback" not in result.output and not missing.exists()
