@@ -233,3 +233,21 @@ def test_a_read_on_a_mistyped_data_dir_says_so_and_creates_nothing(tmp_path, com
     result = CliRunner().invoke(main, [*command, "--data-dir", str(missing)])
     assert result.exit_code != 0 and f"no store in {missing}" in result.output, result.output
     assert "Traceback" not in result.output and not missing.exists()
+
+
+def test_a_file_that_is_not_jsonl_is_named_once_and_a_json_array_is_read(run, tmp_path):
+    readme = tmp_path / "README.md"
+    readme.write_text("# Title\n\nSome prose.\n{not json either}\n", encoding="utf-8")
+    result = run("ingest", str(readme))
+    assert result.exit_code == 3 and result.stderr.count("rejected") == 1
+    assert f"rejected {readme}:1: not a JSONL file" in result.stderr
+    array = tmp_path / "export.json"
+    array.write_text(json.dumps([article("1", "Bugetul pe 2026"), article("2", "Deficitul"), {"id": "3"}]),
+                     encoding="utf-8")
+    read = run("ingest", str(array))
+    assert "added 2, updated 0, unchanged 0, rejected 1" in read.stdout
+    assert f"rejected {array}:3: title is required" in read.stderr
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n\n", encoding="utf-8")
+    nothing = run("ingest", str(empty))
+    assert nothing.exit_code == 3 and "the file is empty" in nothing.stderr
