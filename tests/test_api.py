@@ -220,6 +220,16 @@ def test_bad_input_is_422_with_field_detail(client, request_args):
     assert response.json()["detail"]
 
 
+@pytest.mark.parametrize("given", ["31.11.2025 09:00", "yesterday-<b>4242</b>"])
+def test_a_bad_date_is_422_without_the_value_echoed(client, given):
+    for response in (client.put("/v1/articles/x", json={"title": "t", "published_at": given}, headers=AUTH),
+                     client.post("/v1/related", json={"title": "t", "published_at": given})):
+        assert response.status_code == 422, response.text
+        detail = response.json()["detail"]
+        assert detail.startswith("published_at") and given not in detail and "4242" not in detail
+    assert "not a day of the calendar" in detail or "is not a date" in detail
+
+
 def test_body_over_the_limit_is_413(client):
     big = {"title": "Mare", "body": "x" * (70 * 1024)}
     response = client.put("/v1/articles/big", json=big, headers=AUTH)

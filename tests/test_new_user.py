@@ -63,13 +63,15 @@ def test_dates_as_romanian_cms_exports_carry_them(env, tmp_path, given, stored):
         "+00:00", "Z") == stored
 
 
-def test_a_rejected_date_quotes_the_value(env, tmp_path):
-    path = write_jsonl(tmp_path / "a.jsonl", [article("a", "Bun"), article("b", "Rău", date="31.02.2025"),
-                                              article("c", "Antic", date="0001-01-01T00:00:00+01:00")])
+def test_a_rejected_date_says_why_and_an_impossible_day_is_named_as_such(env, tmp_path):
+    path = write_jsonl(tmp_path / "a.jsonl", [article("a", "Bun"), article("b", "Rău", date="31.11.2025 09:00"),
+                                              article("c", "Antic", date="0001-01-01T00:00:00+01:00"),
+                                              article("d", "Ciudat", date="mâine dimineață")])
     result = cli(env, "ingest", str(path))
     assert result.exit_code == 3 and "added 1" in result.stdout
-    assert "published_at '31.02.2025' is not a date" in result.stderr and "dd.mm.yyyy" in result.stderr
-    assert "'0001-01-01T00:00:00+01:00' is outside the years" in result.stderr
+    assert f"{path}:2: published_at is not a day of the calendar (day is out of range" in result.stderr
+    assert f"{path}:3: published_at is outside the years" in result.stderr
+    assert f"{path}:4: published_at is not a date; use" in result.stderr and "dd.mm.yyyy" in result.stderr
 
 
 def test_an_unknown_time_zone_is_refused_with_a_clear_message(env, stories):
@@ -137,5 +139,5 @@ def test_a_drafts_date_without_an_offset_is_in_the_archives_zone():
 
     draft = DraftIn(title="Titlu", published_at="20.05.2025 14:30")
     assert draft.date(ZoneInfo("Europe/Bucharest")) == datetime(2025, 5, 20, 11, 30, tzinfo=timezone.utc)
-    with pytest.raises(ValueError, match="'31.02.2025' is not a date"):
+    with pytest.raises(ValueError, match="is not a day of the calendar"):
         DraftIn(title="Titlu", published_at="31.02.2025")

@@ -30,17 +30,36 @@ EARLIEST_YEAR, LATEST_YEAR = 1800, 2200
 DATE_FORMS = "ISO 8601, dd.mm.yyyy[ HH:MM], RFC 2822 (RSS) or Unix seconds"
 _DOTTED = re.compile(r"^(\d{1,2})\.(\d{1,2})\.(\d{4})(?:[ T,]+(\d{1,2}):(\d{2})(?::(\d{2}))?)?$")
 _NUMBER = re.compile(r"^-?\d+(?:\.\d+)?$")
+_ISO_DAY = re.compile(r"^(\d{4})-(\d{2})-(\d{2})")
+
+
+class _NoSuchDay(ValueError):
+    """A date of the right form that no calendar has (31.11, 29.02.2025)."""
+
+
+def _check_day(year: int, month: int, day: int) -> None:
+    from datetime import date
+
+    try:
+        date(year, month, day)
+    except ValueError as exc:
+        if 1 <= year <= 9999:
+            raise _NoSuchDay(str(exc)) from None
 
 
 def parse_date(value: Any, timezone_: tzinfo = timezone.utc) -> datetime:
     """A publication date in any form Romanian CMS exports carry, as an aware UTC
     datetime. Times without an offset are in `timezone_` (the archive's zone).
-    ValueError quotes the value and names the accepted forms."""
-    parsed = _parse_date(value)
+    ValueError says what is wrong and names the accepted forms; it does not quote the
+    value (the API's 422 never echoes input: it may be huge)."""
+    try:
+        parsed = _parse_date(value)
+    except _NoSuchDay as exc:
+        raise ValueError(f"is not a day of the calendar ({exc}); use {DATE_FORMS}") from None
     if parsed is None:
-        raise ValueError(f"{_shown(value)} is not a date; use {DATE_FORMS}")
+        raise ValueError(f"is not a date; use {DATE_FORMS}")
     if not EARLIEST_YEAR <= parsed.year <= LATEST_YEAR:
-        raise ValueError(f"{_shown(value)} is outside the years {EARLIEST_YEAR}-{LATEST_YEAR}")
+        raise ValueError(f"is outside the years {EARLIEST_YEAR}-{LATEST_YEAR}")
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=timezone_)
     return parsed.astimezone(timezone.utc)
@@ -59,9 +78,11 @@ def _parse_date(value: Any) -> datetime | None:
     try:
         return datetime.fromisoformat(text)
     except ValueError:
-        pass
+        if match := _ISO_DAY.match(text):
+            _check_day(int(match[1]), int(match[2]), int(match[3]))
     if match := _DOTTED.match(text):
         day, month, year, hour, minute, second = (int(g) if g else 0 for g in match.groups())
+        _check_day(year, month, day)
         try:
             return datetime(year, month, day, hour, minute, second)
         except ValueError:
