@@ -409,3 +409,19 @@ def test_the_open_demo_page_has_a_cost_bound(api_settings, stories, tmp_path):
             pass
         busy = client.get("/demo/huge")
         assert busy.status_code == 429 and busy.headers["retry-after"] == "1"
+
+
+def test_the_model_is_loaded_at_start_not_by_the_first_write(api_settings, stories):
+    """The first write after a start waited 2.2 s for e5 to load (issue 25)."""
+    import time
+
+    from recommender.serving.engine import Engine
+
+    Engine(api_settings).ingest([str(stories)])
+    app = create_app(api_settings, background=False)  # no embedder given: the server loads its own
+    with TestClient(app):
+        engine = app.state.service.snapshot.engine
+        deadline = time.monotonic() + 10
+        while engine._embedder is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert engine._embedder is not None

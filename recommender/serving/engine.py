@@ -104,6 +104,12 @@ class Engine:
         with self._embed_lock:
             return self.embedder.embed(texts)
 
+    def load_model(self) -> None:
+        """Load the model now (a server does it at start, so that its first write does
+        not wait seconds for it); under the embedding lock, so it loads once."""
+        with self._embed_lock:
+            _ = self.embedder
+
     def check_model(self) -> None:
         """Raise IndexMismatch if the active index was built with another model."""
         self.indexes.active_meta()

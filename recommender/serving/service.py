@@ -22,7 +22,7 @@ from datetime import datetime, timezone
 from typing import Iterator
 
 from embeddings import Embedder
-from recommender.errors import ArticleNotFound, NoIndex, StoreUnavailable
+from recommender.errors import ArticleNotFound, NoIndex, RecommenderError, StoreUnavailable
 from recommender.index.state import IndexState
 from recommender.ranking import pipeline
 from recommender.ranking.rules import Filters, RelatedItem
@@ -108,6 +108,16 @@ class Service:
             self.lists.enqueue(engine.store.changed_between(done, state.meta.applied_seq))
         self.lists.start(fill_missing=self.settings.precompute_on_start)
         threading.Thread(target=self._check_store, args=(engine,), name="recommender-check", daemon=True).start()
+        threading.Thread(target=self._load_model, args=(engine,), name="recommender-model", daemon=True).start()
+
+    @staticmethod
+    def _load_model(engine: Engine) -> None:
+        """The model in memory before the first write needs it; a model that cannot load
+        is reported here and again, as a 4xx or 503, by the write that needs it."""
+        try:
+            engine.load_model()
+        except RecommenderError as exc:
+            log.error("the model %s cannot load: %s", engine.model, exc)
 
     def _check_store(self, engine: Engine) -> None:
         """The store cannot be rebuilt from anything, so a damaged page is reported loudly
