@@ -17,9 +17,11 @@ from fastapi_offline import FastAPIOffline
 from api.errors import add_error_handlers
 from api.metrics import Metrics
 from api.middleware import BodyLimitMiddleware, HeadMiddleware, MetricsMiddleware, WriteAuthMiddleware
-from api.routes import articles, operations, pages, related
+from api.render import site_template
+from api.routes import articles, curation, operations, pages, related
 from embeddings import Embedder
 from recommender.errors import RecommenderError
+from recommender.ranking.editorial import load_rules
 from recommender.serving.service import Refresher, Service
 from recommender.settings import Settings
 
@@ -30,6 +32,10 @@ def create_app(settings: Settings, embedder: Embedder | None = None, background:
                on_failure: Callable[[], None] = lambda: None) -> FastAPI:
     """`background`: load the index in a thread so /healthz answers at once (tests pass False).
     `on_failure`: called when the start cannot finish (`recommender serve` then exits non-zero)."""
+    # A bad rules file or template is told now, as one line, not at the first page view.
+    load_rules(settings.rules)
+    if settings.block_template is not None:
+        site_template(settings.block_template)
     service = Service(settings, embedder)
     refresher = Refresher(service, settings.refresh_seconds, settings.save_seconds)
 
@@ -53,7 +59,7 @@ def create_app(settings: Settings, embedder: Embedder | None = None, background:
     app.state.service = service
     app.state.metrics = Metrics(service)
     add_error_handlers(app)
-    routers = [related.router, articles.router, pages.router, operations.router]
+    routers = [related.router, articles.router, curation.router, pages.router, operations.router]
     for router in routers:
         app.include_router(router)
     # The routes with their templates, for the metrics' labels: the app's own (docs) and the routers'.

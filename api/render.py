@@ -6,11 +6,21 @@ title with <script> or a `javascript:` URL comes out inert.
 
 from __future__ import annotations
 
+import logging
 from functools import lru_cache
+from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, Protocol, Sequence
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
+from recommender.errors import RecommenderError
+
+log = logging.getLogger(__name__)
 SAFE_SCHEMES = ("http", "https")
+
+
+class InvalidTemplate(RecommenderError):
+    """The site's block template cannot be read or compiled."""
 
 
 class Shown(Protocol):
@@ -55,9 +65,49 @@ def _environment() -> Any:
 
 
 def render_block(items: Sequence[Shown], urls: Sequence[str | None], css_class: str,
-                 heading: str = "Citește și") -> str:
+                 heading: str = "Citește și", template_path: Path | None = None) -> str:
+    """The block in the site's template when one is set, else in the built-in one."""
+    if template_path is not None:
+        html = site_template(template_path).render(items, urls, css_class, heading)
+        if html is not None:
+            return html
     template = _environment().get_template("related_block.html")
     return template.render(items=list(zip(items, urls)), css_class=css_class, heading=heading)
+
+
+class SiteTemplate:
+    """The site's own block markup: a Jinja file (RECOMMENDER_BLOCK_TEMPLATE), autoescaped and
+    sandboxed. Each item has `title`, `url` (safe, attributed), `published_at`, `section`,
+    `pos` and `pinned`. A template that fails while rendering falls back to the built-in
+    block, logged: a page never loses its block to it."""
+
+    def __init__(self, path: Path):
+        from jinja2 import TemplateError
+        from jinja2.sandbox import SandboxedEnvironment
+
+        self.path = Path(path)
+        env = SandboxedEnvironment(autoescape=True)
+        try:
+            self.template = env.from_string(self.path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError) as exc:
+            raise InvalidTemplate(f"the block template {path} cannot be read: {exc}") from None
+        except TemplateError as exc:
+            raise InvalidTemplate(f"the block template {path} is not a valid Jinja template: {exc}") from None
+
+    def render(self, items: Sequence[Any], urls: Sequence[str | None], css_class: str, heading: str) -> str | None:
+        shown = [SimpleNamespace(title=i.title, url=u, published_at=getattr(i, "published_at", None),
+                                 section=i.section, pos=pos, pinned=getattr(i, "pinned", False))
+                 for pos, (i, u) in enumerate(zip(items, urls), start=1)]
+        try:
+            return self.template.render(items=shown, css_class=css_class, heading=heading)
+        except Exception:  # the operator's template: its bug must not cost the page its block
+            log.exception("the block template %s failed; serving the built-in block", self.path)
+            return None
+
+
+@lru_cache(maxsize=4)
+def site_template(path: Path) -> SiteTemplate:
+    return SiteTemplate(path)
 
 
 def render_link(item: Shown) -> str:

@@ -7,6 +7,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from recommender.ranking.editorial import Curation
 from recommender.ranking.rules import FilterParams
 from recommender.store.articles import parse_date
 from recommender.text.normalize import check_unicode
@@ -21,11 +22,12 @@ class RelatedItemOut(BaseModel):
     section: str | None = Field(None, examples=["externe"])
     relevance: float = Field(examples=[0.61], description=(
         "How related: 0 is a random pair of the archive, 1 the same text. Never below the minimum "
-        "score (RECOMMENDER_RANKING__MIN_SCORE, default 0.15)."))
+        "score (RECOMMENDER_RANKING__MIN_SCORE, default 0.05); 1 for an editor's pin."))
     rank_score: float = Field(examples=[0.55], description=(
         "relevance after the time prior (closer in time ranks higher): what the list is ordered by, "
         "with diversity applied"))
     reason: str = Field(examples=["shared terms: convorbiri, istanbul; 6 days later"])
+    pinned: bool = Field(False, description="placed by an editor (PUT /v1/articles/{id}/curation), not ranked")
 
 
 class RelatedOut(BaseModel):
@@ -120,3 +122,13 @@ class ArticleOut(BaseModel):
     tags: list[str]
     language: str
     meta: dict[str, Any]
+
+
+class CurationOut(BaseModel):
+    article_id: str = Field(examples=["2025-03-14-kiev-talks"])
+    pin: list[str] = Field(examples=[["2025-03-20-istanbul-talks"]])
+    block: list[str] = Field(examples=[["2025-03-14-bear-sighting"]])
+
+    @classmethod
+    def of(cls, article_id: str, curation: Curation) -> "CurationOut":
+        return cls(article_id=article_id, pin=curation.pin, block=curation.block)

@@ -382,6 +382,94 @@ def delete(ids, from_file, settings):
 
 
 @main.command()
+@click.argument("article_id")
+@click.option("--pin", "pins", multiple=True, metavar="ID",
+              help="Show this article first under ARTICLE_ID (repeat: in this order, after earlier pins).")
+@click.option("--block", "blocks", multiple=True, metavar="ID", help="Never show this article under ARTICLE_ID.")
+@click.option("--clear", is_flag=True, help="Drop the pins and blocks first (alone: back to the ranking's list).")
+@click.option("--json", "as_json", is_flag=True, help="Print the curation as JSON.")
+@common_options
+def curate(article_id, pins, blocks, clear, as_json, settings):
+    """Pin and block suggestions under one article, as PUT /v1/articles/{id}/curation.
+
+    Pins come first, in order, when they exist and pass a request's filters; blocked
+    ids never appear. A running server shows the change at the next page view; it is
+    kept across re-embeddings and ranking profile switches. Without options, prints
+    the article's curation.
+
+    \b
+    Examples:
+      recommender curate 2025-03-14-kiev-talks --pin 2025-03-20-istanbul-talks
+      recommender curate 2025-03-14-kiev-talks --block 2025-03-14-bear-sighting
+      recommender curate 2025-03-14-kiev-talks --clear
+    """
+    from pydantic import ValidationError
+
+    from recommender.ranking.editorial import Curation, Curations
+    from recommender.store.articles import describe_validation_error
+    from recommender.store.base import open_store
+
+    if set(pins) & set(blocks):
+        raise click.UsageError(f"{sorted(set(pins) & set(blocks))[0]!r} is given to both --pin and --block")
+    require_store(settings)
+    store = open_store(settings)
+    if store.num_of(article_id) is None:
+        raise CliError(f"no article with id {article_id!r}", hint="check the id: recommender related ID")
+    curations = Curations(store)
+    old = Curation() if clear else curations.get(article_id)
+    pin = [i for i in old.pin if i not in blocks] + [i for i in pins if i not in old.pin]
+    block = [i for i in old.block if i not in pins] + [i for i in blocks if i not in old.block]
+    try:
+        curation = Curation(pin=pin, block=block).check_for(article_id)
+    except ValidationError as exc:
+        raise CliError(describe_validation_error(exc).removeprefix("article ")) from None
+    if clear or pins or blocks:
+        curations.put(article_id, curation)
+    for missing in [i for i in pins + blocks if store.num_of(i) is None]:
+        click.echo(f"note: {missing!r} is not in the archive (yet); it counts once it is", err=True)
+    if as_json:
+        click.echo(to_json({"article_id": article_id, **curation.model_dump()}))
+    else:
+        click.echo(f"pinned: {', '.join(curation.pin) or '-'}\nblocked: {', '.join(curation.block) or '-'}")
+
+
+@main.group()
+def rules():
+    """The editors' rules file (RECOMMENDER_RULES, TOML): sections no list shows, and
+    sections never shown under others.
+
+    \b
+    Example file:
+      never_sections = ["publicitate", "anunturi"]
+      [[never_together]]
+      under = ["tragedii", "accidente"]
+      never = ["showbiz", "horoscop"]
+    """
+
+
+@rules.command("check")
+@click.argument("path", required=False, type=click.Path(dir_okay=False, path_type=Path))
+def rules_check(path):
+    """Validate the rules file PATH (default: RECOMMENDER_RULES) and say what it does.
+
+    \b
+    Examples:
+      recommender rules check rules.toml
+      RECOMMENDER_RULES=rules.toml recommender rules check
+    """
+    from recommender.ranking.editorial import load_rules
+
+    path = path or load_settings().rules
+    if path is None:
+        raise click.UsageError("give a rules file, or set RECOMMENDER_RULES")
+    found = load_rules(path)
+    click.echo(f"{path}: valid")
+    click.echo(f"  never shown: {', '.join(found.never_sections) or '-'}")
+    for pair in found.never_together:
+        click.echo(f"  under {', '.join(pair.under)}: never {', '.join(pair.never)}")
+
+
+@main.command()
 @common_options
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def stats(settings, as_json):
@@ -854,6 +942,7 @@ def tune(files, settings, until, field, links_csv, held_out, c, activate, as_jso
     source = "recommender tune" + (f" --until {until:%Y-%m-%d}" if until else "") + f" ({result.links} linked articles)"
     profiles = engine.profiles
     profile = profiles.save(result.weights, source, result.report)
+    activate = activate and result.measured
     if activate:
         profiles.activate(profile.name)
     if as_json:
@@ -865,6 +954,14 @@ def tune(files, settings, until, field, links_csv, held_out, c, activate, as_jso
                f"MRR@10  {result.before.mrr:.3f} -> {result.after.mrr:.3f}   "
                f"(active profile {engine.profile.name} -> learned weights)")
     click.echo("weights: " + ", ".join(f"{k} {v:+.3f}" for k, v in profile.weights.items()))
+    dropped = sum(1 for linked in labels.values() for i in linked if i not in state.by_id)
+    if dropped:
+        click.echo(f"dropped {dropped} link(s) to ids not in the archive")
+    if not result.measured:
+        click.echo(f"saved profile {profile.name} ({profiles.where(profile.name)}), not recommended: its gain is "
+                   f"measured on {result.held_out} held-out linked articles, fewer than {tuning.MIN_HELD_OUT}, too "
+                   "few to tell a gain from noise; it was not activated")
+        return
     click.echo(f"saved profile {profile.name} ({profiles.where(profile.name)})"
                + ("; active" if activate else f"; serve it with: recommender profile activate {profile.name}"))
 

@@ -103,6 +103,9 @@ class Settings(BaseSettings):
     faiss_threads: int = Field(1, ge=1, le=256)
     # Lists computed ahead of time hold this many items; requests for more go live.
     precompute_k: int = Field(10, ge=1, le=50)
+    # The editors' rules for every list (TOML; `recommender rules check` validates it):
+    # sections never shown, sections never shown under others. README "Editors' controls".
+    rules: Path | None = None
     ranking: RankingSettings = Field(default_factory=RankingSettings)
     ann: AnnSettings = Field(default_factory=AnnSettings)
 
@@ -113,6 +116,9 @@ class Settings(BaseSettings):
     # ?ref=related&from=<id>&pos=<n> on every suggested URL.
     attribution: bool = True
     css_class: str = Field("citeste-si", pattern=r"^[A-Za-z][A-Za-z0-9_-]*$")
+    # The site's own block markup for the HTML route and the rewrite: a Jinja file, autoescaped
+    # (README "The site's own markup"). Unset: the built-in <aside>.
+    block_template: Path | None = None
     # How often the server looks for other processes' writes and new index versions.
     refresh_seconds: float = Field(1.0, gt=0)
     save_seconds: float = Field(60.0, gt=0)

@@ -44,7 +44,8 @@ def test_related_json_shape_and_attribution(client):
     body = response.json()
     assert body["article_id"] == "ukr-2" and body["model"] == "hashing:256" and body["index_version"] == "v1"
     assert [i["id"] for i in body["items"]] == ["ukr-1", "ukr-3"]  # a week before, then 25 days after
-    assert set(body["items"][0]) == {"id", "title", "url", "published_at", "section", "relevance", "rank_score", "reason"}
+    assert set(body["items"][0]) == {"id", "title", "url", "published_at", "section", "relevance", "rank_score", "reason",
+                                  "pinned"}
 
 
 def test_click_attribution_on_urls_and_its_switch(api_settings, tmp_path):
@@ -303,6 +304,57 @@ def test_rewrite_replaces_the_noisy_block(client):
     assert "Recomandarea video" in html and "<footer>Contact</footer>" in html and "/altceva" in html
 
 
+def test_rewrite_keeps_the_sites_own_block_markup(client):
+    page = PAGE.replace('<div class="citeste-si">', '<div class="rel-box" id="rel" data-x="1">').replace(
+        "<li>", '<li class="rel-item">').replace("<a href", '<a class="rel-link" href')
+    html = client.post("/v1/rewrite", json={"html": page, "article_id": "ukr-1"}).json()["html"]
+    block = html.split('<div class="rel-box" id="rel" data-x="1"><h3>Citește și</h3><ul>')[1].split("</ul></div>")[0]
+    items = re.findall(r'<li class="rel-item"><a class="rel-link" href="([^"]+)">([^<]+)</a></li>', block)
+    assert [title for _, title in items][:2] == ["Negocieri la Istanbul pentru armistițiul din Marea Neagră",
+                                                 "Acord pentru armistițiul din Marea Neagră"]
+    assert all("from=ukr-1" in url for url, _ in items) and "Turism Express" not in html
+    assert "<aside" not in html
+
+
+def test_rewrite_finds_the_pages_article_by_its_canonical_url(client):
+    """Without article_id the page's own article came back as suggestion 1."""
+    for head in ('<link rel="canonical" href="https://www.exemplu.ro/externe/ukr-2">',
+                 '<meta property="og:url" content="https://www.exemplu.ro/externe/ukr-2/">'):
+        page = PAGE.replace("<title>Convorbiri</title>", head).replace(
+            "Kievul propune un armistițiu în Marea Neagră", "Negocieri la Istanbul pentru armistițiul din Marea Neagră")
+        html = client.post("/v1/rewrite", json={"html": page}).json()["html"]
+        listed = re.findall(r'href="([^"]+)"', html.split('<div class="citeste-si">')[1])
+        assert listed and all("from=ukr-2" in u for u in listed) and not any("/ukr-2?" in u for u in listed)
+
+
+def test_a_site_template_renders_the_block_and_a_broken_one_falls_back(api_settings, stories, tmp_path):
+    from api.render import InvalidTemplate
+    from recommender.serving.engine import Engine
+
+    Engine(api_settings, embedder=CountingEmbedder()).ingest([str(stories)])
+    template = tmp_path / "block.html"
+    template.write_text('<nav class="mine">{% for i in items %}<a data-pos="{{ i.pos }}" href="{{ i.url }}">'
+                        "{{ i.title }}</a>{{ i.section }}{% endfor %}</nav>")
+    own = api_settings.model_copy(update={"block_template": template})
+    with TestClient(create_app(own, embedder=CountingEmbedder(), background=False)) as c:
+        block = c.get("/v1/articles/ukr-2/related.html").text
+        assert block.startswith('<nav class="mine"><a data-pos="1" href="https://www.exemplu.ro/externe/ukr-1?')
+        page = c.post("/v1/rewrite", json={"html": PAGE, "article_id": "ukr-1"}).json()["html"]
+        assert '<nav class="mine">' in page and 'data-pos="2"' in page
+        c.put("/v1/articles/ukr-1", json={"title": "<script>alert(1)</script> armistițiu Marea Neagră"},
+              headers=AUTH)
+        assert "<script>" not in c.get("/v1/articles/ukr-2/related.html").text
+        template.write_text("{{ items[0].title.nope() }}")  # fails while rendering
+        from api.render import site_template
+
+        site_template.cache_clear()
+        assert '<aside class="citeste-si"' in c.get("/v1/articles/ukr-2/related.html").text
+    template.write_text("{% for %}")
+    site_template.cache_clear()
+    with pytest.raises(InvalidTemplate, match="not a valid Jinja template"):
+        create_app(own, embedder=CountingEmbedder(), background=False)
+
+
 def test_rewrite_without_an_id_uses_the_page_text(client):
     body = client.post("/v1/rewrite", json={"html": PAGE}).json()
     assert body["replaced"] == 1 and "Acord pentru armistițiul din Marea Neagră" in body["html"]
@@ -374,10 +426,10 @@ def test_rewrite_removes_an_inline_teaser_when_the_list_took_every_suggestion(cl
             + PAGE.split("<body>")[1].split("<footer>")[0].split('<div class="video">')[1].split("</div>", 1)[1]
             + "</article>")
     body = client.post("/v1/rewrite", json={"html": page, "article_id": "ukr-1"}).json()
-    assert body["replaced"] == 2 and body["html"].count("<aside") == 1
+    assert body["replaced"] == 2 and body["html"].count('<div class="citeste-si">') == 1
     # ukr-1 has three related articles here: the end-of-article list shows them all,
     # so the teaser, which may not repeat one, is removed
-    listed = re.findall(r'href="([^"]+)"', body["html"].split("<aside")[1])
+    listed = re.findall(r'href="([^"]+)"', body["html"].split('<div class="citeste-si">')[1])
     assert len(listed) == 3 and "CITEȘTE ȘI" not in body["html"] and "Ceva vechi" not in body["html"]
     assert "<p>Text.</p><p>Mai mult text.</p>" in body["html"]
 

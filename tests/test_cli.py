@@ -10,7 +10,7 @@ from recommender.cli import main
 from tests.conftest import HASHING, article, needs_st, write_jsonl
 
 COMMANDS = ["ingest", "related", "delete", "stats", "demo", "serve", "reembed", "eval", "eval-sts", "index list",
-            "index activate", "index prune", "tune", "profile activate", "profile list"]
+            "index activate", "index prune", "tune", "profile activate", "profile list", "curate", "rules check"]
 
 
 @pytest.fixture

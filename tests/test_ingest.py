@@ -161,3 +161,22 @@ def test_bom_and_numeric_ids(engine, tmp_path):
     path.write_bytes(b"\xef\xbb\xbf" + json.dumps({"id": 42, "title": "Cu BOM"}).encode() + b"\n")
     report = engine.ingest([str(path)])
     assert report.added == 1 and engine.store.get("42")
+
+
+def test_the_progress_bar_has_a_total_and_moves_with_every_embedded_batch(settings, stories, tmp_path):
+    """It showed `0article [00:00, ?article/s]` for a minute, then jumped."""
+    from recommender.serving.ingest import count_lines
+    from recommender.store.articles import parse_article
+
+    unterminated = tmp_path / "u.jsonl"
+    unterminated.write_bytes(stories.read_bytes().rstrip(b"\n"))
+    assert count_lines([str(stories)]) == count_lines([str(unterminated)]) == 7
+    assert count_lines([str(stories), "-"]) is None
+    array = tmp_path / "a.json"
+    array.write_text("[\n{}\n]\n")
+    assert count_lines([str(array)]) is None
+    batches: list[int] = []
+    engine = Engine(settings.model_copy(update={"batch_size": 2}), embedder=CountingEmbedder())
+    records = [json.loads(line) for line in stories.read_text().splitlines()]
+    engine.upsert([parse_article(r) for r in records], batches.append)
+    assert batches == [2, 2, 2, 1]

@@ -118,10 +118,10 @@ def test_tune_cli_saves_a_profile_that_related_uses_once_activated(tmp_path):
     # The stories' text is noise by design, so no minimum text relevance.
     env = {"RECOMMENDER_DATA_DIR": str(tmp_path / "data"), "RECOMMENDER_MODEL": HASHING,
            "RECOMMENDER_RANKING__MIN_SCORE": "0"}
-    path = write_jsonl(tmp_path / "linked.jsonl", linked_archive())
+    path = write_jsonl(tmp_path / "linked.jsonl", linked_archive(85))  # 255 linked, 51 of them held out
     out = runner.invoke(main, ["tune", str(path)], env=env)
     assert out.exit_code == 0, out.output
-    assert "learned from 90 linked articles" in out.output and "saved profile p1" in out.output
+    assert "learned from 255 linked articles" in out.output and "saved profile p1" in out.output
     assert "recommender profile activate p1" in out.output
     before = json.loads(runner.invoke(main, ["related", "st5-3", "--json", "--k", "3"], env=env).output)
     assert runner.invoke(main, ["profile", "activate", "p1"], env=env).exit_code == 0
@@ -134,6 +134,19 @@ def test_tune_cli_saves_a_profile_that_related_uses_once_activated(tmp_path):
     assert refused.exit_code == 1 and "no ranking profile 'nope'" in refused.output
     few = runner.invoke(main, ["tune", "--until", "2025-01-03"], env=env)
     assert few.exit_code == 1 and "at least 10 are needed" in few.output and "Traceback" not in few.output
+
+
+def test_tune_does_not_recommend_a_profile_measured_on_few_articles_and_counts_dropped_links(tmp_path):
+    """14 linked articles measured a gain on 3 (hit@10 1.000 -> 1.000) and recommended the profile."""
+    env = {"RECOMMENDER_DATA_DIR": str(tmp_path / "data"), "RECOMMENDER_MODEL": HASHING}
+    records = linked_archive(10)
+    records[3]["related"] = records[3]["related"] + ["gone-1", "gone-2"]
+    out = CliRunner().invoke(main, ["tune", str(write_jsonl(tmp_path / "l.jsonl", records)), "--activate"], env=env)
+    assert out.exit_code == 0, out.output
+    assert "measured on 6 held-out linked articles, fewer than 50" in out.output and "not activated" in out.output
+    assert "dropped 2 link(s) to ids not in the archive" in out.output
+    assert "recommender profile activate" not in out.output
+    assert "* default" in CliRunner().invoke(main, ["profile", "list"], env=env).output
 
 
 def test_a_server_switches_profile_after_computing_its_lists_in_the_background(settings, tmp_path):

@@ -13,14 +13,14 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from api.deps import ArticleId, HeavySlot, ServiceDep, SettingsDep
-from api.present import block_html, related_out
+from api.present import block_html, related_out, shaped_html
 from api.render import render_link, render_template
 from api.schemas import RelatedItemOut, RewriteIn, RewriteOut
 from recommender.errors import InvalidQuery
 from recommender.ranking.rules import Filters
 from recommender.text.markup import Cancelled, Element, TooDeep, parse
 from recommender.text.normalize import clean_text, html_to_text
-from recommender.text.rewrite import rewrite
+from recommender.text.rewrite import page_url, rewrite
 
 router = APIRouter()
 
@@ -29,21 +29,30 @@ router = APIRouter()
 async def rewrite_page(body: RewriteIn, request: Request, service: ServiceDep, settings: SettingsDep) -> Response:
     """Replace the page's "Citește și" blocks with related suggestions, keeping every
     other byte of the page; it comes back unchanged, with replaced 0, when it has none.
-    The end-of-article block gets the list; each inline teaser one other suggestion."""
+    The end-of-article block gets the list; each inline teaser one other suggestion.
+    Without `article_id`, the page's `<link rel="canonical">` or `og:url` naming a stored
+    article's URL makes it the seed; else the page's own text is."""
     if body.article_id:
         service.article(body.article_id)  # an unknown id is a 404 even on a page without a block
     cancel = threading.Event()
+    seed_id = body.article_id
 
     def suggest(n: int) -> list[RelatedItemOut]:
-        if body.article_id:
-            answer = service.related(body.article_id, n, Filters())
+        if seed_id:
+            answer = service.related(seed_id, n, Filters())
         else:
             title, text = page_title_and_text(body.html, cancel.is_set)
             answer = service.related_to_text(title, text, n, Filters(), None)
-        return related_out(settings, body.article_id, answer).items
+        return related_out(settings, seed_id, answer).items
 
     def work() -> tuple[str, int]:
-        return rewrite(body.html, suggest, partial(block_html, settings), render_link, cancelled=cancel.is_set)
+        nonlocal seed_id
+        # Without an id, the page's own article is found by the URL it declares, so it never lists itself.
+        seed_id = seed_id or service.article_at(page_url(body.html, cancel.is_set))
+        # The site's template when it has one; else the replaced block's own markup, else ours.
+        shaped = None if settings.block_template else shaped_html
+        return rewrite(body.html, suggest, partial(block_html, settings), render_link, cancelled=cancel.is_set,
+                       render_shaped=shaped)
 
     job = asyncio.ensure_future(run_in_threadpool(work))
     deadline = time.monotonic() + settings.request_budget_seconds

@@ -52,10 +52,11 @@ class Columns:
         self.section = np.zeros(0, dtype=np.int32)  # a code of the folded section, 0 for none
         self.title = np.zeros(0, dtype=np.int64)  # ArticleInfo.title_key
         self.content = np.zeros(0, dtype=np.int64)  # content_code(content_hash)
+        self.withheld = np.zeros(0, dtype=bool)  # not recommendable: never in a list
         self._codes: dict[str, int] = {"": 0}  # shared by clones: append-only
         self._shared = False
 
-    NAMES = ("present", "when", "section", "title", "content")
+    NAMES = ("present", "when", "section", "title", "content", "withheld")
 
     @classmethod
     def of(cls, infos: list[ArticleInfo]) -> "Columns":
@@ -70,6 +71,7 @@ class Columns:
         columns.title[nums] = np.fromiter((i.title_key for i in infos), dtype=np.int64, count=len(infos))
         columns.content[nums] = np.fromiter((content_code(i.content_hash) for i in infos), dtype=np.int64,
                                             count=len(infos))
+        columns.withheld[nums] = np.fromiter((not i.recommendable for i in infos), dtype=bool, count=len(infos))
         return columns
 
     def clone(self) -> "Columns":
@@ -88,6 +90,7 @@ class Columns:
         self.section[n] = self._code(info.section_key)
         self.title[n] = np.int64(info.title_key)
         self.content[n] = content_code(info.content_hash)
+        self.withheld[n] = not info.recommendable
 
     def remove(self, num: int) -> None:
         if num < len(self.present) and self.present[num]:
@@ -105,11 +108,12 @@ class Columns:
         return out
 
     def others(self, nums: np.ndarray, own: int | None, content_hash: str) -> np.ndarray:
-        """Which of `nums` are stored articles other than `own` with a text other than
-        `content_hash`'s: what any list may show of a seed."""
+        """Which of `nums` are stored, recommendable articles other than `own` with a text
+        other than `content_hash`'s: what any list may show of a seed."""
         out = self.has(nums)
         kept = nums[out]
-        out[out] = (kept != (-1 if own is None else own)) & (self.content[kept] != content_code(content_hash))
+        out[out] = ((kept != (-1 if own is None else own)) & (self.content[kept] != content_code(content_hash))
+                    & ~self.withheld[kept])
         return out
 
     def _code(self, key: str) -> int:

@@ -70,6 +70,9 @@ class FolderShelf(Shelf):
     def names(self) -> list[str]:
         return sorted(p.name for p in self.root.iterdir()) if self.root.exists() else []
 
+    def delete(self, name: str) -> None:
+        (self.root / name).unlink(missing_ok=True)
+
     def describe(self, name: str) -> str:
         return str(self.root / name)
 

@@ -60,7 +60,7 @@ class Filters:
         return self.max_age_days is not None or self.past_only or bool(self.date_from or self.date_to)
 
     def accepts(self, info: ArticleInfo, reference: datetime) -> bool:
-        if info.id in self._excluded_ids:
+        if info.id in self._excluded_ids or not info.recommendable:
             return False
         if self._sections and info.section_key not in self._sections:
             return False
@@ -134,6 +134,7 @@ class RelatedItem:
     # `relevance` after the time prior: what the list is ordered by (in MMR order).
     rank_score: float
     reason: str
+    pinned: bool = False  # placed by an editor (`recommender.ranking.editorial`), not ranked
 
 
 def rescale(cosines: np.ndarray, random_mean: float) -> np.ndarray:

@@ -11,22 +11,23 @@ from __future__ import annotations
 
 import threading
 from datetime import datetime
+from typing import Callable
 
 import numpy as np
 
 from embeddings import DEFAULT_MODEL, Embedder
-from recommender.errors import IndexDamaged
+from recommender.errors import ArticleNotFound, IndexDamaged
 from recommender.index.state import Indexes, IndexState
 from recommender.index.versions import open_versions
-from recommender.ranking import pipeline
+from recommender.ranking import editorial, pipeline
 from recommender.ranking.profiles import DEFAULT as DEFAULT_PROFILE
 from recommender.ranking.profiles import Profile, open_profiles
 from recommender.ranking.rules import Filters, RelatedItem
-from recommender.serving.ingest import IngestReport, ingest_sources
+from recommender.serving.ingest import IngestReport, count_lines, ingest_sources
 from recommender.serving.lists import ListUpkeep, RelatedLists, lists_key, stored_list
 from recommender.settings import RankingSettings, Settings
 from recommender.store import vector_cache
-from recommender.store.articles import Article
+from recommender.store.articles import Article, ArticleInfo
 from recommender.store.base import UpsertResult, open_store
 from recommender.store.models import load_model, model_name
 from recommender.store.writes import Written, delete_articles, write_articles
@@ -55,7 +56,9 @@ class Engine:
         # settings', so RECOMMENDER_RANKING__WEIGHTS applies to it); a request may still override them.
         weights = settings.ranking.weights if self.profile.name == DEFAULT_PROFILE else self.profile.weights
         self.ranking_defaults = settings.ranking.model_copy(update={"weights": weights})
-        self.upkeep = ListUpkeep(self.store, self.ranking_defaults, settings.precompute_k, self.embed)
+        self.rules = editorial.load_rules(settings.rules)
+        self.curations = editorial.Curations(self.store)
+        self.upkeep = ListUpkeep(self.store, self.ranking_defaults, settings.precompute_k, self.embed, self.rules)
 
     def _active_model(self) -> str | None:
         """The active index's model; with its sidecar damaged, or no index in this data dir
@@ -130,10 +133,11 @@ class Engine:
 
     # --- writes -------------------------------------------------------------
 
-    def upsert(self, articles: list[Article]) -> Written:
-        """Store articles (embedding the text the cache lacks). Indexes follow via `catch_up`."""
+    def upsert(self, articles: list[Article], on_batch: Callable[[int], None] | None = None) -> Written:
+        """Store articles (embedding the text the cache lacks). Indexes follow via `catch_up`.
+        `on_batch(n)`: after each embedded batch of n texts."""
         return write_articles(self.store, self.model, vector_cache.in_process(self.embed), self.settings.batch_size,
-                              list(articles), self.settings.embed_chars)
+                              list(articles), self.settings.embed_chars, on_batch)
 
     def delete(self, ids: list[str]) -> list[str]:
         """Delete articles; the ids that were not stored."""
@@ -171,11 +175,22 @@ class Engine:
         state = self.state() if index and self.indexes.active_meta() is not None else None
         _ = self.embedder  # a model that cannot load fails before any line is read
         report = IngestReport()
-        with tqdm(unit="article", desc=f"ingesting ({self.model})", disable=not progress) as bar:
+        # A total from the files' lines (stdin has none), moving with every embedded batch: the first
+        # chunk's embedding takes minutes on a CPU, and a bar standing still at 0 looks like a hang.
+        with tqdm(total=count_lines(sources), unit=" article", desc=f"ingesting ({self.model})",
+                  disable=not progress) as bar:
             def write(articles: list[Article]) -> list[UpsertResult]:
-                written = self.upsert(articles)
+                moved = 0
+
+                def embedded(n: int) -> None:
+                    nonlocal moved
+                    step = min(n, len(articles) - moved)
+                    moved += step
+                    bar.update(step)
+
+                written = self.upsert(articles, embedded)
                 report.embedded += written.embedded
-                bar.update(len(articles))
+                bar.update(len(articles) - moved)
                 return written.results
 
             ingest_sources(sources, write, report, self.settings.tzinfo)
@@ -211,8 +226,12 @@ class Engine:
         return pipeline.draft_seed(title, body, published_at, self.settings.embed_chars, self.embed, section, tags)
 
     def related(self, article_id: str, filters: Filters = Filters(), **options) -> list[RelatedItem]:
+        """What the API serves for the article, editors' choices included."""
         opts = self.ranking(**options)
-        plain = filters == Filters() and all(v is None for name, v in options.items() if name != "k")
+        seed = self.stored_info(article_id)
+        edit = self.edit(seed, filters, opts.k)
+        plain = edit.filters == self.rules.filters_under(seed.section, Filters()) and not edit.pinned
+        plain &= all(v is None for name, v in options.items() if name != "k")
         meta = self.indexes.active_meta()
         if plain and meta is not None and opts.k <= self.settings.precompute_k:
             # The list the API would serve, from the store alone: no index to load.
@@ -220,7 +239,24 @@ class Engine:
             if cached is not None:
                 return cached
         state = self.state()
-        return pipeline.rank(state, self.seed(state, article_id), filters, opts)
+        return edit.apply(pipeline.rank(state, self.seed(state, article_id), edit.filters, opts), opts.k)
+
+    def stored_info(self, article_id: str) -> ArticleInfo:
+        num = self.store.num_of(article_id)
+        info = self.store.infos([num]).get(num) if num is not None else None
+        if info is None:
+            raise ArticleNotFound(article_id)
+        return info
+
+    def edit(self, seed: ArticleInfo, filters: Filters, k: int) -> editorial.Edit:
+        """The editors' rules and this article's curation, applied to a request's filters."""
+        return editorial.edit(seed, filters, k, self.curations.get(seed.id), self.rules, self.lookup)
+
+    def lookup(self, ids: list[str]) -> list[ArticleInfo]:
+        """The stored articles of `ids`, in their order, those that exist."""
+        nums = [n for i in ids if (n := self.store.num_of(i)) is not None]
+        infos = self.store.infos(nums)
+        return [infos[n] for n in nums if n in infos]
 
     def related_to_text(self, title: str, body: str = "", published_at: datetime | None = None,
                         filters: Filters = Filters(), **options) -> list[RelatedItem]:

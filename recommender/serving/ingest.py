@@ -46,6 +46,24 @@ class IngestReport:
 Write = Callable[[list[Article]], list[UpsertResult]]
 
 
+def count_lines(sources: list[str]) -> int | None:
+    """The lines of every source file, for a progress bar's total; None when one is standard
+    input or cannot be read (the bar then counts without a total)."""
+    total = 0
+    for source in sources:
+        if source == "-":
+            return None
+        try:
+            with open(source, "rb") as fh:
+                blocks = list(iter(lambda: fh.read(1 << 20), b""))
+        except OSError:
+            return None
+        if blocks and blocks[0].lstrip()[:1] == b"[":  # a JSON array: its lines are not its articles
+            return None
+        total += sum(b.count(b"\n") for b in blocks) + bool(blocks and not blocks[-1].endswith(b"\n"))
+    return total
+
+
 def ingest_sources(sources: list[str], write: Write, report: IngestReport,
                    timezone_: tzinfo = timezone.utc) -> None:
     """Read every source and write its valid articles in chunks of WRITE_CHUNK;

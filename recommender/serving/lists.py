@@ -19,6 +19,7 @@ import numpy as np
 from recommender.index.state import IndexState
 from recommender.ranking import pipeline
 from recommender.ranking.candidates import fetch_size
+from recommender.ranking.editorial import NO_RULES, EditorialRules
 from recommender.ranking.rules import Filters, RelatedItem
 from recommender.settings import RankingSettings
 from recommender.store.articles import ArticleInfo
@@ -183,11 +184,13 @@ def last_stored_list(store: Store, key: str, num: int, k: int, filters: Filters)
 class ListUpkeep:
     """Computes lists with the default ranking and keeps them current after writes."""
 
-    def __init__(self, store: Store, ranking: RankingSettings, precompute_k: int, embed: pipeline.Embed):
+    def __init__(self, store: Store, ranking: RankingSettings, precompute_k: int, embed: pipeline.Embed,
+                 rules: EditorialRules = NO_RULES):
         self.store = store
         self.options = pipeline.ranking_options(ranking, k=precompute_k)
         self.precompute_k = precompute_k
         self.embed = embed
+        self.rules = rules
 
     def affected(self, state: IndexState, lists: RelatedLists, changed: Iterable[int]) -> list[int]:
         """The lists a change can touch, beyond the changed articles' own, which are
@@ -299,7 +302,8 @@ class ListUpkeep:
         _, nearest = state.vectors.search(np.vstack([s.vector for s in seeds]),
                                           fetch_size(self.options.candidates))
         for num, seed, near in zip(nums, seeds, nearest):
-            yield num, pipeline.rank(state, seed, Filters(), self.options, near)
+            yield num, pipeline.rank(state, seed, self.rules.filters_under(seed.section, Filters()), self.options,
+                                     near)
 
     @staticmethod
     def cached_items(state: IndexState, items: Iterable[RelatedItem]) -> list[CachedItem]:
@@ -323,7 +327,7 @@ def _start_forked() -> None:
     threadpool_limits(1)  # N workers on N cores, not N x BLAS threads
     upkeep, state, key = _job()
     store = upkeep.store.reopened()  # a connection must not cross a fork
-    _forked_job = (ListUpkeep(store, upkeep.options, upkeep.precompute_k, upkeep.embed), state, key)
+    _forked_job = (ListUpkeep(store, upkeep.options, upkeep.precompute_k, upkeep.embed, upkeep.rules), state, key)
 
 
 def _compute_forked(nums: list[int]) -> int:

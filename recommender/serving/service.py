@@ -17,7 +17,7 @@ import logging
 import os
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from typing import Iterator
 
@@ -25,11 +25,12 @@ from embeddings import Embedder
 from recommender.errors import ArticleNotFound, NoIndex, RecommenderError, StoreUnavailable
 from recommender.index.state import IndexState
 from recommender.ranking import pipeline
+from recommender.ranking.editorial import Curation
 from recommender.ranking.rules import Filters, RelatedItem
 from recommender.serving.engine import Engine
 from recommender.serving.lists import CachedList, RelatedLists, last_stored_list, lists_key
 from recommender.settings import Settings
-from recommender.store.articles import Article
+from recommender.store.articles import Article, ArticleInfo
 from recommender.store.base import Lease, StoredArticle, UpsertResult
 
 log = logging.getLogger(__name__)
@@ -243,6 +244,32 @@ class Service:
     # --- reads ----------------------------------------------------------------
 
     def related(self, article_id: str, k: int, filters: Filters, diversity: float | None = None) -> Related:
+        """The article's list under the editors' rules and its curation, read at every
+        request: a pin or a block shows at the next page view, on every server."""
+        engine = self._engine()
+        seed = self._info(article_id)
+        edit = engine.edit(seed, filters, k)
+        found = self._ranked(article_id, k, edit.filters, diversity)
+        return replace(found, items=edit.apply(found.items, k))
+
+    def _info(self, article_id: str) -> ArticleInfo:
+        if self.warming:
+            return self._engine().stored_info(article_id)
+        state = self.snapshot.state
+        num = state.by_id.get(article_id)
+        if num is None:
+            raise ArticleNotFound(article_id)
+        return state.infos[num]
+
+    def curation(self, article_id: str) -> Curation:
+        self._info(article_id)
+        return self._engine().curations.get(article_id)
+
+    def curate(self, article_id: str, curation: Curation) -> None:
+        self._info(article_id)
+        self._engine().curations.put(article_id, curation.check_for(article_id))
+
+    def _ranked(self, article_id: str, k: int, filters: Filters, diversity: float | None) -> Related:
         if self.warming:
             return self._while_warming(article_id, k, filters, diversity)
         snap = self.snapshot
@@ -287,7 +314,7 @@ class Service:
               diversity: float | None) -> list[RelatedItem]:
         engine = snap.engine
         seed = engine.seed(snap.state, article_id)
-        unfiltered = filters == Filters() and diversity is None
+        unfiltered = filters == engine.rules.filters_under(seed.section, Filters()) and diversity is None
         if unfiltered and k <= self.settings.precompute_k:
             # Compute the full precomputed list once and keep it for the next view.
             items = pipeline.rank(snap.state, seed, filters, engine.ranking(k=self.settings.precompute_k))
@@ -317,8 +344,20 @@ class Service:
                         tags: tuple[str, ...] = ()) -> Related:
         snap = self.snapshot
         seed = snap.engine.draft_seed(title, body, published_at, section, tags)
+        filters = snap.engine.rules.filters_under(section, filters)
         items = pipeline.rank(snap.state, seed, filters, snap.engine.ranking(k=k, diversity=diversity))
         return Related(items, snap.engine.model, snap.state.version)
+
+    def article_at(self, url: str | None) -> str | None:
+        """The id of the article stored under `url` (with or without a final slash), if any."""
+        if not url:
+            return None
+        store = self._engine().store
+        for candidate in dict.fromkeys((url, url.rstrip("/"), url.rstrip("/") + "/")):
+            found = store.id_by_url(candidate)
+            if found is not None:
+                return found
+        return None
 
     def article(self, article_id: str) -> StoredArticle:
         found = self._engine().store.get(article_id)

@@ -125,6 +125,7 @@ class ArticleInfo:
     language: str
     content_hash: str
     tags: tuple[str, ...] = ()
+    recommendable: bool = True  # False: it keeps its own list but enters none
     section_key: str = field(init=False, compare=False)  # the section without case or diacritics ("" when none)
     title_key: int = field(init=False, compare=False)  # title_key(title): equal keys mean the same headline
 
@@ -157,6 +158,8 @@ class Article(BaseModel):
     section: str | None = Field(None, examples=["externe"])
     tags: list[str] = Field(default_factory=list)
     language: str = "ro"
+    recommendable: bool = Field(True, description=(
+        "false for advertorials, obituaries, legal notices: the article keeps its own list but enters none"))
 
     @field_validator("id", mode="before")
     @classmethod
@@ -209,7 +212,8 @@ class Article(BaseModel):
 
     def record_hash(self) -> str:
         """Changes when anything about the article changes, metadata included."""
-        payload = self.model_dump(mode="json")
+        # `recommendable` left out while true: archives stored before it existed stay unchanged.
+        payload = self.model_dump(mode="json", exclude={"recommendable"} if self.recommendable else None)
         return hashlib.sha256(json.dumps(payload, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
 
 

@@ -44,7 +44,7 @@ class ArticleRow:
     text: EmbedText
     record_hash: str
     content_hash: str
-    values: tuple  # the articles columns from id to entities (all but updated_at)
+    values: tuple  # the articles columns from id to recommendable (all but updated_at)
 
     @classmethod
     def of(cls, article: Article, prepared: EmbedText) -> "ArticleRow":
@@ -57,6 +57,7 @@ class ArticleRow:
             article.section or None, json.dumps(article.tags, ensure_ascii=False), article.language,
             json.dumps(article.meta, ensure_ascii=False, default=str), prepared.text,
             " ".join(terms(prepared.text)), chash, record_hash, " ".join(entities(article.title, prepared.text)),
+            int(article.recommendable),
         )
         return cls(article, prepared, record_hash, chash, values)
 
@@ -101,6 +102,7 @@ class Shelf(Protocol):
     def read(self, name: str) -> str | None: ...
     def write(self, name: str, text: str) -> None: ...
     def names(self) -> list[str]: ...
+    def delete(self, name: str) -> None: ...
 
 
 class Lease:
@@ -139,8 +141,9 @@ class Store(Protocol):
         a backend without notifications never calls it, and callers poll."""
         ...
     def close(self) -> None: ...
-    def shelf(self, prefix: str) -> Shelf:
-        """Documents under `prefix`, shared by every process over this store."""
+    def shelf(self, prefix: str, replica: bool = False) -> Shelf:
+        """Documents under `prefix`, shared by every process over this store; `replica`: read
+        as page views are, from the standby when there is one."""
         ...
 
     # the change log
@@ -157,6 +160,7 @@ class Store(Protocol):
     def index_rows(self, model: str, nums: list[int] | None = None,
                    with_vectors: bool = True) -> Iterator[tuple[ArticleInfo, str, str, bytes | None]]: ...
     def urls(self) -> list[tuple[str, str]]: ...
+    def id_by_url(self, url: str) -> str | None: ...
     def get_text(self, article_id: str) -> str | None: ...
     def text_and_terms(self, article_id: str) -> tuple[str, list[str]] | None: ...
     def stats(self) -> StoreStats: ...

@@ -19,7 +19,7 @@ from recommender.store.sql import SQLStore
 # Each table's columns, its key first: the order rows are copied in.
 TABLES: dict[str, tuple[str, ...]] = {
     "articles": ("num", "id", "title", "body", "url", "published_at", "published_ts", "section", "tags", "language",
-                 "meta", "text", "terms", "content_hash", "record_hash", "updated_at", "entities"),
+                 "meta", "text", "terms", "content_hash", "record_hash", "updated_at", "entities", "recommendable"),
     "vectors": ("model", "content_hash", "vector"),
     "changes": ("seq", "num"),
     "related_lists": ("version", "num", "items", "fresh"),

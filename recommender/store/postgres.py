@@ -101,6 +101,11 @@ MIGRATIONS = [
     """
     CREATE TABLE IF NOT EXISTS documents (name TEXT PRIMARY KEY, body TEXT NOT NULL);
     """,
+    # 6: articles that keep their own list but enter none; articles found by URL.
+    """
+    ALTER TABLE articles ADD COLUMN IF NOT EXISTS recommendable INTEGER NOT NULL DEFAULT 1;
+    CREATE INDEX IF NOT EXISTS articles_url ON articles(url);
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -19,8 +19,10 @@ import numpy as np
 from recommender.store.articles import Article, ArticleInfo
 from recommender.store.base import ArticleRow, Lease, Shelf, Store, StoredArticle, StoreStats, UpsertResult, Writes
 
-ROW_COLUMNS = "num, id, title, body, url, published_at, section, tags, language, meta, content_hash"
-INFO_COLUMNS = "a.num, a.id, a.title, a.url, a.published_at, a.section, a.language, a.content_hash, a.tags"
+ROW_COLUMNS = "num, id, title, body, url, published_at, section, tags, language, meta, content_hash, recommendable"
+INFO_COLUMNS = ("a.num, a.id, a.title, a.url, a.published_at, a.section, a.language, a.content_hash, a.tags, "
+                "a.recommendable")
+INFO_WIDTH = 10  # the columns of INFO_COLUMNS
 BATCH = 500  # values per IN (...) list
 
 
@@ -98,7 +100,7 @@ class SQLStore(Store):
             rows = (row for batch in _batches(nums)
                     for row in self._rows(sql + f" WHERE a.num IN ({_marks(batch)}) ORDER BY a.num", params + batch))
         for row in rows:
-            yield _info(row[:9]), row[9], row[10], _bytes(row[11])
+            yield _info(row[:INFO_WIDTH]), row[INFO_WIDTH], row[INFO_WIDTH + 1], _bytes(row[INFO_WIDTH + 2])
 
     def all_infos(self) -> Iterator[ArticleInfo]:
         """What ranking keeps of every article, without its text."""
@@ -124,6 +126,11 @@ class SQLStore(Store):
                                   replica=True):
                 found[row[0]] = _info(row)
         return found
+
+    def id_by_url(self, url: str) -> str | None:
+        """The article stored under `url` (the first one, if several share it)."""
+        row = self._one("SELECT id FROM articles WHERE url = ? ORDER BY num LIMIT 1", (url,), replica=True)
+        return row[0] if row else None
 
     def urls(self) -> list[tuple[str, str]]:
         """(id, url) of every article with a URL."""
@@ -250,8 +257,8 @@ class SQLStore(Store):
 
     # --- documents -------------------------------------------------------------------------
 
-    def shelf(self, prefix: str) -> Shelf:
-        return _TableShelf(self, prefix)
+    def shelf(self, prefix: str, replica: bool = False) -> Shelf:
+        return _TableShelf(self, prefix, replica)
 
     # --- a copy to another store (recommender.store.copy) ---------------------------------
 
@@ -277,17 +284,21 @@ class SQLStore(Store):
 
 
 class _TableShelf(Shelf):
-    def __init__(self, store: SQLStore, prefix: str):
-        self.store, self.prefix = store, prefix.rstrip("/") + "/"
+    def __init__(self, store: SQLStore, prefix: str, replica: bool = False):
+        self.store, self.prefix, self.replica = store, prefix.rstrip("/") + "/", replica
 
     def read(self, name: str) -> str | None:
-        row = self.store._one("SELECT body FROM documents WHERE name = ?", (self.prefix + name,))
+        row = self.store._one("SELECT body FROM documents WHERE name = ?", (self.prefix + name,), self.replica)
         return row[0] if row else None
 
     def write(self, name: str, text: str) -> None:
         with self.store._writing(log_changes=False) as ex:
             ex.one("INSERT INTO documents (name, body) VALUES (?, ?) "
                    "ON CONFLICT (name) DO UPDATE SET body = excluded.body", (self.prefix + name, text))
+
+    def delete(self, name: str) -> None:
+        with self.store._writing(log_changes=False) as ex:
+            ex.one("DELETE FROM documents WHERE name = ?", (self.prefix + name,))
 
     def names(self) -> list[str]:
         return [r[0][len(self.prefix):] for r in self.store._rows(
@@ -309,15 +320,16 @@ class _Writes(Writes):
             return UpsertResult(old[0], "unchanged", prepared)
         written = self.ex.one(
             """INSERT INTO articles (id, title, body, url, published_at, published_ts, section, tags,
-                   language, meta, text, terms, content_hash, record_hash, entities, updated_at)
-               VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                   language, meta, text, terms, content_hash, record_hash, entities, recommendable, updated_at)
+               VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
                ON CONFLICT (id) DO UPDATE SET
                    title=excluded.title, body=excluded.body, url=excluded.url,
                    published_at=excluded.published_at, published_ts=excluded.published_ts,
                    section=excluded.section, tags=excluded.tags, language=excluded.language,
                    meta=excluded.meta, text=excluded.text, terms=excluded.terms,
                    content_hash=excluded.content_hash, record_hash=excluded.record_hash,
-                   entities=excluded.entities, updated_at=excluded.updated_at
+                   entities=excluded.entities, recommendable=excluded.recommendable,
+                   updated_at=excluded.updated_at
                RETURNING num""",
             row.values + (_now(),),
         )
@@ -366,15 +378,15 @@ def _parse_time(value: str | None) -> datetime | None:
 
 
 def _info(row: tuple) -> ArticleInfo:
-    num, aid, title, url, published, section, language, chash, tags = row
+    num, aid, title, url, published, section, language, chash, tags, recommendable = row
     # A dozen sections and a few languages shared by every article, not a string each.
     return ArticleInfo(num, aid, title, url, _parse_time(published), section and sys.intern(section),
-                       sys.intern(language), chash, tuple(json.loads(tags)))
+                       sys.intern(language), chash, tuple(json.loads(tags)), bool(recommendable))
 
 
 def _stored(row: tuple) -> StoredArticle:
-    num, aid, title, body, url, published, section, tags, language, meta, chash = row
+    num, aid, title, body, url, published, section, tags, language, meta, chash, recommendable = row
     fields = dict(json.loads(meta))
     fields.update(id=aid, title=title, body=body, url=url, published_at=published, section=section,
-                  tags=json.loads(tags), language=language)
+                  tags=json.loads(tags), language=language, recommendable=bool(recommendable))
     return StoredArticle(num, Article.model_validate(fields), chash)

@@ -95,6 +95,9 @@ MIGRATIONS: list[str | Callable[[sqlite3.Connection], None]] = [
     """
     CREATE TABLE IF NOT EXISTS documents (name TEXT PRIMARY KEY, body TEXT NOT NULL) WITHOUT ROWID;
     """,
+    # 6: articles that keep their own list but enter none (advertorials, obituaries, notices);
+    # and articles found by URL, for a page rewritten without its id (its canonical URL).
+    lambda conn: _add_recommendable(conn),
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -225,6 +228,12 @@ def _statements(script: str) -> list[str]:
             parts.append(current.strip())
             current = ""
     return [p for p in parts if p]
+
+
+def _add_recommendable(conn: sqlite3.Connection) -> None:
+    if "recommendable" not in {row[1] for row in conn.execute("PRAGMA table_info(articles)")}:
+        conn.execute("ALTER TABLE articles ADD COLUMN recommendable INTEGER NOT NULL DEFAULT 1")
+    conn.execute("CREATE INDEX IF NOT EXISTS articles_url ON articles(url)")
 
 
 def _add_entities(conn: sqlite3.Connection) -> None:

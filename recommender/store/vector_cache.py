@@ -72,10 +72,12 @@ def in_process(embed: Callable[[list[str]], np.ndarray]) -> EmbedStream:
 
 
 def fill(store: Store, model: str, pending: Sequence[tuple[str, str]], embed: EmbedStream, batch_size: int,
-         progress: bool = False, desc: str | None = None, announce: bool = True) -> int:
+         progress: bool = False, desc: str | None = None, announce: bool = True,
+         on_batch: Callable[[int], None] | None = None) -> int:
     """Embed `pending` (content hash, text) pairs and commit each batch; the count embedded.
     `announce=False` for vectors no serving index reads (a re-embedding job's, a teacher's):
-    they then add no work to the change log, which every server's lists follow."""
+    they then add no work to the change log, which every server's lists follow.
+    `on_batch(n)`: after each committed batch of n texts (a caller's own progress bar)."""
     from tqdm import tqdm
 
     done = 0
@@ -86,6 +88,8 @@ def fill(store: Store, model: str, pending: Sequence[tuple[str, str]], embed: Em
                 tx.put_vectors(model, hashes, vectors, announce)
             done += len(hashes)
             bar.update(len(hashes))
+            if on_batch is not None:
+                on_batch(len(hashes))
     return done
 
 

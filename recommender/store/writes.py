@@ -8,6 +8,7 @@ index and its lists then follow the store's change log (`Indexes.catch_up`,
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Callable
 
 from recommender.store import vector_cache
 from recommender.store.articles import Article
@@ -21,13 +22,16 @@ class Written:
 
 
 def write_articles(store: Store, model: str, embed: vector_cache.EmbedStream, batch_size: int,
-                   articles: list[Article], embed_chars: int) -> Written:
+                   articles: list[Article], embed_chars: int,
+                   on_batch: Callable[[int], None] | None = None) -> Written:
     """Embed the texts the cache lacks (committed batch by batch), then store the
     articles in one transaction: an article is never stored without its vector
-    being at least on its way, and a crash keeps every finished batch."""
+    being at least on its way, and a crash keeps every finished batch.
+    `on_batch(n)`: after each embedded batch of n texts."""
     rows = [ArticleRow.of(a, a.embed_text(embed_chars)) for a in articles]
     pairs = [(row.content_hash, row.text.text) for row in rows]
-    embedded = vector_cache.fill(store, model, vector_cache.missing(store, model, pairs), embed, batch_size)
+    embedded = vector_cache.fill(store, model, vector_cache.missing(store, model, pairs), embed, batch_size,
+                                 on_batch=on_batch)
     with store.transaction() as tx:
         results = [tx.upsert(row) for row in rows]
     return Written(results, embedded)

@@ -15,6 +15,8 @@ gets one different suggestion in its own form, or is removed when none is left.
 
 from __future__ import annotations
 
+import html
+import re
 from dataclasses import dataclass, field
 from typing import Callable, Sequence, TypeVar
 
@@ -45,6 +47,30 @@ class Block:
     end: int
     inline: bool
     links: list[Element] = field(default_factory=list)  # the suggestion links it holds
+
+
+@dataclass(frozen=True)
+class Shape:
+    """A list block's own markup, to repeat for our items: its source before the first item
+    (its element with every attribute, its heading), each item's tags down to the link, the
+    link's attributes, and its source after the last item."""
+
+    before: str
+    item_open: str
+    link_attrs: tuple[tuple[str, str], ...]
+    item_close: str
+    after: str
+    separator: str = "\n"  # what stood between the first two items, when only blanks, <br> or a mark
+
+    def render(self, items: Sequence[tuple[str, str | None]]) -> str:
+        """The block with (title, safe URL) items in the site's item markup; text is escaped."""
+        attrs = "".join(f' {name}="{html.escape(value)}"' for name, value in self.link_attrs)
+        rows = []
+        for title, url in items:
+            inner = (f'<a{attrs} href="{html.escape(url)}">{html.escape(title)}</a>' if url
+                     else html.escape(title))
+            rows.append(self.item_open + inner + self.item_close)
+        return self.before + self.separator.join(rows) + self.after
 
 
 @dataclass
@@ -79,18 +105,32 @@ def find_blocks(page: str, cancelled: Callable[[], bool] = lambda: False) -> lis
     return blocks
 
 
+def page_url(page: str, cancelled: Callable[[], bool] = lambda: False) -> str | None:
+    """The page's own URL, as it declares it: <link rel="canonical">, else <meta property="og:url">."""
+    canonical = og = None
+    for node in parse(page, cancelled).iter():
+        if not isinstance(node, Element) or not _rendered(node):
+            continue
+        if node.tag == "link" and "canonical" in node.attrs.get("rel", "").lower().split():
+            canonical = canonical or node.attrs.get("href", "").strip() or None
+        elif node.tag == "meta" and node.attrs.get("property", "").strip().lower() == "og:url":
+            og = og or node.attrs.get("content", "").strip() or None
+    return canonical or og
+
+
 def rewrite(page: str, suggestions: Callable[[int], Sequence[T]], render_list: Callable[[Sequence[T]], str],
-            render_link: Callable[[T], str], k: int = 5,
-            cancelled: Callable[[], bool] = lambda: False) -> tuple[str, int]:
+            render_link: Callable[[T], str], k: int = 5, cancelled: Callable[[], bool] = lambda: False,
+            render_shaped: Callable[[Sequence[T], Shape], str] | None = None) -> tuple[str, int]:
     """(page with its blocks replaced, how many). `suggestions(n)` is asked once, for
-    as many as the page needs; it is not called when the page has no block."""
-    plan = plan_rewrite(page, suggestions, render_list, render_link, k, cancelled)
+    as many as the page needs; it is not called when the page has no block.
+    `render_shaped`: renders the list in the replaced block's own `Shape`, when it has one."""
+    plan = plan_rewrite(page, suggestions, render_list, render_link, k, cancelled, render_shaped)
     return plan.apply(page), len(plan.replacements)
 
 
 def plan_rewrite(page: str, suggestions: Callable[[int], Sequence[T]], render_list: Callable[[Sequence[T]], str],
-                 render_link: Callable[[T], str], k: int = 5,
-                 cancelled: Callable[[], bool] = lambda: False) -> Plan:
+                 render_link: Callable[[T], str], k: int = 5, cancelled: Callable[[], bool] = lambda: False,
+                 render_shaped: Callable[[Sequence[T], Shape], str] | None = None) -> Plan:
     """Which byte ranges of the page are replaced, and by what."""
     blocks = find_blocks(page, cancelled)
     if not blocks:
@@ -102,13 +142,77 @@ def plan_rewrite(page: str, suggestions: Callable[[int], Sequence[T]], render_li
     replacements = []
     for block in blocks:
         if not block.inline:
-            markup = render_list(shown) if block is lists[-1] else ""
+            shape = block_shape(page, block) if render_shaped is not None and block is lists[-1] else None
+            if block is not lists[-1]:
+                markup = ""
+            elif shape is not None and render_shaped is not None:
+                markup = render_shaped(shown, shape)
+            else:
+                markup = render_list(shown)
         elif rest:
             markup = _inline(page, block, render_link(rest.pop(0)))
         else:
             markup = ""
         replacements.append((block.start, block.end, markup))
     return Plan(replacements)
+
+
+def block_shape(page: str, block: Block) -> Shape | None:
+    """The block's own markup around its links, when each link sits in an item of its own
+    (`<li>`, or a child of the element holding them all); None when that is unclear."""
+    anchors = [a for node in block.links for a in _self_and_below(node)
+               if isinstance(a, Element) and a.tag == "a" and "href" in a.attrs]
+    if not anchors:
+        return None
+    items = _items(anchors)
+    if items is None:
+        return None
+    chain = _chain(items[0], anchors[0])
+    attrs = tuple((n, v) for n, v in anchors[0].attrs.items() if n != "href" and _ATTR_NAME.match(n))
+    between = page[items[0].end:items[1].start] if len(items) > 1 else "\n"
+    return Shape(page[block.start:items[0].start], "".join(page[e.start:e.open_end] for e in chain[:-1]), attrs,
+                 "".join(f"</{e.tag}>" for e in reversed(chain[:-1])), page[items[-1].end:block.end],
+                 between if _SEPARATOR.fullmatch(between) else "\n")
+
+
+_ATTR_NAME = re.compile(r"^[a-zA-Z_:][-a-zA-Z0-9_:.]*$")
+_SEPARATOR = re.compile(r"(?:\s|<br\s*/?>|[|·•,;/–—-]){0,40}", re.IGNORECASE)
+
+
+def _self_and_below(node: Element) -> list[Element | Text]:
+    return [node, *node.iter()]
+
+
+def _items(anchors: list[Element]) -> list[Element] | None:
+    """Each anchor's item: below the deepest element holding every anchor, the child holding it;
+    for a single anchor, its <li>, or the anchor itself."""
+    if len(anchors) == 1:
+        li = next((e for e in _ancestors(anchors[0]) if e.tag == "li"), None)
+        return [li or anchors[0]]
+    paths = [list(reversed(_ancestors(a))) + [a] for a in anchors]
+    depth = 0
+    while all(len(p) > depth + 1 for p in paths) and len({id(p[depth]) for p in paths}) == 1:
+        depth += 1
+    items = [p[depth] for p in paths]
+    if len({id(i) for i in items}) != len(items):  # two links in one item: not a plain list
+        return None
+    return items
+
+
+def _ancestors(node: Element) -> list[Element]:
+    out, parent = [], node.parent
+    while parent is not None and parent.tag != "#root":
+        out.append(parent)
+        parent = parent.parent
+    return out
+
+
+def _chain(item: Element, anchor: Element) -> list[Element]:
+    """The elements from `item` down to `anchor`, both included."""
+    chain = [anchor]
+    while chain[-1] is not item and chain[-1].parent is not None:
+        chain.append(chain[-1].parent)
+    return list(reversed(chain))
 
 
 def _inline(page: str, block: Block, link: str) -> str:
