@@ -217,3 +217,22 @@ def test_comments_end_where_html5lib_ends_them(inside):
     ours = any(isinstance(node, Element) and node.tag == "b" for node in parse(page).iter())
     theirs = any(e.tag == "b" for e in html5lib.parse(page, namespaceHTMLElements=False).iter())
     assert ours == theirs, page
+
+
+def test_the_sites_own_item_markup_stays_inert_with_hostile_fields():
+    from recommender.text.rewrite import block_shape, find_blocks
+
+    page = ('<div class="rel" id="r"><h4>Citește și</h4><ul><li class="i"><a class="l" href="https://a.ro/1">Unu</a>'
+            '</li><li class="i"><a class="l" href="https://a.ro/2">Doi</a></li></ul></div>')
+    (block,) = find_blocks(page)
+    shape = block_shape(page, block)
+    assert shape is not None
+    hostile = [('</a><script>alert(1)</script>"\'<img src=x onerror=alert(2)>', 'https://x.ro/?a="><script>'),
+               ("Fără link", None)]
+    tree = html5lib.parse(shape.render(hostile), namespaceHTMLElements=False)
+    assert tree.findall(".//script") == [] and tree.findall(".//img") == []
+    links = tree.findall(".//a")
+    assert [a.get("href") for a in links] == ['https://x.ro/?a="><script>']
+    assert links[0].text == hostile[0][0] and links[0].get("class") == "l"
+    assert [li.get("class") for li in tree.findall(".//li")] == ["i", "i"]
+    assert tree.find(".//div").get("id") == "r"
