@@ -236,6 +236,10 @@ def test_a_server_whose_index_is_still_loading_serves_from_the_store(settings, s
     monkeypatch.setattr(Indexes, "open_active", slow_open)
     with TestClient(create_app(settings, embedder=CountingEmbedder())) as client:
         ready = client.get("/readyz")
+        deadline = time.monotonic() + 5  # the start thread opens the store first: "loading" until then
+        while ready.status_code == 503 and ready.json().get("status") == "loading" and time.monotonic() < deadline:
+            time.sleep(0.02)
+            ready = client.get("/readyz")
         assert ready.status_code == 200 and ready.json()["status"] == "warming"
         assert [i["id"] for i in client.get("/v1/articles/ukr-2/related").json()["items"]] == expected
         assert client.get("/v1/articles/nope/related").status_code == 404
