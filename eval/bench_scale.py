@@ -100,6 +100,7 @@ def prepare_index(data: Path, rebuild: bool = False) -> float | None:
     """Seconds to bring an archive built by an earlier release to this one's index
     (HNSW by size, lexical indexes saved for a fast restart), or to rebuild its graph
     with the current settings; None when it is current."""
+    from recommender.index.files import read_sealed
     from recommender.index.state import LEXICAL_DIR
     from recommender.serving.engine import Engine
     from recommender.settings import Settings
@@ -111,7 +112,7 @@ def prepare_index(data: Path, rebuild: bool = False) -> float | None:
         raise SystemExit(f"no index in {data}: run the ingest step first")
     wanted = "hnsw" if meta.count >= settings.ann.exact_below else "exact"
     manifest = engine.versions.path(meta.version) / LEXICAL_DIR / "meta.json"
-    if not rebuild and meta.kind == wanted and manifest.exists() and "parts" in json.loads(manifest.read_text()):
+    if not rebuild and meta.kind == wanted and manifest.exists() and "parts" in json.loads(read_sealed(manifest)):
         return None
     started = time.perf_counter()
     state = engine.state()

@@ -3,7 +3,9 @@ check is rebuilt from the store, loudly, and never answers wrong."""
 
 from __future__ import annotations
 
+import json
 import logging
+import re
 import shutil
 import threading
 import time
@@ -67,6 +69,21 @@ def test_every_damaged_index_file_is_detected_and_rebuilt_from_the_store(served,
             assert answers(engine) == reference, file.name
         assert fresh.embedded == 0  # rebuilt from the stored vectors, nothing embedded again
         assert any(word in caplog.text for word in ("damaged", "unreadable")), (damage.__name__, file.name)
+
+
+@pytest.mark.parametrize("manifest", ["meta.json", "lexical/meta.json"])
+def test_a_manifest_still_valid_json_after_damage_is_detected(served, caplog, manifest):
+    """A flipped hex digit leaves a manifest parseable (it failed in CI once: the middle of
+    meta.json fell on main_token, which nothing else checks)."""
+    settings, reference, _ = served
+    path = settings.data_dir / "indexes" / "v1" / manifest
+    raw = path.read_bytes()
+    at = re.compile(rb'"[0-9a-f]{8,}"').search(raw, max(raw.find(b"main_token"), 0)).start() + 3  # a token or a digest
+    path.write_bytes(raw[:at] + (b"0" if raw[at:at + 1] != b"0" else b"1") + raw[at + 1:])
+    assert json.loads(path.read_bytes().partition(b"\n")[2])  # still JSON: only the seal tells
+    with caplog.at_level(logging.WARNING):
+        assert answers(Engine(settings, embedder=CountingEmbedder())) == reference
+    assert f"{manifest} is damaged" in caplog.text
 
 
 def test_swapped_files_are_detected(served, caplog):

@@ -3,6 +3,7 @@ import pytest
 
 from embeddings.base import l2_normalize
 from recommender.errors import IndexMismatch
+from recommender.index.files import read_sealed, write_sealed
 from recommender.index.vector_index import IndexMeta, VectorIndex, read_meta
 from recommender.serving.engine import Engine
 from tests.conftest import CountingEmbedder
@@ -71,7 +72,7 @@ def test_sidecar_that_does_not_match_the_file_is_refused(tmp_path, random_vector
     index.upsert(np.arange(10), random_vectors[:10])
     index.save(tmp_path / "v1", IndexMeta("v1", "m", 32, 0, "t"))
     meta_path = tmp_path / "v1" / "meta.json"
-    meta_path.write_text(meta_path.read_text().replace('"count": 10', '"count": 11'))
+    write_sealed(meta_path, read_sealed(meta_path).replace(b'"count": 10', b'"count": 11'))
     with pytest.raises(IndexMismatch, match="does not match its sidecar"):
         VectorIndex.load(tmp_path / "v1")
 

@@ -47,6 +47,24 @@ def atomic_write(path: Path, data: bytes) -> None:
     write_file(path, lambda fh: fh.write(data))
 
 
+def write_sealed(path: Path, data: bytes) -> None:
+    """`data` after a line holding its SHA-256: a manifest is checked as the files it
+    names are, so a flipped digit in it (a digest, a token) is found, not read."""
+    atomic_write(path, hashlib.sha256(data).hexdigest().encode() + b"\n" + data)
+
+
+def read_sealed(path: Path) -> bytes:
+    """What `write_sealed` wrote; IndexDamaged when it fails its seal. A JSON manifest
+    without a seal (written by a release before seals) is read as it is."""
+    raw = path.read_bytes()
+    if raw.startswith(b"{"):
+        return raw
+    seal, _, data = raw.partition(b"\n")
+    if hashlib.sha256(data).hexdigest().encode() != seal:
+        raise IndexDamaged(f"{path} is damaged: it does not match the SHA-256 on its first line")
+    return data
+
+
 def fsync_dir(directory: Path) -> None:
     """Make the renames into `directory` durable (a power loss keeps them)."""
     fd = os.open(directory, os.O_RDONLY)

@@ -20,7 +20,7 @@ import numpy as np
 
 from recommender.errors import IndexDamaged, IndexMismatch, NoIndex
 from recommender.index.columns import Columns
-from recommender.index.files import atomic_write
+from recommender.index.files import read_sealed, write_sealed
 from recommender.index.lexical import LexicalIndex
 from recommender.index.timeline import Timeline
 from recommender.index.vector_index import IndexMeta, VectorIndex, now_iso
@@ -232,7 +232,7 @@ def save_lexical(path: Path, state: IndexState, applied_seq: int) -> None:
     directory = path / LEXICAL_DIR
     manifests = {name: lexical.save(directory / name)
                  for name, lexical in zip(LEXICAL_PARTS, (state.lexical, state.entities, state.titles))}
-    atomic_write(directory / "meta.json", json.dumps({"applied_seq": applied_seq, "parts": manifests}).encode())
+    write_sealed(directory / "meta.json", json.dumps({"applied_seq": applied_seq, "parts": manifests}).encode())
     for name, manifest in manifests.items():
         keep = LexicalIndex.files(manifest)
         for entry in (directory / name).iterdir():
@@ -244,7 +244,7 @@ def load_lexical(path: Path, applied_seq: int) -> tuple[LexicalIndex, LexicalInd
     """The saved lexical indexes when they reflect exactly `applied_seq`, else None."""
     directory = path / LEXICAL_DIR
     try:
-        meta = json.loads((directory / "meta.json").read_text())
+        meta = json.loads(read_sealed(directory / "meta.json"))
         if meta["applied_seq"] != applied_seq:
             return None
         lexical, entities, titles = (LexicalIndex.load(directory / name, meta["parts"][name]) for name in LEXICAL_PARTS)

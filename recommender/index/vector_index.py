@@ -21,9 +21,9 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from recommender.errors import IndexMismatch
+from recommender.errors import IndexDamaged, IndexMismatch
 from recommender.index.columns import RowMap
-from recommender.index.files import atomic_write, verify, write_with
+from recommender.index.files import read_sealed, verify, write_sealed, write_with
 from recommender.settings import AnnSettings
 
 INDEX_FILE = "index.faiss"
@@ -410,7 +410,7 @@ class VectorIndex:
         try:
             previous = read_meta(directory)
             main_digest = previous.checksums.get(INDEX_FILE) if previous.main_token == self.main_token else None
-        except (OSError, ValueError, TypeError):
+        except (OSError, ValueError, TypeError, IndexDamaged):
             main_digest = None
         if main_digest is None or not (directory / INDEX_FILE).exists():
             main_digest = write_with(directory / INDEX_FILE, lambda tmp: self._faiss.write_index(self.main, tmp))
@@ -422,7 +422,7 @@ class VectorIndex:
         meta.count, meta.kind, meta.recall_at_10 = self.count, self.kind, self.recall
         meta.tombstones, meta.delta_file, meta.main_token = tombstones.tolist(), delta_file, self.main_token
         meta.checksums = checksums
-        atomic_write(directory / META_FILE, json.dumps(asdict(meta), indent=2).encode())
+        write_sealed(directory / META_FILE, json.dumps(asdict(meta), indent=2).encode())
         for old in directory.glob("delta-*.faiss"):
             if old.name != delta_file:
                 old.unlink(missing_ok=True)
@@ -452,7 +452,7 @@ class VectorIndex:
 
 
 def read_meta(directory: Path) -> IndexMeta:
-    return IndexMeta(**json.loads((directory / META_FILE).read_text()))
+    return IndexMeta(**json.loads(read_sealed(directory / META_FILE)))
 
 
 def now_iso() -> str:
