@@ -140,14 +140,24 @@ def test_interrupted_embedding_is_resumed_by_the_next_ingest(settings, stories):
             return super().embed(texts)
 
     settings = settings.model_copy(update={"batch_size": 2})
+    interrupted = Engine(settings, embedder=Dies())
     with pytest.raises(KeyboardInterrupt):
-        Engine(settings, embedder=Dies()).ingest([str(stories)])
+        interrupted.ingest([str(stories)])
+    # Each finished batch's articles are stored with its vectors: `stats` shows them at once.
+    assert interrupted.store.count() == 2
     resumed = CountingEmbedder()
     report = Engine(settings, embedder=resumed).ingest([str(stories)])
-    # Articles are stored once their text is embedded; the two finished vectors are kept.
-    assert report.added == 7 and resumed.embedded == 5
+    assert (report.added, report.unchanged, resumed.embedded) == (5, 2, 5)
     engine = Engine(settings, embedder=CountingEmbedder())
     assert engine.state().vectors.count == 7
+
+
+def test_one_id_twice_in_a_write_keeps_the_later_version(engine):
+    from recommender.store.articles import Article
+
+    twice = [Article(id=i, title=t) for i, t in [("d-1", "Prima versiune"), ("d-2", "Alt"), ("d-1", "A doua versiune")]]
+    assert [r.status for r in engine.upsert(twice).results] == ["added", "added", "updated"]
+    assert engine.store.get("d-1").article.title == "A doua versiune"
 
 
 def test_missing_file_is_reported_and_other_files_still_ingested(engine, stories, tmp_path):

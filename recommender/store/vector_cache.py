@@ -16,7 +16,7 @@ import numpy as np
 from embeddings import Embedder
 from recommender.errors import StoreError
 from recommender.store.articles import content_hash
-from recommender.store.base import Store
+from recommender.store.base import Store, Writes
 
 LENGTH_WINDOW = 64  # batches whose texts are sorted by length together, to waste less padding
 
@@ -73,8 +73,11 @@ def in_process(embed: Callable[[list[str]], np.ndarray]) -> EmbedStream:
 
 def fill(store: Store, model: str, pending: Sequence[tuple[str, str]], embed: EmbedStream, batch_size: int,
          progress: bool = False, desc: str | None = None, announce: bool = True,
-         on_batch: Callable[[int], None] | None = None) -> int:
+         on_batch: Callable[[int], None] | None = None,
+         with_batch: Callable[[Writes, list[str]], None] | None = None) -> int:
     """Embed `pending` (content hash, text) pairs and commit each batch; the count embedded.
+    `with_batch(tx, hashes)`: more writes in each batch's transaction (the articles
+    whose text it embedded, stored with their vectors).
     `announce=False` for vectors no serving index reads (a re-embedding job's, a teacher's):
     they then add no work to the change log, which every server's lists follow.
     `on_batch(n)`: after each committed batch of n texts (a caller's own progress bar)."""
@@ -86,6 +89,8 @@ def fill(store: Store, model: str, pending: Sequence[tuple[str, str]], embed: Em
         for hashes, vectors in embed(length_sorted_batches(pending, batch_size)):
             with store.transaction() as tx:
                 tx.put_vectors(model, hashes, vectors, announce)
+                if with_batch is not None:
+                    with_batch(tx, hashes)
             done += len(hashes)
             bar.update(len(hashes))
             if on_batch is not None:

@@ -12,7 +12,7 @@ from typing import Callable
 
 from recommender.store import vector_cache
 from recommender.store.articles import Article
-from recommender.store.base import ArticleRow, Store, UpsertResult
+from recommender.store.base import ArticleRow, Store, UpsertResult, Writes
 
 
 @dataclass
@@ -24,17 +24,31 @@ class Written:
 def write_articles(store: Store, model: str, embed: vector_cache.EmbedStream, batch_size: int,
                    articles: list[Article], embed_chars: int,
                    on_batch: Callable[[int], None] | None = None) -> Written:
-    """Embed the texts the cache lacks (committed batch by batch), then store the
-    articles in one transaction: an article is never stored without its vector
-    being at least on its way, and a crash keeps every finished batch.
+    """Store the articles whose text has a vector, then each batch of the others in the
+    transaction that stores its vectors: an article is never stored without its vector,
+    and an interrupted ingest (Ctrl-C) keeps every article of every finished batch.
     `on_batch(n)`: after each embedded batch of n texts."""
     rows = [ArticleRow.of(a, a.embed_text(embed_chars)) for a in articles]
     pairs = [(row.content_hash, row.text.text) for row in rows]
-    embedded = vector_cache.fill(store, model, vector_cache.missing(store, model, pairs), embed, batch_size,
-                                 on_batch=on_batch)
+    pending = vector_cache.missing(store, model, pairs)
+    if len({row.article.id for row in rows}) < len(rows):  # a later version must win: every row in order, at the end
+        embedded = vector_cache.fill(store, model, pending, embed, batch_size, on_batch=on_batch)
+        with store.transaction() as tx:
+            return Written([tx.upsert(row) for row in rows], embedded)
+    results: dict[int, UpsertResult] = {}
+    waiting: dict[str, list[int]] = {h: [] for h, _ in pending}
+    for i, row in enumerate(rows):
+        waiting.get(row.content_hash, []).append(i)
+
+    def store_rows(tx: Writes, hashes: list[str]) -> None:
+        for i in (i for h in hashes for i in waiting.pop(h, [])):
+            results[i] = tx.upsert(rows[i])
+
     with store.transaction() as tx:
-        results = [tx.upsert(row) for row in rows]
-    return Written(results, embedded)
+        ready = [i for i, row in enumerate(rows) if row.content_hash not in waiting]
+        results.update((i, tx.upsert(rows[i])) for i in ready)
+    embedded = vector_cache.fill(store, model, pending, embed, batch_size, on_batch=on_batch, with_batch=store_rows)
+    return Written([results[i] for i in range(len(rows))], embedded)
 
 
 def delete_articles(store: Store, ids: list[str]) -> list[str]:
