@@ -235,7 +235,9 @@ def show_progress(flag: bool | None) -> bool:
 @progress_option
 @click.option("--precompute/--no-precompute", default=True,
               help="Recompute the related lists the new articles touch (a running server fills missing ones anyway).")
-def ingest(files, settings, timezone, as_json, progress, precompute):
+@click.option("--workers", type=click.IntRange(1, 256), default=None,
+              help="Processes computing the related lists. [default: the number of cores]")
+def ingest(files, settings, timezone, as_json, progress, precompute, workers):
     """Add or update articles from JSONL files ('-' reads standard input).
 
     Each line is one article: required "id" and "title"; optional "body" (text or
@@ -257,7 +259,8 @@ def ingest(files, settings, timezone, as_json, progress, precompute):
     if timezone:
         settings = load_settings(**settings.model_dump(exclude_unset=True), timezone=timezone)
     engine = open_engine(settings)
-    report = engine.ingest(list(files), progress=show_progress(progress), precompute=precompute)
+    report = engine.ingest(list(files), progress=show_progress(progress), precompute=precompute,
+                           workers=workers or os.cpu_count() or 1)
     if as_json:
         from dataclasses import asdict
 
@@ -596,7 +599,7 @@ def reembed(data_dir, model, device, batch_size, workers, limit, activate, ray_a
     if not store_exists(settings):
         raise CliError(f"no store in {settings.data_dir}", hint="ingest articles first")
     result = run_reembed(settings, ReembedOptions(model, device, batch_size, workers, limit, activate,
-                                                  ray_address, show_progress(progress)),
+                                                  ray_address, show_progress(progress), os.cpu_count() or 1),
                          echo=lambda m: click.echo(m, err=True))
     click.echo(f"{result.version}: embedded {result.embedded} texts in {result.seconds:.1f} s "
                f"({result.docs_per_second:.1f} docs/s), reused {result.reused}"
@@ -928,7 +931,7 @@ def tune(files, settings, until, field, links_csv, held_out, c, activate, as_jso
     engine = Engine(settings)
     progress = show_progress(progress)
     if files:
-        engine.ingest(list(files), progress=progress)
+        engine.ingest(list(files), progress=progress, workers=os.cpu_count() or 1)
     try:
         state = engine.state()
     except NoIndex:  # articles stored but never indexed (an interrupted first ingest): index what has vectors

@@ -190,3 +190,31 @@ def test_the_progress_bar_has_a_total_and_moves_with_every_embedded_batch(settin
     records = [json.loads(line) for line in stories.read_text().splitlines()]
     engine.upsert([parse_article(r) for r in records], batches.append)
     assert batches == [2, 2, 2, 1]
+
+
+def all_lists(engine: Engine) -> dict[str, list[str]]:
+    state = engine.state()
+    lists = engine.lists_for(state)
+    return {state.infos[n].id: [state.infos[i.num].id for i in lists.get(n).items] for n in sorted(state.infos)}
+
+
+def test_lists_computed_in_forked_processes_are_those_of_one_process(tmp_path, stories, monkeypatch):
+    from recommender.serving import lists
+    from recommender.settings import Settings
+
+    monkeypatch.setattr(lists, "SAVE_EVERY", 2)  # 7 articles: 4 chunks over 2 processes
+    forked, alone = (Engine(Settings(data_dir=tmp_path / name, model="hashing:256"), embedder=CountingEmbedder())
+                     for name in ("forked", "alone"))
+    forked.ingest([str(stories)], workers=2)
+    alone.ingest([str(stories)], workers=1)
+    assert all_lists(forked) == all_lists(alone) and len(all_lists(forked)) == 7
+    state = forked.state()
+    shown = forked.lists_for(state)
+    shown.forget(list(state.infos))
+    forked.upkeep.compute_in_processes(state, shown, sorted(state.infos), 2)
+    assert forked.upkeep.missing(state, shown) == []  # what the children stored is known here, not computed again
+    follow_up = write_jsonl(tmp_path / "more.jsonl", [article("ukr-4", "Negocieri de pace pentru Ucraina la Kiev",
+                                                             "Kievul și partenerii discută garanțiile de securitate.")])
+    for engine in (forked, alone):
+        engine.ingest([str(follow_up)], workers=2)
+    assert all_lists(forked) == all_lists(alone)

@@ -150,15 +150,15 @@ class Engine:
             self.sync(self.state())
         return unknown
 
-    def sync(self, state: IndexState, progress: bool = False) -> None:
+    def sync(self, state: IndexState, progress: bool = False, workers: int = 1) -> None:
         """Apply the store's changes to the index, save it, and recompute the lists
         of every change the lists have not followed yet (this run's, or those of
-        an earlier run that stopped between the two)."""
+        an earlier run that stopped between the two), in `workers` processes."""
         self.indexes.catch_up(state)
         self.indexes.save(state)
         lists = self.lists_for(state)
-        self.upkeep.catch_up(state, lists, progress)
-        self.upkeep.fill_missing(state, lists, progress)
+        self.upkeep.catch_up(state, lists, progress, workers)
+        self.upkeep.fill_missing(state, lists, progress, workers)
 
     def embed_missing(self, progress: bool = False) -> int:
         """Embed every stored text this model has no vector for (an interrupted run's leftovers)."""
@@ -166,10 +166,11 @@ class Engine:
                             vector_cache.in_process(self.embed), self.settings.batch_size, progress)
 
     def ingest(self, sources: list[str], progress: bool = False, index: bool = True,
-               precompute: bool = True) -> IngestReport:
+               precompute: bool = True, workers: int = 1) -> IngestReport:
         """Read JSONL files through the write path, then bring the active index
         (unless `index` is False: the evaluation builds its own in memory) and
-        the precomputed lists (unless `precompute` is False) up to date."""
+        the precomputed lists (unless `precompute` is False) up to date, the
+        lists in `workers` forked processes."""
         from tqdm import tqdm
 
         state = self.state() if index and self.indexes.active_meta() is not None else None
@@ -204,10 +205,10 @@ class Engine:
             state = self.new_version()
             if precompute:
                 lists = self.lists_for(state)
-                self.upkeep.fill_missing(state, lists, progress)
+                self.upkeep.fill_missing(state, lists, progress, workers)
                 self.upkeep.catch_up(state, lists)  # records that the lists are current
         elif precompute:
-            self.sync(state, progress)
+            self.sync(state, progress, workers)
         else:
             self.indexes.catch_up(state)
             self.indexes.save(state)

@@ -80,9 +80,13 @@ class RelatedLists:
         self._items = np.full((0, width), -1, dtype=np.int32)  # row num: the nums its list shows
         self._has = np.zeros(0, dtype=bool)  # row num: its list is stored (it may be empty)
         self._lock = threading.Lock()
+        self.reload()
+
+    def reload(self) -> None:
+        """Read which articles each stored list shows (after other processes wrote lists)."""
         rows: list[tuple[int, list[int]]] = []
-        for num, items, _ in store.list_rows(self.key):
-            rows.append((num, [item[0] for item in json.loads(items)[:width]]))
+        for num, items, _ in self.store.list_rows(self.key):
+            rows.append((num, [item[0] for item in json.loads(items)[:self.width]]))
             if len(rows) == REMEMBER_BATCH:
                 self._remember(rows)
                 rows = []
@@ -214,17 +218,18 @@ class ListUpkeep:
             affected.update(int(n) for n in near.ravel() if n >= 0)
         return sorted(n for n in affected - set(own) if n in state.infos)
 
-    def refresh(self, state: IndexState, lists: RelatedLists, changed: Iterable[int], progress: bool = False) -> int:
-        return self.compute(state, lists, self.affected(state, lists, changed), progress)
+    def refresh(self, state: IndexState, lists: RelatedLists, changed: Iterable[int], progress: bool = False,
+                workers: int = 1) -> int:
+        return self.compute_in_processes(state, lists, self.affected(state, lists, changed), workers, progress)
 
-    def catch_up(self, state: IndexState, lists: RelatedLists, progress: bool = False) -> int:
+    def catch_up(self, state: IndexState, lists: RelatedLists, progress: bool = False, workers: int = 1) -> int:
         """Recompute the lists touched by every change the index has applied and the
         lists have not followed yet, whoever applied it and whenever; then record it.
         A version with no record yet (a store from before records) counts as current."""
         done = self.store.lists_refreshed_seq(lists.key)
         applied = state.meta.applied_seq
         if done is not None and done < applied:
-            count = self.refresh(state, lists, self.store.changed_between(done, applied), progress)
+            count = self.refresh(state, lists, self.store.changed_between(done, applied), progress, workers)
         else:
             count = 0
         self.record(state, lists)
@@ -247,8 +252,10 @@ class ListUpkeep:
             lists.forget(self.affected(state, lists, self.store.changed_between(done, applied)))
         return self.missing(state, lists)
 
-    def fill_missing(self, state: IndexState, lists: RelatedLists, progress: bool = False) -> int:
-        return self.compute(state, lists, self.missing(state, lists), progress)
+    def fill_missing(self, state: IndexState, lists: RelatedLists, progress: bool = False, workers: int = 1) -> int:
+        """Compute every list not stored yet; `workers` > 1 only from a command's own
+        process (it forks: never from a server's threads)."""
+        return self.compute_in_processes(state, lists, self.missing(state, lists), workers, progress)
 
     @staticmethod
     def missing(state: IndexState, lists: RelatedLists) -> list[int]:
@@ -273,8 +280,8 @@ class ListUpkeep:
     def compute_in_processes(self, state: IndexState, lists: RelatedLists, nums: list[int], workers: int,
                              progress: bool = False) -> int:
         """`compute`, spread over `workers` forked processes that share this one's
-        loaded index (copy-on-write) and write to the store; for a whole archive's
-        lists (a profile switch). The lists land in the store, not in `lists`' memory."""
+        loaded index (copy-on-write) and write to the store; for many lists (a first
+        ingest, a profile switch). Fewer than two chunks' worth are computed here."""
         if workers <= 1 or len(nums) < 2 * SAVE_EVERY:
             return self.compute(state, lists, nums, progress)
         import multiprocessing
@@ -291,6 +298,7 @@ class ListUpkeep:
                     bar.update(done)
         finally:
             _forked_job = None
+        lists.reload()  # the children wrote to the store: what the lists show is read back once
         return len(nums)
 
     def lists_for(self, state: IndexState, nums: list[int]) -> Iterator[tuple[int, list[RelatedItem]]]:

@@ -43,6 +43,7 @@ class ReembedOptions:
     activate: bool = True
     ray_address: str | None = None
     progress: bool = False
+    list_workers: int = 1  # forked processes computing the new version's related lists
 
 
 @dataclass
@@ -97,7 +98,7 @@ def _run(engine: Engine, versions: Versions, embedder: Embedder, opts: ReembedOp
              f"(--limit); rerun without --limit to finish {version}")
         return result
     result.complete = True
-    state = _build(engine, version, embedder, result, opts.progress)
+    state = _build(engine, version, embedder, result, opts)
     if opts.activate:
         versions.activate(version)
         result.activated = True
@@ -136,14 +137,14 @@ def _failure(what: str, engine: Engine, exc: Exception) -> JobFailed:
                           "then rerun the same command to resume")
 
 
-def _build(engine: Engine, version: str, embedder: Embedder, result: ReembedResult, progress: bool):
+def _build(engine: Engine, version: str, embedder: Embedder, result: ReembedResult, opts: ReembedOptions):
     """Index, validation, related lists: everything before the switch."""
     try:
         state = engine.indexes.build_state(version, embedder.dimension)
         result.checks = validate(engine, state, embedder)
         engine.indexes.save(state)
         lists = engine.lists_for(state)
-        engine.upkeep.fill_missing(state, lists, progress)
+        engine.upkeep.fill_missing(state, lists, opts.progress, opts.list_workers)
         engine.upkeep.catch_up(state, lists)  # records that the lists are current
     except (sqlite3.OperationalError, OSError) as exc:
         raise _failure(f"could not write index version {version}", engine, exc) from None
