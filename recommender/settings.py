@@ -124,6 +124,9 @@ class Settings(BaseSettings):
     save_seconds: float = Field(60.0, gt=0)
     # Fill lists that are missing (say, after a bulk load without them) once the server is up.
     precompute_on_start: bool = True
+    # Processes a server forks to recompute a large backlog of lists (a bulk import, a fill);
+    # 0: one per core. A few changes are recomputed in the server's own worker thread.
+    list_workers: int = Field(0, ge=0, le=256)
     # A server whose index takes longer than this to load (a large archive) answers meanwhile from
     # the store: precomputed lists, article reads and writes; /readyz says "warming".
     warm_after_seconds: float = Field(5.0, ge=0)

@@ -129,6 +129,13 @@ def engine(settings, embedder) -> Engine:
     return Engine(settings, embedder=embedder)
 
 
+def all_lists(engine: Engine) -> dict[str, list[str]]:
+    """Every stored list of the engine's active index, as article ids."""
+    state = engine.state()
+    lists = engine.lists_for(state)
+    return {state.infos[n].id: [state.infos[i.num].id for i in lists.get(n).items] for n in sorted(state.infos)}
+
+
 # A small archive with two stories and unrelated noise, in the shape publishers send.
 STORY_ARTICLES = [
     article("ukr-1", "Kievul propune un armistițiu în Marea Neagră",

@@ -1,11 +1,13 @@
 import dataclasses
 import json
+import os
 import re
 
 import pytest
 from fastapi.testclient import TestClient
 
 from api.app import create_app
+from recommender.serving.lists import _compute_forked as COMPUTE_FORKED
 from tests.conftest import STORY_ARTICLES, CountingEmbedder, article, write_jsonl
 
 KEY = "test-key"
@@ -122,6 +124,40 @@ def test_bulk_json_array_and_jsonl(client):
     lines = "\n".join([json.dumps(article("b-1", "Bugetul pe 2026")), "{bad", json.dumps(article("b-4", "Altul"))])
     jsonl = client.post("/v1/articles:bulk", content=lines, headers={**AUTH, "content-type": "application/x-ndjson"})
     assert [(r["index"], r["status"]) for r in jsonl.json()["results"]] == [(0, "unchanged"), (1, "rejected"), (2, "added")]
+
+
+def compute_noting_pid(chunk):
+    """A forked list worker's job, noting which process ran it (pickled by name: module level)."""
+    with open(os.environ["TEST_PIDS_FILE"], "a") as out:
+        out.write(f"{os.getpid()}\n")
+    return COMPUTE_FORKED(chunk)
+
+
+def test_a_bulk_import_is_listed_by_forked_processes_as_by_one(api_settings, stories, tmp_path, monkeypatch):
+    """A large backlog reaching a server is spread over processes forked from its list
+    worker; what they compute is what one process computes, and the server knows it."""
+    from recommender.serving import lists
+    from recommender.serving.engine import Engine
+    from tests.conftest import all_lists
+
+    monkeypatch.setattr(lists, "SAVE_EVERY", 2)  # 7 new articles: 4 chunks over 2 processes
+    pids = tmp_path / "pids"
+    monkeypatch.setenv("TEST_PIDS_FILE", str(pids))
+    monkeypatch.setattr(lists, "_compute_forked", compute_noting_pid)
+    more = [dict(a, id=f"{a['id']}-b", title=a["title"] + " (continuare)") for a in STORY_ARTICLES]
+    Engine(api_settings, embedder=CountingEmbedder()).ingest([str(stories)])
+    forked = api_settings.model_copy(update={"list_workers": 2})
+    with TestClient(create_app(forked, embedder=CountingEmbedder(), background=False)) as c:
+        assert c.post("/v1/articles:bulk", json=more, headers=AUTH).json()["added"] == 7
+        assert settled(c).get("/v1/articles/ukr-1-b/related").status_code == 200
+    assert os.getpid() not in {int(p) for p in pids.read_text().split()}
+    alone = Engine(api_settings.model_copy(update={"data_dir": tmp_path / "alone", "database_url": ""}),
+                   embedder=CountingEmbedder())
+    alone.ingest([str(stories)], workers=1)
+    alone.ingest([str(write_jsonl(tmp_path / "more.jsonl", more))], workers=1)
+    served = Engine(forked, embedder=CountingEmbedder())
+    assert all_lists(served) == all_lists(alone) and len(all_lists(served)) == 14
+    assert not served.upkeep.missing(served.state(), served.lists_for(served.state()))
 
 
 SURROGATE = "\ud800"

@@ -5,7 +5,7 @@ from datetime import timezone
 import pytest
 
 from recommender.serving.engine import Engine
-from tests.conftest import CountingEmbedder, article, write_jsonl
+from tests.conftest import CountingEmbedder, all_lists, article, write_jsonl
 
 
 def test_counts_added_updated_unchanged(engine, embedder, tmp_path):
@@ -190,12 +190,6 @@ def test_the_progress_bar_has_a_total_and_moves_with_every_embedded_batch(settin
     records = [json.loads(line) for line in stories.read_text().splitlines()]
     engine.upsert([parse_article(r) for r in records], batches.append)
     assert batches == [2, 2, 2, 1]
-
-
-def all_lists(engine: Engine) -> dict[str, list[str]]:
-    state = engine.state()
-    lists = engine.lists_for(state)
-    return {state.infos[n].id: [state.infos[i.num].id for i in lists.get(n).items] for n in sorted(state.infos)}
 
 
 def test_lists_computed_in_forked_processes_are_those_of_one_process(tmp_path, stories, monkeypatch):

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Callable
+from typing import Callable, Protocol
 
 import numpy as np
 from pydantic import ValidationError
@@ -27,7 +27,6 @@ from recommender.ranking.rules import (
 )
 from recommender.settings import RankingSettings
 from recommender.store.articles import Article, content_hash, describe_validation_error, title_key
-from recommender.store.base import Store
 from recommender.text.entities import entities
 from recommender.text.normalize import stem_words, surface_words, terms
 
@@ -35,6 +34,12 @@ NO_FILTERS = Filters()
 POOL_MIN = 30  # MMR looks at this many top candidates at least
 
 Embed = Callable[[list[str]], np.ndarray]
+
+
+class Texts(Protocol):
+    """Where a stored seed's text comes from: the store, or texts read ahead for a forked worker."""
+
+    def text_and_terms(self, article_id: str) -> tuple[str, list[str]] | None: ...
 
 
 @dataclass(frozen=True)
@@ -64,7 +69,7 @@ def ranking_options(defaults: RankingSettings, **overrides) -> RankingSettings:
         raise InvalidQuery(describe_validation_error(exc)) from None
 
 
-def stored_seed(state: IndexState, store: Store, article_id: str, embed: Embed) -> Seed:
+def stored_seed(state: IndexState, store: Texts, article_id: str, embed: Embed) -> Seed:
     num = state.by_id.get(article_id)
     if num is None:
         raise ArticleNotFound(article_id)

@@ -12,7 +12,7 @@ import json
 import threading
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
@@ -29,6 +29,14 @@ SAVE_EVERY = 500  # lists written to the store per transaction
 SEARCH_BATCH = 64  # seeds whose nearest neighbours are searched in one call
 # Stored lists read at start per step: a million at once, as Python lists, took half a GB.
 REMEMBER_BATCH = 20_000
+
+Stop = Callable[[], bool]  # asked between chunks of lists: True ends the computation early
+Chunk = tuple[list[int], dict[str, tuple[str, list[str]]]]  # nums, and their texts by article id
+Encoded = tuple[int, str, list[int]]  # a list as stored, and the nums it shows
+
+
+def never() -> bool:
+    return False
 
 
 @dataclass(frozen=True)
@@ -122,6 +130,18 @@ class RelatedLists:
         with self._lock:
             self._remember([(num, [i.num for i in items]) for num, items in lists.items()])
 
+    def put_encoded(self, lists: list[Encoded]) -> None:
+        """Store lists encoded elsewhere (a forked worker's)."""
+        self.store.put_lists(self.key, {num: text for num, text, _ in lists})
+        with self._lock:
+            self._remember([(num, shown) for num, _, shown in lists])
+
+    def shown_by(self, nums: Iterable[int]) -> set[int]:
+        """The articles the stored lists of `nums` show."""
+        rows = [n for n in nums if n < len(self._items)]
+        shown = self._items[rows].ravel()
+        return set(shown[shown >= 0].tolist())
+
     def containing(self, nums: Iterable[int]) -> set[int]:
         wanted = np.fromiter(nums, dtype=np.int64)
         if len(wanted) == 0:
@@ -196,7 +216,8 @@ class ListUpkeep:
         self.embed = embed
         self.rules = rules
 
-    def affected(self, state: IndexState, lists: RelatedLists, changed: Iterable[int]) -> list[int]:
+    def affected(self, state: IndexState, lists: RelatedLists, changed: Iterable[int], workers: int = 1,
+                 stop: Stop = never) -> list[int]:
         """The lists a change can touch, beyond the changed articles' own, which are
         computed and stored here, first: those of the articles their new lists show
         (an earlier piece of a story must point to its follow-up, and the follow-up's
@@ -207,11 +228,8 @@ class ListUpkeep:
         lists.forget([n for n in changed if n not in state.infos])
         own = sorted(n for n in changed if n in state.infos)
         affected = lists.containing(changed)
-        for start in range(0, len(own), SEARCH_BATCH):
-            batch = {num: self.cached_items(state, items)
-                     for num, items in self.lists_for(state, own[start:start + SEARCH_BATCH])}
-            lists.put_many(batch)
-            affected.update(item.num for items in batch.values() for item in items)
+        self.compute_in_processes(state, lists, own, workers, stop=stop)
+        affected.update(lists.shown_by(own))
         embedded = [n for n in own if n in state.vectors]
         if embedded:
             _, near = state.vectors.search(state.vectors.reconstruct(np.asarray(embedded)), self.precompute_k + 1)
@@ -219,8 +237,10 @@ class ListUpkeep:
         return sorted(n for n in affected - set(own) if n in state.infos)
 
     def refresh(self, state: IndexState, lists: RelatedLists, changed: Iterable[int], progress: bool = False,
-                workers: int = 1) -> int:
-        return self.compute_in_processes(state, lists, self.affected(state, lists, changed), workers, progress)
+                workers: int = 1, stop: Stop = never) -> int:
+        """Recompute the lists `changed` touches; `stop()`, asked between chunks, ends it early."""
+        affected = self.affected(state, lists, changed, workers, stop)
+        return self.compute_in_processes(state, lists, affected, workers, progress, stop)
 
     def catch_up(self, state: IndexState, lists: RelatedLists, progress: bool = False, workers: int = 1) -> int:
         """Recompute the lists touched by every change the index has applied and the
@@ -261,13 +281,16 @@ class ListUpkeep:
     def missing(state: IndexState, lists: RelatedLists) -> list[int]:
         return lists.missing_or_stale(n for n in state.infos if n in state.vectors)
 
-    def compute(self, state: IndexState, lists: RelatedLists, nums: list[int], progress: bool = False) -> int:
+    def compute(self, state: IndexState, lists: RelatedLists, nums: list[int], progress: bool = False,
+                stop: Stop = never) -> int:
         from tqdm import tqdm
 
         batch: dict[int, list[CachedItem]] = {}
         with tqdm(total=len(nums), unit="list", desc="precomputing related lists",
                   disable=not progress or not nums) as bar:
             for start in range(0, len(nums), SEARCH_BATCH):
+                if stop():
+                    break
                 for num, items in self.lists_for(state, nums[start:start + SEARCH_BATCH]):
                     batch[num] = self.cached_items(state, items)
                     bar.update()
@@ -278,33 +301,54 @@ class ListUpkeep:
         return len(nums)
 
     def compute_in_processes(self, state: IndexState, lists: RelatedLists, nums: list[int], workers: int,
-                             progress: bool = False) -> int:
+                             progress: bool = False, stop: Stop = never) -> int:
         """`compute`, spread over `workers` forked processes that share this one's
-        loaded index (copy-on-write) and write to the store; for many lists (a first
-        ingest, a profile switch). Fewer than two chunks' worth are computed here."""
-        if workers <= 1 or len(nums) < 2 * SAVE_EVERY:
-            return self.compute(state, lists, nums, progress)
+        loaded index (copy-on-write); for many lists (a first ingest, a profile switch,
+        a bulk import reaching a server). Fewer than two chunks' worth, and articles
+        without a vector (their seed needs the model), are computed here.
+
+        The children never touch the store: a database connection must not cross a
+        fork, and a server's other threads hold theirs. This process reads each chunk's
+        texts (in the pool's feeder thread) and writes the lists the children return."""
+        forkable = [n for n in nums if n in state.vectors]
+        if workers <= 1 or len(forkable) < 2 * SAVE_EVERY:
+            return self.compute(state, lists, nums, progress, stop)
         import multiprocessing
 
         from tqdm import tqdm
 
+        self.compute(state, lists, [n for n in nums if n not in state.vectors], stop=stop)
         global _forked_job
-        _forked_job = (self, state, lists.key)
-        chunks = [nums[i:i + SAVE_EVERY] for i in range(0, len(nums), SAVE_EVERY)]
+        _forked_job = (self, state)
+        chunks = [forkable[i:i + SAVE_EVERY] for i in range(0, len(forkable), SAVE_EVERY)]
         try:
             with multiprocessing.get_context("fork").Pool(workers, initializer=_start_forked) as pool, \
-                    tqdm(total=len(nums), unit="list", desc="computing related lists", disable=not progress) as bar:
-                for done in pool.imap_unordered(_compute_forked, chunks):
-                    bar.update(done)
+                    tqdm(total=len(forkable), unit="list", desc="computing related lists",
+                         disable=not progress) as bar:
+                for computed in pool.imap_unordered(_compute_forked, self._with_texts(state, chunks, stop)):
+                    lists.put_encoded(computed)
+                    bar.update(len(computed))
+                    if stop():
+                        pool.terminate()
+                        break
         finally:
             _forked_job = None
-        lists.reload()  # the children wrote to the store: what the lists show is read back once
         return len(nums)
 
-    def lists_for(self, state: IndexState, nums: list[int]) -> Iterator[tuple[int, list[RelatedItem]]]:
+    def _with_texts(self, state: IndexState, chunks: list[list[int]], stop: Stop) -> Iterator[Chunk]:
+        for chunk in chunks:
+            if stop():
+                return
+            texts = self.store.texts_and_terms(chunk)
+            yield chunk, {state.infos[num].id: texts[num] for num in chunk if num in texts}
+
+    def lists_for(self, state: IndexState, nums: list[int],
+                  texts: pipeline.Texts | None = None) -> Iterator[tuple[int, list[RelatedItem]]]:
         """The lists of several articles, their nearest neighbours searched in one
-        FAISS call: a matrix product over the batch instead of one per seed."""
-        seeds = [pipeline.stored_seed(state, self.store, state.infos[num].id, self.embed) for num in nums]
+        FAISS call: a matrix product over the batch instead of one per seed.
+        `texts`: the seeds' texts, when not read from the store."""
+        source = texts or self.store
+        seeds = [pipeline.stored_seed(state, source, state.infos[num].id, self.embed) for num in nums]
         if not seeds:
             return
         _, nearest = state.vectors.search(np.vstack([s.vector for s in seeds]),
@@ -318,28 +362,38 @@ class ListUpkeep:
         return [CachedItem(state.by_id[i.id], i.relevance, i.rank_score, i.reason) for i in items]
 
 
+class ReadAhead:
+    """Texts read by the parent for a forked worker's chunk (`pipeline.Texts`)."""
+
+    def __init__(self, texts: dict[str, tuple[str, list[str]]]):
+        self.texts = texts
+
+    def text_and_terms(self, article_id: str) -> tuple[str, list[str]] | None:
+        return self.texts.get(article_id)
+
+
 # What a forked list worker computes with: set by the parent just before forking,
 # so the children inherit the loaded index instead of loading it again.
-_forked_job: tuple[ListUpkeep, IndexState, str] | None = None
+_forked_job: tuple[ListUpkeep, IndexState] | None = None
 
 
-def _job() -> tuple[ListUpkeep, IndexState, str]:
+def _job() -> tuple[ListUpkeep, IndexState]:
     assert _forked_job is not None, "set before the pool forks"
     return _forked_job
 
 
 def _start_forked() -> None:
-    global _forked_job
     from threadpoolctl import threadpool_limits
 
     threadpool_limits(1)  # N workers on N cores, not N x BLAS threads
-    upkeep, state, key = _job()
-    store = upkeep.store.reopened()  # a connection must not cross a fork
-    _forked_job = (ListUpkeep(store, upkeep.options, upkeep.precompute_k, upkeep.embed, upkeep.rules), state, key)
 
 
-def _compute_forked(nums: list[int]) -> int:
-    upkeep, state, key = _job()
-    lists = {num: encode(upkeep.cached_items(state, items)) for num, items in upkeep.lists_for(state, nums)}
-    upkeep.store.put_lists(key, lists)
-    return len(nums)
+def _compute_forked(chunk: Chunk) -> list[Encoded]:
+    """A chunk's lists, encoded as stored, with the nums each shows."""
+    upkeep, state = _job()
+    nums, texts = chunk
+    out = []
+    for num, items in upkeep.lists_for(state, nums, ReadAhead(texts)):
+        cached = upkeep.cached_items(state, items)
+        out.append((num, encode(cached), [i.num for i in cached]))
+    return out

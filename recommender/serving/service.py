@@ -28,7 +28,7 @@ from recommender.ranking import pipeline
 from recommender.ranking.editorial import Curation
 from recommender.ranking.rules import Filters, RelatedItem
 from recommender.serving.engine import Engine
-from recommender.serving.lists import CachedList, RelatedLists, last_stored_list, lists_key
+from recommender.serving.lists import SAVE_EVERY, CachedList, RelatedLists, last_stored_list, lists_key
 from recommender.settings import Settings
 from recommender.store.articles import Article, ArticleInfo
 from recommender.store.base import Lease, StoredArticle, UpsertResult
@@ -398,6 +398,7 @@ class ListWorker:
     holder dies catches up from the last change the lists are recorded to follow."""
 
     BATCH = 200  # lists per step: a stop or a newer change is seen between steps
+    FORKED_BATCH = 2 * SAVE_EVERY  # per worker process, when a step's lists are forked out (seconds of work)
     RETRY_LEASE = 1.0  # seconds between a follower's tries to take the lease
 
     def __init__(self, service: "Service"):
@@ -415,6 +416,8 @@ class ListWorker:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.leading: bool | None = None  # None until the lease was first tried
+        # A large backlog (a bulk import) is computed in this many forked processes.
+        self.workers = service.settings.list_workers or os.cpu_count() or 1
         self._next_try = 0.0
 
     def start(self, fill_missing: bool) -> None:
@@ -548,11 +551,9 @@ class ListWorker:
             self._busy = len(batch)
         try:
             upkeep = snap.engine.upkeep
-            affected = upkeep.affected(snap.state, snap.lists, batch)
-            for start in range(0, len(affected), self.BATCH):
-                if self._stop.is_set():
-                    return False
-                upkeep.compute(snap.state, snap.lists, affected[start:start + self.BATCH])
+            upkeep.refresh(snap.state, snap.lists, batch, workers=self.workers, stop=self._stop.is_set)
+            if self._stop.is_set():
+                return False
             with self._lock:
                 caught_up = not self._pending
             if caught_up:  # every change this snapshot holds has its lists
@@ -570,10 +571,11 @@ class ListWorker:
         """The next BATCH of `todo` computed (those still missing: a read may have filled
         some); False once `todo` is exhausted. The list of missing ones is taken once per
         pass, not per batch, so a pass stays linear in the archive."""
-        taken = [n for _, n in zip(range(self.BATCH), todo)]
+        taken = [n for _, n in zip(range(self.BATCH if self.workers <= 1 else self.FORKED_BATCH * self.workers), todo)]
         if not taken:
             return False
-        engine.upkeep.compute(state, lists, lists.missing_or_stale(n for n in taken if n in state.infos))
+        engine.upkeep.compute_in_processes(state, lists, lists.missing_or_stale(n for n in taken if n in state.infos),
+                                           self.workers, stop=self._stop.is_set)
         return True
 
     def _profile_step(self) -> bool:

@@ -145,6 +145,11 @@ class SQLStore(Store):
         row = self._one("SELECT text, terms FROM articles WHERE id = ?", (article_id,))
         return (row[0], row[1].split()) if row else None
 
+    def texts_and_terms(self, nums: list[int]) -> dict[int, tuple[str, list[str]]]:
+        """`text_and_terms` of many articles at once, by num (those that exist)."""
+        return {row[0]: (row[1], row[2].split()) for batch in _batches(nums) for row in self._rows(
+            f"SELECT num, text, terms FROM articles WHERE num IN ({_marks(batch)})", batch)}
+
     def stats(self) -> StoreStats:
         by_model = {m: n for m, n in self._rows("SELECT model, COUNT(*) FROM vectors GROUP BY model")}
         sections = {s: n for s, n in self._rows(
