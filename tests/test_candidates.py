@@ -46,6 +46,30 @@ def test_bm25_search_matches_brute_force_through_adds_updates_and_removes():
     assert 5001 in lexical.search(query, 5)[1] and 5001 not in before.search(query, 5)[1]
 
 
+def test_bm25_built_in_blocks_is_the_index_built_one_document_at_a_time():
+    rng = np.random.default_rng(1)
+    vocab = [f"w{i}" for i in range(70)]
+    docs = {n: list(rng.choice(vocab, size=rng.integers(0, 30))) for n in range(0, 2400, 2)}
+    one, blocks = LexicalIndex(), LexicalIndex()
+    for n, words in docs.items():
+        one.add(n, words)
+    nums = list(docs)
+    for start in range(0, len(nums), 500):  # appended to the base block by block while building
+        blocks.add_many(nums[start:start + 500], [docs[n] for n in nums[start:start + 500]])
+    assert len(blocks._base.nums) == len(docs) and not blocks._docs
+    query = one.query(["w1", "w2", "w3", "w7"])
+    blocks._current_postings()
+    blocks.add_many([1, 2, 4], [["w1", "w1"], ["w2"], ["w3", "w9"]])  # once searched: changes, one by one
+    one.add(1, ["w1", "w1"])
+    one.add(2, ["w2"])
+    one.add(4, ["w3", "w9"])
+    assert blocks.vocab == one.vocab and len(blocks) == len(one) and blocks.nums().tolist() == one.nums().tolist()
+    everyone = one.nums().tolist()
+    np.testing.assert_array_equal(blocks.score(query, everyone), one.score(query, everyone))
+    assert [blocks.terms_of(n) for n in everyone] == [one.terms_of(n) for n in everyone]
+    assert_search_is_exact(blocks, query)
+
+
 def test_bm25_survives_folds_and_a_save_read_back_memory_mapped(tmp_path, monkeypatch):
     import recommender.index.lexical
 

@@ -91,7 +91,7 @@ def test_swapped_files_are_detected(served, caplog):
     shutil.rmtree(settings.data_dir)
     shutil.copytree(pristine, settings.data_dir)
     lexical = settings.data_dir / "indexes" / "v1" / "lexical"
-    text, titles = (next((lexical / part).glob("delta-*.npz")) for part in ("text", "titles"))
+    text, titles = (next((lexical / part).glob("base-*/ids.npy")) for part in ("text", "titles"))
     a, b = text.read_bytes(), titles.read_bytes()  # each a valid file, holding another part's documents
     text.write_bytes(b)
     titles.write_bytes(a)

@@ -138,6 +138,12 @@ class _Base:
             keep[np.isin(self.nums, gone)] = False
         return keep
 
+    def appended(self, block: "_Base") -> "_Base":
+        """A new base: this one's documents, then `block`'s (none of them in this one)."""
+        return _Base(np.concatenate([self.nums, block.nums]),
+                     np.concatenate([self.indptr, block.indptr[1:] + self.indptr[-1]]),
+                     np.concatenate([self.ids, block.ids]), np.concatenate([self.counts, block.counts]))
+
     def merged(self, gone: set[int], docs: dict[int, Doc]) -> "_Base":
         """A new base: this one without `gone`, then `docs`. Its entries are written once
         into arrays of their final size (rows are not sorted by num: a RowMap finds them),
@@ -229,6 +235,36 @@ class LexicalIndex:
 
     def add(self, num: int, terms: list[str]) -> None:
         self._put(num, self._doc(terms, grow=True))
+
+    def add_many(self, nums: list[int], docs: list[list[str]]) -> None:
+        """`add` of each (num, terms), the term counts taken in one vectorised step. While
+        the index is being built, new documents are appended to the base as a block
+        instead of one by one."""
+        if not nums:
+            return
+        ids = np.asarray(self._ids((t for terms in docs for t in terms), grow=True), dtype=np.int64)
+        rows = np.repeat(np.arange(len(docs)), [len(terms) for terms in docs])
+        order = np.lexsort((ids, rows))
+        rows, ids = rows[order], ids[order]
+        first = np.flatnonzero(np.concatenate([[True], (rows[1:] != rows[:-1]) | (ids[1:] != ids[:-1])]))[: len(ids)]
+        counts = np.diff(np.append(first, len(ids))).astype(np.int32)
+        rows, ids = rows[first], ids[first].astype(np.int32)
+        indptr = np.concatenate([[0], np.cumsum(np.bincount(rows, minlength=len(docs)))]).astype(np.int64)
+        block = _Base(np.asarray(nums, dtype=np.int64), indptr, ids, counts)
+        if self._building() and len(set(nums)) == len(nums) and not (self._base.rows(block.nums) != ABSENT).any():
+            self._base = self._base.appended(block)
+            self._df += np.bincount(ids, minlength=len(self._df))
+            self._count += len(nums)
+            self._total_len += int(counts.sum(dtype=np.int64))
+            self._changed_nums = None
+            return
+        for row, num in enumerate(nums):
+            self._put(num, block.doc(row))
+
+    def _building(self) -> bool:
+        """No inverted index to keep current, nothing changed since the base, and a base
+        never written (one read back or saved is kept: a later save adds only changes)."""
+        return self._postings is None and not self._docs and not self._gone and not self._base.checksums
 
     def _put(self, num: int, doc: Doc) -> None:
         self.remove(num)

@@ -13,8 +13,9 @@ import logging
 import shutil
 import zipfile
 from dataclasses import dataclass, field, replace
+from itertools import islice
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Iterator, TypeVar
 
 import numpy as np
 
@@ -59,17 +60,20 @@ class IndexState:
         for lexical in (self.lexical, self.entities, self.titles):
             lexical.warm()
 
-    def set_info(self, info: ArticleInfo, term_text: str, entity_text: str) -> None:
-        old = self.infos.get(info.num)
-        if old is not None and old.id != info.id:
-            self.by_id.pop(old.id, None)
-        self.infos[info.num] = info
-        self.by_id[info.id] = info.num
-        self.columns.set(info)
-        self.lexical.add(info.num, term_text.split())
-        self.entities.add(info.num, entity_text.split())
-        self.titles.add(info.num, terms(info.title))
-        self.timeline.set(info.num, info.published_at.timestamp() if info.published_at else None)
+    def set_infos(self, rows: list[tuple[ArticleInfo, str, str]]) -> None:
+        """Each article's info and lexical entries, from its stored terms and entities."""
+        for info, _, _ in rows:
+            old = self.infos.get(info.num)
+            if old is not None and old.id != info.id:
+                self.by_id.pop(old.id, None)
+            self.infos[info.num] = info
+            self.by_id[info.id] = info.num
+            self.columns.set(info)
+            self.timeline.set(info.num, info.published_at.timestamp() if info.published_at else None)
+        nums = [info.num for info, _, _ in rows]
+        self.lexical.add_many(nums, [term_text.split() for _, term_text, _ in rows])
+        self.entities.add_many(nums, [entity_text.split() for _, _, entity_text in rows])
+        self.titles.add_many(nums, [terms(info.title) for info, _, _ in rows])
 
     def apply(self, rows: Iterable[tuple[ArticleInfo, str, str, bytes | None]], gone: Iterable[int] = ()) -> None:
         """Bring the given articles to their current state; `gone` were deleted."""
@@ -84,13 +88,14 @@ class IndexState:
             self.timeline.remove(num)
         self.vectors.remove(np.asarray(gone, dtype=np.int64))
         add_nums, add_vecs, drop = [], [], []
-        for info, term_text, entity_text, vector in rows:
-            self.set_info(info, term_text, entity_text)
-            if vector is None:
-                drop.append(info.num)
-            else:
-                add_nums.append(info.num)
-                add_vecs.append(np.frombuffer(vector, dtype=np.float32))
+        for chunk in batched(rows, APPLY_CHUNK):
+            self.set_infos([(info, term_text, entity_text) for info, term_text, entity_text, _ in chunk])
+            for info, _, _, vector in chunk:
+                if vector is None:
+                    drop.append(info.num)
+                else:
+                    add_nums.append(info.num)
+                    add_vecs.append(np.frombuffer(vector, dtype=np.float32))
         self.vectors.remove(np.asarray(drop, dtype=np.int64))
         if add_nums:
             self.vectors.upsert(np.asarray(add_nums, dtype=np.int64), np.vstack(add_vecs))
@@ -143,8 +148,8 @@ class Indexes:
                 state.timeline.set(info.num, info.published_at.timestamp() if info.published_at else None)
             state.columns = Columns.of(list(state.infos.values()))
         else:
-            for info, term_text, entity_text, _ in self.store.index_rows(self.model, with_vectors=False):
-                state.set_info(info, term_text, entity_text)
+            for chunk in batched(self.store.index_rows(self.model, with_vectors=False), APPLY_CHUNK):
+                state.set_infos([(info, term_text, entity_text) for info, term_text, entity_text, _ in chunk])
             self._keep_lexical(state)
         state.timeline.settle()
         self.catch_up(state)
@@ -219,6 +224,17 @@ class Indexes:
             path = self.versions.path(state.version)
             save_lexical(path, state, state.meta.applied_seq)
             state.vectors.save(path, state.meta)
+
+
+T = TypeVar("T")
+# Articles applied per step when building: their term lists (hundreds of strings each) are held at once.
+APPLY_CHUNK = 20_000
+
+
+def batched(rows: Iterable[T], size: int) -> Iterator[list[T]]:
+    it = iter(rows)
+    while chunk := list(islice(it, size)):
+        yield chunk
 
 
 LEXICAL_DIR = "lexical"
