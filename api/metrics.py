@@ -46,5 +46,7 @@ class _ServiceCollector:
         yield CounterMetricFamily("recommender_cache_misses", "Related requests computed live", value=counters.misses)
         yield GaugeMetricFamily("recommender_cache_hit_ratio", "hits / (hits + misses)",
                                 value=counters.hits / lookups if lookups else 0.0)
+        yield CounterMetricFamily("recommender_lists_recomputed", "Lists recomputed after writes, in the background",
+                                  value=self.service.lists.recomputed)
         yield CounterMetricFamily("recommender_stale_served", "Cached lists served because the live ranking failed",
                                   value=counters.stale)

@@ -150,6 +150,8 @@ def test_a_bulk_import_is_listed_by_forked_processes_as_by_one(api_settings, sto
     with TestClient(create_app(forked, embedder=CountingEmbedder(), background=False)) as c:
         assert c.post("/v1/articles:bulk", json=more, headers=AUTH).json()["added"] == 7
         assert settled(c).get("/v1/articles/ukr-1-b/related").status_code == 200
+        recomputed = re.search(r"^recommender_lists_recomputed_total (\S+)$", c.get("/metrics").text, re.M)
+        assert recomputed and float(recomputed.group(1)) >= 7  # the new articles' own, and those they touch
     assert os.getpid() not in {int(p) for p in pids.read_text().split()}
     alone = Engine(api_settings.model_copy(update={"data_dir": tmp_path / "alone", "database_url": ""}),
                    embedder=CountingEmbedder())

@@ -238,9 +238,12 @@ class ListUpkeep:
 
     def refresh(self, state: IndexState, lists: RelatedLists, changed: Iterable[int], progress: bool = False,
                 workers: int = 1, stop: Stop = never) -> int:
-        """Recompute the lists `changed` touches; `stop()`, asked between chunks, ends it early."""
+        """Recompute the lists `changed` touches, the changed articles' own included; how
+        many. `stop()`, asked between chunks, ends it early."""
+        changed = set(changed)
         affected = self.affected(state, lists, changed, workers, stop)
-        return self.compute_in_processes(state, lists, affected, workers, progress, stop)
+        own = sum(1 for n in changed if n in state.infos)
+        return own + self.compute_in_processes(state, lists, affected, workers, progress, stop)
 
     def catch_up(self, state: IndexState, lists: RelatedLists, progress: bool = False, workers: int = 1) -> int:
         """Recompute the lists touched by every change the index has applied and the

@@ -418,6 +418,7 @@ class ListWorker:
         self.leading: bool | None = None  # None until the lease was first tried
         # A large backlog (a bulk import) is computed in this many forked processes.
         self.workers = service.settings.list_workers or os.cpu_count() or 1
+        self.recomputed = 0  # lists recomputed after changes, since start (a metric)
         self._next_try = 0.0
 
     def start(self, fill_missing: bool) -> None:
@@ -551,7 +552,8 @@ class ListWorker:
             self._busy = len(batch)
         try:
             upkeep = snap.engine.upkeep
-            upkeep.refresh(snap.state, snap.lists, batch, workers=self.workers, stop=self._stop.is_set)
+            self.recomputed += upkeep.refresh(snap.state, snap.lists, batch, workers=self.workers,
+                                              stop=self._stop.is_set)
             if self._stop.is_set():
                 return False
             with self._lock:
