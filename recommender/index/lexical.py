@@ -422,11 +422,23 @@ class LexicalIndex:
         self._current_postings()
         self._base.release()
 
+    def settle(self) -> None:
+        """Rebuild the inverted index now if any document changed since its build: before
+        many searches (a backlog of lists, forked processes sharing this one's pages)."""
+        if self._postings is None or self._postings.delta:
+            self._postings = None
+            self._current_postings()
+
     def _current_postings(self) -> "_Postings":
         """The inverted index, rebuilt in bulk once the documents changed since its
-        last build outnumber a tenth of it (a main-plus-delta design, like the vectors)."""
+        last build outnumber a tenth of it (a main-plus-delta design, like the vectors),
+        or once searches have scored as many changed documents as a rebuild reads: a bulk
+        import leaves thousands of them, each scored directly by every search."""
         postings = self._postings
-        if postings is None or len(postings.delta) > max(REBUILD_MIN, len(postings.nums) // 10):
+        if postings is not None:
+            postings.scored[0] += len(postings.delta)
+        if postings is None or len(postings.delta) > max(REBUILD_MIN, len(postings.nums) // 10) \
+                or postings.scored[0] > max(REBUILD_MIN, len(postings.nums)):
             # Built from a merged copy: a reader must not fold a published index under other readers.
             base = self._base.merged(self._gone, self._docs) if self._gone or self._docs else self._base
             postings = self._postings = _Postings.build(base, len(self.vocab))
@@ -484,10 +496,12 @@ class _Postings:
     exact. Never changed in place: a write makes a new one sharing the matrix."""
 
     def __init__(self, nums: np.ndarray, counts: sparse.csr_matrix, lengths: np.ndarray, dead: np.ndarray,
-                 delta: frozenset[int],
-                 rows: RowMap):
+                 delta: frozenset[int], rows: RowMap, scored: list[int] | None = None):
         self.nums, self.counts, self.lengths = nums, counts, lengths
         self.dead, self.delta, self.rows = dead, delta, rows
+        # Changed documents scored directly since the build, shared by every later version
+        # of this matrix: a rebuild pays once those searches have cost as much as it does.
+        self.scored = [0] if scored is None else scored
 
     @classmethod
     def build(cls, base: _Base, vocabulary: int) -> "_Postings":
@@ -508,7 +522,7 @@ class _Postings:
         if at != ABSENT and not dead[at]:
             dead = dead.copy()
             dead[at] = True
-        return _Postings(self.nums, self.counts, self.lengths, dead, self.delta | {num}, self.rows)
+        return _Postings(self.nums, self.counts, self.lengths, dead, self.delta | {num}, self.rows, self.scored)
 
     def scores(self, terms: np.ndarray, weights: np.ndarray, avgdl: float) -> tuple[np.ndarray, np.ndarray]:
         """(nums, BM25) of the documents of the matrix holding any of `terms` (distinct,

@@ -60,6 +60,12 @@ class IndexState:
         for lexical in (self.lexical, self.entities, self.titles):
             lexical.warm()
 
+    def settle(self) -> None:
+        """Rebuild the inverted indexes that writes have left documents outside of, before
+        many searches (a backlog of lists): each search would score those one by one."""
+        for lexical in (self.lexical, self.entities, self.titles):
+            lexical.settle()
+
     def set_infos(self, rows: list[tuple[ArticleInfo, str, str]]) -> None:
         """Each article's info and lexical entries, from its stored terms and entities."""
         for info, _, _ in rows:

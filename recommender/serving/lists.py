@@ -321,6 +321,7 @@ class ListUpkeep:
         from tqdm import tqdm
 
         self.compute(state, lists, [n for n in nums if n not in state.vectors], stop=stop)
+        state.settle()  # once here, not in every child
         global _forked_job
         _forked_job = (self, state)
         chunks = [forkable[i:i + SAVE_EVERY] for i in range(0, len(forkable), SAVE_EVERY)]
