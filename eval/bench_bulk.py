@@ -1,0 +1,178 @@
+"""A bulk import reaching a running server, timed as a CMS would do it: articles
+through `POST /v1/articles:bulk` while readers keep opening pages.
+
+    python eval/bench_bulk.py --size 200000 --new 10000 --list-workers 1 2 --workdir /tmp/bulk
+
+The archive is bench_scale's synthetic one (`hashing:384`, so the model is not
+what is timed), first stored with `recommender ingest` (every list computed); the
+new articles are what the generator writes next (new stories on the same topics,
+the first perhaps continuing the archive's last). For each --list-workers (the server's
+RECOMMENDER_LIST_WORKERS) a fresh copy of that data dir is served by `recommender
+serve`, the new articles are posted in requests of --per-request, and a reader
+thread opens a page every --view-every seconds (half new articles, half old).
+Reported: seconds from `serve` until it answers and until its index is loaded (a
+restart), seconds the bulk requests took, seconds from the last one's answer until
+the server's list backlog is empty (`/readyz` lists_pending), and page-view
+latency p50/p99 during and after. Compare the runs as ratios: the machine is shared.
+Results go to --out (bulk.json, bulk.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+from eval.bench_api import MODEL, free_port, percentile, wait_ready
+from eval.bench_scale import synthetic_archive
+
+KEY = "bench"
+
+
+def base_dir(workdir: Path, size: int) -> Path:
+    """A data dir holding the synthetic archive, every list computed (made once, reused)."""
+    data = workdir / f"base-{size}"
+    if (data / "done").exists():
+        return data
+    corpus = workdir / f"corpus-{size}.jsonl"
+    synthetic_archive(corpus, size)
+    shutil.rmtree(data, ignore_errors=True)
+    env = dict(os.environ, RECOMMENDER_DATA_DIR=str(data), RECOMMENDER_MODEL=MODEL)
+    subprocess.run([sys.executable, "-m", "recommender.cli", "ingest", str(corpus), "--no-progress"], env=env,
+                   check=True, stdout=subprocess.DEVNULL)
+    (data / "done").touch()
+    return data
+
+
+def new_articles(workdir: Path, size: int, count: int) -> list[dict]:
+    """The `count` articles the same generator writes after the archive's `size`: new
+    stories on the archive's topics (the first may continue its last story)."""
+    path = workdir / f"corpus-{size + count}.jsonl"
+    if not path.exists():
+        synthetic_archive(path, size + count)
+    with path.open() as lines:
+        return [json.loads(line) for n, line in enumerate(lines) if n >= size]
+
+
+class Reader(threading.Thread):
+    """Opens a page every `every` seconds: half of them new articles (posted already), half old."""
+
+    def __init__(self, base: str, old: list[str], every: float):
+        super().__init__(daemon=True)
+        self.base, self.old, self.every = base, old, every
+        self.posted: list[str] = []
+        self.phase = "during"
+        self.latencies: dict[str, list[float]] = {"during": [], "after": []}
+        self.errors = 0
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        import httpx
+
+        rng = random.Random(3)
+        with httpx.Client(base_url=self.base, timeout=30) as client:
+            while not self.done.is_set():
+                pool = self.posted if self.posted and rng.random() < 0.5 else self.old
+                started = time.perf_counter()
+                response = client.get(f"/v1/articles/{rng.choice(pool)}/related")
+                self.latencies[self.phase].append((time.perf_counter() - started) * 1000)
+                self.errors += response.status_code != 200
+                time.sleep(self.every)
+
+
+def pending(base: str) -> int | None:
+    import httpx
+
+    body = httpx.get(f"{base}/readyz", timeout=30).json()
+    return body.get("lists_pending") if body.get("status") == "ready" else None
+
+
+def run(data: Path, articles: list[dict], workers: int, args) -> dict:
+    import httpx
+
+    served = args.workdir / f"served-{workers}"
+    shutil.rmtree(served, ignore_errors=True)
+    shutil.copytree(data, served)
+    port = free_port()
+    env = dict(os.environ, RECOMMENDER_DATA_DIR=str(served), RECOMMENDER_MODEL=MODEL, RECOMMENDER_API_KEYS=KEY,
+               RECOMMENDER_LIST_WORKERS=str(workers))
+    server = subprocess.Popen([sys.executable, "-m", "recommender.cli", "serve", "--port", str(port),
+                               "--log-level", "warning"], env=env, stdout=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}"
+    launched = time.perf_counter()
+    try:
+        wait_ready(base)  # answering: precomputed lists and writes, from the store
+        answering = time.perf_counter()
+        while pending(base) is None:  # ready, the index loaded (not warming)
+            time.sleep(0.2)
+        loaded = time.perf_counter()
+        reader = Reader(base, [f"a{i}" for i in random.Random(5).sample(range(args.size), 2000)], args.view_every)
+        reader.start()
+        started = time.perf_counter()
+        with httpx.Client(base_url=base, timeout=600, headers={"Authorization": f"Bearer {KEY}"}) as client:
+            for at in range(0, len(articles), args.per_request):
+                batch = articles[at:at + args.per_request]
+                response = client.post("/v1/articles:bulk", json=batch)
+                assert response.status_code == 200 and response.json()["added"] == len(batch), response.text
+                reader.posted += [a["id"] for a in batch]
+        posted = time.perf_counter()
+        while pending(base) != 0:
+            time.sleep(0.1)
+        caught_up = time.perf_counter()
+        reader.phase = "after"
+        time.sleep(args.after)
+        reader.done.set()
+        reader.join()
+    finally:
+        server.terminate()
+        server.wait(timeout=60)
+    during, after = reader.latencies["during"], reader.latencies["after"]
+    return {"list_workers": workers, "answering_s": round(answering - launched, 1),
+            "index_loaded_s": round(loaded - launched, 1), "bulk_s": round(posted - started, 1), "catch_up_s": round(caught_up - posted, 1),
+            "views_during": len(during), "during_p50_ms": round(percentile(during, 50), 1),
+            "during_p99_ms": round(percentile(during, 99), 1), "after_p50_ms": round(percentile(after, 50), 2),
+            "after_p99_ms": round(percentile(after, 99), 2), "view_errors": reader.errors}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--size", type=int, default=200_000, help="articles in the served archive")
+    parser.add_argument("--new", type=int, default=10_000, help="articles posted in bulk")
+    parser.add_argument("--per-request", type=int, default=500, help="articles per bulk request")
+    parser.add_argument("--list-workers", type=int, nargs="+", default=[1, os.cpu_count() or 1])
+    parser.add_argument("--view-every", type=float, default=0.02, help="seconds between a reader's page views")
+    parser.add_argument("--after", type=float, default=10.0, help="seconds of page views after the catch-up")
+    parser.add_argument("--workdir", type=Path, default=Path("/tmp/bulk"), help="the base data dir, reused")
+    parser.add_argument("--base", type=Path, default=None,
+                        help="a data dir of bench_scale's archive of --size, every list computed (bench_ingest's)")
+    parser.add_argument("--out", type=Path, default=Path("eval/results/bulk"))
+    args = parser.parse_args()
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    data = args.base or base_dir(args.workdir, args.size)
+    articles = new_articles(args.workdir, args.size, args.new)
+    runs = []
+    for workers in args.list_workers:
+        runs.append(run(data, articles, workers, args))
+        print(json.dumps(runs[-1]), flush=True)
+    base = runs[0]["catch_up_s"] or 1.0
+    lines = [f"{args.new:,} articles through POST /v1/articles:bulk ({args.per_request} a request) into a served "
+             f"archive of {args.size:,} ({MODEL}), a page view every {args.view_every} s meanwhile", "",
+             "| list workers | start: answers / index loaded s | bulk s | catch-up s | vs first | "
+             "views p50 / p99 ms during | after |", "|---|---|---|---|---|---|---|"]
+    lines += [f"| {r['list_workers']} | {r['answering_s']} / {r['index_loaded_s']} | {r['bulk_s']} | {r['catch_up_s']} | {r['catch_up_s'] / base:.2f} | "
+              f"{r['during_p50_ms']} / {r['during_p99_ms']} | {r['after_p50_ms']} / {r['after_p99_ms']} |" for r in runs]
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "bulk.json").write_text(json.dumps({"size": args.size, "new": args.new, "runs": runs}, indent=2))
+    (args.out / "bulk.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
