@@ -162,6 +162,40 @@ def test_a_bulk_import_is_listed_by_forked_processes_as_by_one(api_settings, sto
     assert not served.upkeep.missing(served.state(), served.lists_for(served.state()))
 
 
+def test_forked_list_workers_end_under_a_server_s_signal_handlers(settings, stories, monkeypatch):
+    """uvicorn's SIGTERM handler only sets a flag; forks inherit it. Ending a pool then
+    raced its queue's lock and hung the server's list worker (seen in eval/bench_bulk.py)."""
+    import multiprocessing
+    import signal
+    import threading
+
+    from recommender.serving import lists
+    from recommender.serving.engine import Engine
+
+    monkeypatch.setattr(lists, "SAVE_EVERY", 2)
+    engine = Engine(settings, embedder=CountingEmbedder())
+    engine.ingest([str(stories)], precompute=False)
+    state = engine.state()
+    nums = sorted(state.infos)
+
+    def rounds() -> None:
+        for _ in range(10):
+            engine.upkeep.compute_in_processes(state, engine.lists_for(state), nums, workers=2)
+
+    previous = signal.signal(signal.SIGTERM, lambda *_: None)
+    worker = threading.Thread(target=rounds, daemon=True)
+    try:
+        worker.start()
+        worker.join(60)
+        hung = worker.is_alive()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        for child in multiprocessing.active_children():  # so that a failure does not hang the suite
+            child.kill()
+    assert not hung
+    assert not engine.upkeep.missing(state, engine.lists_for(state))
+
+
 SURROGATE = "\ud800"
 
 

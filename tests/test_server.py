@@ -1,6 +1,7 @@
 """A real uvicorn process on 127.0.0.1, driven over HTTP."""
 
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -12,7 +13,7 @@ import httpx
 import pytest
 
 from recommender.serving.engine import Engine
-from tests.conftest import CountingEmbedder, article
+from tests.conftest import CountingEmbedder, article, write_jsonl
 
 KEY = "e2e-key"
 
@@ -26,9 +27,14 @@ def free_port() -> int:
 @pytest.fixture
 def server(settings, stories):
     Engine(settings, embedder=CountingEmbedder()).ingest([str(stories)])
+    yield from serve(settings)
+
+
+def serve(settings, **env: str):
+    """`recommender serve` over the settings' data dir, as a client; stopped after."""
     port = free_port()
     env = dict(os.environ, RECOMMENDER_DATA_DIR=str(settings.data_dir), RECOMMENDER_DATABASE_URL=settings.database_url, RECOMMENDER_MODEL=settings.model,
-               RECOMMENDER_API_KEYS=KEY, RECOMMENDER_REFRESH_SECONDS="0.2")
+               RECOMMENDER_API_KEYS=KEY, RECOMMENDER_REFRESH_SECONDS="0.2", **env)
     proc = subprocess.Popen([sys.executable, "-m", "recommender.cli", "serve", "--port", str(port), "--log-level", "warning"],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     base = f"http://127.0.0.1:{port}"
@@ -239,3 +245,37 @@ def test_a_client_slow_to_send_its_headers_is_dropped(settings, stories):
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+def test_a_served_backlog_is_listed_by_processes_forked_from_the_server(settings, tmp_path):
+    """A backlog past two chunks (here: lists missing after an import without them) is
+    forked out from a real server's list worker, which goes on with the next change
+    (tests/test_api.py checks the forks end under uvicorn's signal handlers)."""
+    words = ["inundații", "grevă", "fotbal", "energie", "alegeri", "vaccin", "buget", "tenis"]
+    bulk = [article(f"bulk-{i}", f"Știre despre {words[i % 8]} numărul {i}", f"{words[i % 8]} {words[i // 8 % 8]} azi",
+                    date=f"2025-04-{1 + i % 28:02d}T10:00:00+00:00") for i in range(1100)]
+    Engine(settings, embedder=CountingEmbedder()).ingest([str(write_jsonl(tmp_path / "bulk.jsonl", bulk))],
+                                                          precompute=False)
+    for client in serve(settings, RECOMMENDER_LIST_WORKERS="2"):
+        deadline = time.monotonic() + 120
+        while not precomputed(client, "bulk-1099") and time.monotonic() < deadline:
+            time.sleep(0.5)
+        written = client.put("/v1/articles/bulk-3", json=dict(bulk[3], title="Știre despre inundații, actualizată"),
+                             headers={"Authorization": f"Bearer {KEY}"})
+        assert written.status_code == 200
+        while client.get("/readyz").json().get("lists_pending") != 0 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert client.get("/readyz").json().get("lists_pending") == 0  # the worker went on after the fill
+    served = Engine(settings, embedder=CountingEmbedder())
+    assert not served.upkeep.missing(served.state(), served.lists_for(served.state()))
+
+
+def precomputed(client, article_id: str) -> bool:
+    """Whether the article's list is served from the precomputed ones (a cache hit)."""
+    def hits() -> float:
+        found = re.search(r"^recommender_cache_hits_total (\S+)$", client.get("/metrics").text, re.M)
+        return float(found.group(1)) if found else 0.0
+
+    before = hits()
+    client.get(f"/v1/articles/{article_id}/related")
+    return hits() > before

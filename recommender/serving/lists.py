@@ -335,6 +335,9 @@ class ListUpkeep:
                     if stop():
                         pool.terminate()
                         break
+                else:  # the workers end on their own: terminate() races their queue's lock
+                    pool.close()
+                    pool.join()
         finally:
             _forked_job = None
         return len(nums)
@@ -387,8 +390,15 @@ def _job() -> tuple[ListUpkeep, IndexState]:
 
 
 def _start_forked() -> None:
+    import signal
+
     from threadpoolctl import threadpool_limits
 
+    # A fork keeps the parent's handlers: a server's (uvicorn's) SIGTERM handler only sets
+    # a flag, so the pool's terminate() never ended its workers and the list worker hung in
+    # join. Ctrl-C is the parent's to handle: it terminates the pool.
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     threadpool_limits(1)  # N workers on N cores, not N x BLAS threads
 
 
