@@ -431,14 +431,9 @@ class LexicalIndex:
 
     def _current_postings(self) -> "_Postings":
         """The inverted index, rebuilt in bulk once the documents changed since its
-        last build outnumber a tenth of it (a main-plus-delta design, like the vectors),
-        or once searches have scored as many changed documents as a rebuild reads: a bulk
-        import leaves thousands of them, each scored directly by every search."""
+        last build outnumber a tenth of it (a main-plus-delta design, like the vectors)."""
         postings = self._postings
-        if postings is not None:
-            postings.scored[0] += len(postings.delta)
-        if postings is None or len(postings.delta) > max(REBUILD_MIN, len(postings.nums) // 10) \
-                or postings.scored[0] > max(REBUILD_MIN, len(postings.nums)):
+        if postings is None or len(postings.delta) > max(REBUILD_MIN, len(postings.nums) // 10):
             # Built from a merged copy: a reader must not fold a published index under other readers.
             base = self._base.merged(self._gone, self._docs) if self._gone or self._docs else self._base
             postings = self._postings = _Postings.build(base, len(self.vocab))
@@ -496,12 +491,9 @@ class _Postings:
     exact. Never changed in place: a write makes a new one sharing the matrix."""
 
     def __init__(self, nums: np.ndarray, counts: sparse.csr_matrix, lengths: np.ndarray, dead: np.ndarray,
-                 delta: frozenset[int], rows: RowMap, scored: list[int] | None = None):
+                 delta: frozenset[int], rows: RowMap):
         self.nums, self.counts, self.lengths = nums, counts, lengths
         self.dead, self.delta, self.rows = dead, delta, rows
-        # Changed documents scored directly since the build, shared by every later version
-        # of this matrix: a rebuild pays once those searches have cost as much as it does.
-        self.scored = [0] if scored is None else scored
 
     @classmethod
     def build(cls, base: _Base, vocabulary: int) -> "_Postings":
@@ -522,7 +514,7 @@ class _Postings:
         if at != ABSENT and not dead[at]:
             dead = dead.copy()
             dead[at] = True
-        return _Postings(self.nums, self.counts, self.lengths, dead, self.delta | {num}, self.rows, self.scored)
+        return _Postings(self.nums, self.counts, self.lengths, dead, self.delta | {num}, self.rows)
 
     def scores(self, terms: np.ndarray, weights: np.ndarray, avgdl: float) -> tuple[np.ndarray, np.ndarray]:
         """(nums, BM25) of the documents of the matrix holding any of `terms` (distinct,
