@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from recommender.ranking.editorial import Curation
 from recommender.ranking.rules import FilterParams
+from recommender.settings import RankingSettings
 from recommender.store.articles import parse_date
 from recommender.text.normalize import check_unicode
 
@@ -22,7 +23,7 @@ class RelatedItemOut(BaseModel):
     section: str | None = Field(None, examples=["externe"])
     relevance: float = Field(examples=[0.61], description=(
         "How related: 0 is a random pair of the archive, 1 the same text. Never below the minimum "
-        "score (RECOMMENDER_RANKING__MIN_SCORE, default 0.05); 1 for an editor's pin."))
+        f"score (RECOMMENDER_RANKING__MIN_SCORE, default {RankingSettings().min_score}); 1 for an editor's pin."))
     rank_score: float = Field(examples=[0.55], description=(
         "relevance after the time prior (closer in time ranks higher): what the list is ordered by, "
         "with diversity applied"))
