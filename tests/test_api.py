@@ -554,3 +554,22 @@ def test_the_model_is_loaded_at_start_not_by_the_first_write(api_settings, stori
         while engine._embedder is None and time.monotonic() < deadline:
             time.sleep(0.05)
         assert engine._embedder is not None
+
+
+def test_a_backlog_listed_in_one_process_rebuilds_bm25_first(api_settings, stories, monkeypatch):
+    """A bulk import reaching a one-worker server: each list's searches scored every
+    document written since BM25's last build one by one (minutes per 25 lists at 10,000)."""
+    from recommender.serving import lists
+    from recommender.serving.engine import Engine
+
+    monkeypatch.setattr(lists, "SAVE_EVERY", 2)
+    engine = Engine(api_settings, embedder=CountingEmbedder())
+    engine.ingest([str(stories)])
+    state = engine.state()
+    state.warm()
+    for n in range(len(state.infos), len(state.infos) + 7):
+        state.lexical.add(n, ["continuare"])  # written after the build, as a bulk import's are
+    assert state.lexical._postings is not None and state.lexical._postings.delta
+    lists_ = engine.lists_for(state)
+    engine.upkeep.compute_in_processes(state, lists_, sorted(state.infos), workers=1)
+    assert not state.lexical._postings.delta

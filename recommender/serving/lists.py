@@ -314,6 +314,10 @@ class ListUpkeep:
         fork, and a server's other threads hold theirs. This process reads each chunk's
         texts (in the pool's feeder thread) and writes the lists the children return."""
         forkable = [n for n in nums if n in state.vectors]
+        if len(forkable) >= 2 * SAVE_EVERY:
+            # Each search scores the documents written since the last build one by one: a
+            # 10,000-article bulk into a one-worker server took minutes per 25 lists.
+            state.settle()  # once here, not in every child
         if workers <= 1 or len(forkable) < 2 * SAVE_EVERY:
             return self.compute(state, lists, nums, progress, stop)
         import multiprocessing
@@ -321,7 +325,6 @@ class ListUpkeep:
         from tqdm import tqdm
 
         self.compute(state, lists, [n for n in nums if n not in state.vectors], stop=stop)
-        state.settle()  # once here, not in every child
         global _forked_job
         _forked_job = (self, state)
         chunks = [forkable[i:i + SAVE_EVERY] for i in range(0, len(forkable), SAVE_EVERY)]
