@@ -78,7 +78,8 @@ def _parse_gate(text: str) -> tuple[str, dict]:
 def measure(stories: Path, model: str, k: int, gates: dict[str, dict]) -> list[GateResult]:
     from recommender.serving.demo import demo_corpus_path
 
-    story_of = {(r := json.loads(line))["id"]: r["story"] for line in stories.open(encoding="utf-8") if line.strip()}
+    story_of = {(r := json.loads(line))["id"]: r["story"] for line in stories.read_text(encoding="utf-8").splitlines()
+                if line.strip()}
     with tempfile.TemporaryDirectory() as tmp:
         stories_engine = _engine(Path(tmp) / "stories", model, str(stories))
         demo_engine = _engine(Path(tmp) / "demo", model, demo_corpus_path())

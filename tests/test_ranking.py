@@ -207,7 +207,7 @@ def test_time_and_names_cannot_carry_another_story_into_a_list(tmp_path):
     from recommender.serving.engine import Engine
     from recommender.settings import Settings
 
-    story_of = {(r := json.loads(line))["id"]: r["story"] for line in FOUR_STORIES.open(encoding="utf-8")}
+    story_of = {(r := json.loads(line))["id"]: r["story"] for line in FOUR_STORIES.read_text(encoding="utf-8").splitlines()}
     engine = Engine(Settings(data_dir=tmp_path / "stories", model="e5-small-q4"))
     engine.ingest([str(FOUR_STORIES)])
     lists = {aid: ids(engine.related(aid, k=10)) for aid in story_of}

@@ -316,7 +316,7 @@ class ListUpkeep:
         forkable = [n for n in nums if n in state.vectors]
         if len(forkable) >= 2 * SAVE_EVERY:
             # Each search scores the documents written since the last build one by one: a
-            # 10,000-article bulk into a one-worker server took minutes per 25 lists.
+            # 10,000-article bulk into a one-worker server had not caught up after 20 minutes.
             state.settle()  # once here, not in every child
         if workers <= 1 or len(forkable) < 2 * SAVE_EVERY:
             return self.compute(state, lists, nums, progress, stop)
