@@ -16,13 +16,14 @@ TEXTS = [
 ]
 
 
-def check_contract(embedder: Embedder, dimension: int, texts=TEXTS) -> np.ndarray:
+def check_contract(embedder: Embedder, dimension: int, texts=TEXTS, batch_atol: float = 1e-5) -> np.ndarray:
+    """`batch_atol`: how far a text's vector embedded alone may lie from the same text's in a batch."""
     vectors = embedder.embed(texts)
     assert isinstance(embedder, Embedder)
     assert vectors.dtype == np.float32 and vectors.shape == (len(texts), dimension)
     np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, rtol=1e-4)
     assert embedder.embed([]).shape == (0, dimension)
-    np.testing.assert_allclose(embedder.embed(texts[:1]), vectors[:1], rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(embedder.embed(texts[:1]), vectors[:1], rtol=1e-4, atol=batch_atol)
     return vectors
 
 
@@ -55,7 +56,10 @@ def test_hashing_is_deterministic_and_normalized():
 def test_default_e5_model_offline_on_a_handful_of_texts():
     embedder = load_embedder("e5-small-q4")
     assert embedder.name == "e5-small-q4"
-    v = check_contract(embedder, 384)
+    # In bf16 on AMX, oneDNN picks its kernels by the batch's shape: a text alone and in a
+    # batch of five differed by up to 5.5e-4 in one component here (cosine 0.999995).
+    bf16 = getattr(embedder, "precision", None) == "bf16"
+    v = check_contract(embedder, 384, batch_atol=2e-3 if bf16 else 1e-5)
     sims = v @ v.T
     assert sims[0, 1] > 0.9, "text without diacritics stays close"
     assert sims[0, 2] > sims[0, 3] and sims[0, 2] > sims[0, 4]
