@@ -18,7 +18,7 @@ from api.errors import add_error_handlers
 from api.metrics import Metrics
 from api.middleware import BodyLimitMiddleware, HeadMiddleware, MetricsMiddleware, WriteAuthMiddleware
 from api.render import site_template
-from api.routes import articles, curation, operations, pages, related
+from api.routes import articles, curation, events, operations, pages, related
 from embeddings import Embedder
 from recommender.errors import RecommenderError
 from recommender.ranking.editorial import load_rules
@@ -59,7 +59,7 @@ def create_app(settings: Settings, embedder: Embedder | None = None, background:
     app.state.service = service
     app.state.metrics = Metrics(service)
     add_error_handlers(app)
-    routers = [related.router, articles.router, curation.router, pages.router, operations.router]
+    routers = [related.router, articles.router, curation.router, events.router, pages.router, operations.router]
     for router in routers:
         app.include_router(router)
     # The routes with their templates, for the metrics' labels: the app's own (docs) and the routers'.

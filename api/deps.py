@@ -31,7 +31,17 @@ def get_settings(request: Request) -> Settings:
     return request.app.state.service.settings
 
 
+def get_visitor(request: Request, visitor: Annotated[str | None, Query(
+        max_length=200, description="The reader, as an opaque string the site chooses (or the X-Visitor-Id "
+        "header): what an experiment by visitor assigns")] = None) -> str | None:
+    found = visitor or request.headers.get("x-visitor-id")
+    if found is not None and len(found) > 200:
+        raise HTTPException(422, "X-Visitor-Id is longer than 200 characters")
+    return found or None
+
+
 ServiceDep = Annotated[Service, Depends(get_service)]
+VisitorDep = Annotated[str | None, Depends(get_visitor)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 RelatedQueryDep = Annotated[RelatedQuery, Query()]
 

@@ -50,3 +50,8 @@ class _ServiceCollector:
                                   value=self.service.lists.recomputed)
         yield CounterMetricFamily("recommender_stale_served", "Cached lists served because the live ranking failed",
                                   value=counters.stale)
+        audience = self.service.audience
+        yield CounterMetricFamily("recommender_events_stored", "Readers' events stored (POST /v1/events)",
+                                  value=audience.events_in)
+        yield CounterMetricFamily("recommender_events_rejected", "Readers' events rejected, each with its reason",
+                                  value=audience.events_rejected)

@@ -101,7 +101,7 @@ class WriteAuthMiddleware:
 
 def _is_write(method: str, path: str) -> bool:
     return (method in ("PUT", "DELETE") and path.startswith("/v1/articles/")) or (
-        method == "POST" and path == "/v1/articles:bulk")
+        method == "POST" and path in ("/v1/articles:bulk", "/v1/events"))
 
 
 class MetricsMiddleware:

@@ -46,14 +46,16 @@ def safe_url(url: str | None) -> str | None:
     return url.strip() if parts.scheme.lower() in SAFE_SCHEMES and parts.netloc else None
 
 
-def attributed(url: str | None, seed_id: str, position: int) -> str | None:
-    """Adds ref=related&from=<seed>&pos=<n>, keeping the URL's own query and fragment."""
+def attributed(url: str | None, seed_id: str, position: int, arm: str | None = None) -> str | None:
+    """Adds ref=related&from=<seed>&pos=<n> (and &arm=<arm> in an experiment), keeping the
+    URL's own query and fragment."""
     url = safe_url(url)
     if url is None:
         return None
     parts = urlsplit(url)
-    query = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if k not in ("ref", "from", "pos")]
-    query += [("ref", "related"), ("from", seed_id), ("pos", str(position))]
+    ours = ("ref", "from", "pos", "arm")
+    query = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if k not in ours]
+    query += [("ref", "related"), ("from", seed_id), ("pos", str(position))] + ([("arm", arm)] if arm else [])
     return urlunsplit(parts._replace(query=urlencode(query)))
 
 
@@ -65,21 +67,23 @@ def _environment() -> Any:
 
 
 def render_block(items: Sequence[Shown], urls: Sequence[str | None], css_class: str,
-                 heading: str = "Citește și", template_path: Path | None = None) -> str:
+                 heading: str = "Citește și", template_path: Path | None = None, arm: str | None = None) -> str:
     """The block in the site's template when one is set, else in the built-in one."""
     if template_path is not None:
-        html = site_template(template_path).render(items, urls, css_class, heading)
+        html = site_template(template_path).render(items, urls, css_class, heading, arm)
         if html is not None:
             return html
     template = _environment().get_template("related_block.html")
-    return template.render(items=list(zip(items, urls)), css_class=css_class, heading=heading)
+    return template.render(items=list(zip(items, urls)), css_class=css_class, heading=heading, arm=arm)
 
 
 class SiteTemplate:
     """The site's own block markup: a Jinja file (RECOMMENDER_BLOCK_TEMPLATE), autoescaped and
     sandboxed. Each item has `title`, `url` (safe, attributed), `published_at`, `section`,
-    `pos` and `pinned`. A template that fails while rendering falls back to the built-in
-    block, logged: a page never loses its block to it."""
+    `image_url` (safe; None when the article has none), `pos` and `pinned`; `arm` is the
+    page view's experiment arm (None outside one), for a `data-arm` mark. A template that
+    fails while rendering falls back to the built-in block, logged: a page never loses its
+    block to it."""
 
     def __init__(self, path: Path):
         from jinja2 import TemplateError
@@ -94,12 +98,14 @@ class SiteTemplate:
         except TemplateError as exc:
             raise InvalidTemplate(f"the block template {path} is not a valid Jinja template: {exc}") from None
 
-    def render(self, items: Sequence[Any], urls: Sequence[str | None], css_class: str, heading: str) -> str | None:
+    def render(self, items: Sequence[Any], urls: Sequence[str | None], css_class: str, heading: str,
+               arm: str | None = None) -> str | None:
         shown = [SimpleNamespace(title=i.title, url=u, published_at=getattr(i, "published_at", None),
-                                 section=i.section, pos=pos, pinned=getattr(i, "pinned", False))
+                                 section=i.section, image_url=safe_url(getattr(i, "image_url", None)), pos=pos,
+                                 pinned=getattr(i, "pinned", False))
                  for pos, (i, u) in enumerate(zip(items, urls), start=1)]
         try:
-            return self.template.render(items=shown, css_class=css_class, heading=heading)
+            return self.template.render(items=shown, css_class=css_class, heading=heading, arm=arm)
         except Exception:  # the operator's template: its bug must not cost the page its block
             log.exception("the block template %s failed; serving the built-in block", self.path)
             return None

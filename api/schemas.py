@@ -29,6 +29,8 @@ class RelatedItemOut(BaseModel):
         "with diversity applied"))
     reason: str = Field(examples=["shared terms: convorbiri, istanbul; 6 days later"])
     pinned: bool = Field(False, description="placed by an editor (PUT /v1/articles/{id}/curation), not ranked")
+    image_url: str | None = Field(None, description="the article's picture, when it has one (http(s) only)",
+                                  examples=["https://www.example.ro/img/istanbul.jpg"])
 
 
 class RelatedOut(BaseModel):
@@ -36,6 +38,10 @@ class RelatedOut(BaseModel):
     items: list[RelatedItemOut]
     model: str = Field(examples=["e5-small-q4"])
     index_version: str = Field(examples=["v1"])
+    experiment: str | None = Field(None, description="the running experiment this page view is in, if any")
+    arm: str | None = Field(None, description="its arm: send it back with the page's impression and clicks")
+    note: str | None = Field(None, description="why the list is empty when the arm keeps the page's own block",
+                             examples=[None])
 
 
 class DraftIn(BaseModel):
@@ -111,6 +117,20 @@ class RewriteIn(BaseModel):
 class RewriteOut(BaseModel):
     html: str
     replaced: int
+    experiment: str | None = None
+    arm: str | None = Field(None, description="the page view's arm; `original` leaves the page as it was")
+
+
+class EventResultOut(BaseModel):
+    index: int = Field(description="0-based position in the array, or line number - 1 in JSONL")
+    status: str = Field(examples=["stored"], description="stored | rejected")
+    error: str | None = None
+
+
+class EventsOut(BaseModel):
+    stored: int
+    rejected: int
+    results: list[EventResultOut]
 
 
 class ArticleOut(BaseModel):

@@ -489,6 +489,7 @@ def stats(settings, as_json):
                        hint="ingest articles first, e.g. recommender ingest articles.jsonl")
     from dataclasses import asdict
 
+    from recommender.audience.experiments import Experiments
     from recommender.index.versions import open_versions
     from recommender.ranking.profiles import open_profiles
     from recommender.serving.lists import lists_key
@@ -501,10 +502,14 @@ def stats(settings, as_json):
     profile = open_profiles(settings, store).active_name()
     refreshed = store.lists_refreshed_seq(lists_key(active, profile)) if active else None
     behind = len(store.changed_between(refreshed, found.last_change)) if refreshed is not None else 0
+    impressions, clicks = store.event_totals()
+    running = Experiments(store.shelf("experiments"), open_profiles(settings, store)).running()
     if as_json:
         listed = [asdict(m) | {"tombstones": len(m.tombstones)} for m in versions.metas()]
         data = asdict(found) | {"active_version": active, "versions": listed,
-                                "ranking_profile": profile, "lists_pending": behind}
+                                "ranking_profile": profile, "lists_pending": behind,
+                                "events": {"impressions": impressions, "clicks": clicks},
+                                "experiment_running": running.name if running else None}
         click.echo(to_json(data))
         return
     if not found.articles:
@@ -519,6 +524,8 @@ def stats(settings, as_json):
     served = next((asdict(m) for m in versions.metas() if m.version == active), None)
     click.echo(f"active index: {active or 'none'}" + (f", {search_kind(served)}" if served else "")
                + (f"; related lists not yet recomputed for {behind} changed articles" if behind else ""))
+    click.echo(f"events: {impressions} impressions, {clicks} clicks; experiment running: "
+               + (running.name if running else "none"))
 
 
 @main.command()
@@ -897,11 +904,15 @@ def index_prune(data_dir, keep):
 @click.option("--c", "c", type=click.FloatRange(min=1e-6), default=0.01, show_default=True,
               help="Inverse regularisation strength of the logistic regression: smaller stays closer "
                    "to the active profile.")
+@click.option("--clicks", is_flag=True,
+              help="Add readers' clicks (POST /v1/events, events import) as labels beside the editors' links, "
+                   "each weighted by the inverse of its position's examination probability, estimated from "
+                   "the same item shown at neighbouring positions.")
 @click.option("--activate", is_flag=True, help="Make the new profile active at once (its lists then follow "
                                                 "in a running server's background worker).")
 @click.option("--json", "as_json", is_flag=True, help="Print the profile as JSON.")
 @progress_option
-def tune(files, settings, until, field, links_csv, held_out, c, activate, as_json, progress):
+def tune(files, settings, until, field, links_csv, held_out, c, clicks, activate, as_json, progress):
     """Learn the ranking's weights from the links your editors already made.
 
     FILES (optional) are ingested first, like `recommender ingest`, so an export
@@ -919,6 +930,7 @@ def tune(files, settings, until, field, links_csv, held_out, c, activate, as_jso
     Examples:
       recommender tune archive.jsonl                      # learn, report, save p1
       recommender tune --until 2025-01-01 --links-csv cms-links.csv
+      recommender tune --clicks                           # readers' clicks too
       recommender profile activate p1                     # serve it
       recommender profile rollback                        # back to the previous one
     """
@@ -940,9 +952,21 @@ def tune(files, settings, until, field, links_csv, held_out, c, activate, as_jso
     labels = tuning.labels_from_articles(engine.store, list(state.by_id), field, urls)
     if links_csv is not None:
         labels = tuning.merge(labels, tuning.labels_from_csv(links_csv, urls, lambda value: value in state.by_id))
+    weights = None
+    if clicks:
+        from recommender.audience.clicks import click_labels
+
+        found = click_labels(engine.store)
+        if not found.clicks:
+            raise CliError("no clicks stored", hint="send them to POST /v1/events, or: recommender events import LOG")
+        labels = tuning.merge(labels, {seed: set(items) for seed, items in found.weights.items()})
+        weights = found.weights
+        click.echo(f"{found.clicks} clicks on {sum(len(v) for v in weights.values())} (article, item) pairs; "
+                   "examination by position: " + ", ".join(f"{p:.2f}" for p in found.propensity), err=True)
     result = tuning.learn(state, engine.store, labels, engine.ranking(k=10), engine.embed, _utc(until),
-                          held_out, c, progress)
-    source = "recommender tune" + (f" --until {until:%Y-%m-%d}" if until else "") + f" ({result.links} linked articles)"
+                          held_out, c, progress, weights)
+    source = ("recommender tune" + (f" --until {until:%Y-%m-%d}" if until else "") + (" --clicks" if clicks else "")
+              + f" ({result.links} linked articles)")
     profiles = engine.profiles
     profile = profiles.save(result.weights, source, result.report)
     activate = activate and result.measured
@@ -1201,6 +1225,197 @@ def demo(data_dir, model):
     from recommender.serving.demo import run_demo
 
     run_demo(load_settings(data_dir=data_dir, model=model), echo=click.echo, progress=show_progress(None))
+
+
+
+@main.group()
+def experiment():
+    """A/B experiments between ranking profiles, or against the page's own block.
+
+    Readers are split between arms by a stable hash of (experiment, visitor) or of
+    (experiment, article); a running server picks a change up within a second. The
+    site sends impressions and clicks to POST /v1/events with the `arm` it was answered.
+
+    \b
+    Examples:
+      recommender experiment start p3-test --arm control=default --arm test=p3
+      recommender experiment start vs-old --arm ours=default --arm old=original --weight old=10
+      recommender experiment list
+      recommender experiment report p3-test --out report/
+      recommender experiment stop p3-test
+    """
+
+
+def _experiments(data_dir: Path | None) -> tuple[Any, Any]:
+    """(the store, its experiments)."""
+    from recommender.audience.experiments import Experiments
+    from recommender.ranking.profiles import open_profiles
+    from recommender.store.base import open_store
+
+    settings = load_settings(data_dir=data_dir)
+    require_store(settings)
+    store = open_store(settings)
+    return store, Experiments(store.shelf("experiments"), open_profiles(settings, store))
+
+
+@experiment.command("start")
+@click.argument("name")
+@click.option("--arm", "arms", multiple=True, required=True, metavar="NAME=PROFILE",
+              help="An arm and the ranking profile it serves (`original`: the page keeps its own block); "
+                   "repeat, the first is the control.")
+@click.option("--weight", "weights", multiple=True, metavar="NAME=NUMBER",
+              help="An arm's share of the units in percent; arms without one share the rest "
+                   "[default: equal shares].")
+@click.option("--unit", type=click.Choice(["visitor", "article"]), default="visitor", show_default=True,
+              help="What is assigned: each reader (the read routes' `visitor`), or each article's page.")
+@data_dir_option
+def experiment_start(name, arms, weights, unit, data_dir):
+    """Start experiment NAME (one runs at a time).
+
+    \b
+    Example:
+      recommender experiment start p3-test --arm control=default --arm test=p3 --weight test=20
+    """
+    from recommender.audience.experiments import parse_arms
+
+    _, experiments = _experiments(data_dir)
+    started = experiments.start(name, parse_arms(list(arms), list(weights)), unit)
+    total = sum(a.weight for a in started.arms)
+    shares = ", ".join(f"{a.name}={a.profile} {a.weight / total:.0%}" for a in started.arms)
+    click.echo(f"experiment {name} started, by {unit}: {shares}")
+
+
+@experiment.command("stop")
+@click.argument("name")
+@data_dir_option
+def experiment_stop(name, data_dir):
+    """Stop experiment NAME: every reader gets the active profile again; its events are kept.
+
+    \b
+    Example:
+      recommender experiment stop p3-test
+    """
+    _, experiments = _experiments(data_dir)
+    stopped = experiments.stop(name)
+    click.echo(f"experiment {name} stopped at {stopped.stopped_at}; see: recommender experiment report {name}")
+
+
+@experiment.command("list")
+@data_dir_option
+@click.option("--json", "as_json", is_flag=True, help="Print [{name, unit, arms, started_at, stopped_at}].")
+def experiment_list(data_dir, as_json):
+    """Show the experiments, the running one marked *.
+
+    \b
+    Example:
+      recommender experiment list --json
+    """
+    _, experiments = _experiments(data_dir)
+    found = experiments.all()
+    rows = [e.model_dump() for e in found]
+    echo_rows(rows, as_json, "no experiments yet: recommender experiment start --help", lambda r: (
+        f"{'*' if r['stopped_at'] is None else ' '} {r['name']:16} by {r['unit']:7} {r['started_at']} .. "
+        f"{r['stopped_at'] or 'running'}  " + ", ".join(f"{a['name']}={a['profile']}" for a in r["arms"])))
+
+
+@experiment.command("report")
+@click.argument("name")
+@data_dir_option
+@click.option("--json", "as_json", is_flag=True,
+              help="Print {experiment, arms: [{arm, profile, units, impressions, clicks, ctr, ctr_ci}], "
+                   "differences: [{arm, vs, diff, ci}], sample_ratio_p, positions, days}.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Also write report.md, report.json and plots (CTR per arm, by position, over time) here.")
+def experiment_report(name, data_dir, as_json, out):
+    """Per arm CTR with a 95 % interval clustered by unit, each arm against the first,
+    a sample-ratio check, and CTR by position.
+
+    \b
+    Example:
+      recommender experiment report p3-test --out report/
+    """
+    from recommender.audience.report import experiment_report as build
+    from recommender.audience.report import summary_lines
+
+    store, experiments = _experiments(data_dir)
+    report = build(store, experiments.get(name))
+    if as_json:
+        click.echo(to_json(report.as_json()))
+    else:
+        click.echo("\n".join(summary_lines(report)))
+    if out is not None:
+        from recommender.audience.plots import write_report
+
+        paths = write_report(report, out)
+        click.echo(f"wrote {', '.join(p.name for p in paths)} to {out}", err=True)
+
+
+@main.group()
+def events():
+    """Readers' impressions and clicks, beside POST /v1/events.
+
+    \b
+    Examples:
+      recommender events import /var/log/nginx/access.log /var/log/nginx/access.log.2.gz
+    """
+
+
+@events.command("import")
+@click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=Path))
+@data_dir_option
+@click.option("--json", "as_json", is_flag=True, help="Print the counts as JSON.")
+def events_import(files, data_dir, as_json):
+    """Clicks and impressions from web-server access logs (combined log format; .gz too).
+
+    A click is a request for an article's page carrying the block's attribution
+    (ref=related&from=SEED&pos=N[&arm=ARM]), resolved to the article by its stored
+    URL's path. An impression is a request the site logs when it shows the block:
+    ref=related-impression&from=SEED&items=ID,ID,...[&arm=ARM]. The visitor is the
+    query's `visitor`, else a hash of the client address and user agent. Crawlers,
+    failed requests and every other request are skipped. Importing a file twice
+    counts it twice.
+
+    \b
+    Example:
+      recommender events import access.log access.log.1.gz
+    """
+    from collections import Counter
+
+    from recommender.audience.events import MAX_EVENTS
+    from recommender.audience.logs import LogReport, events_from_log, path_index, read_lines
+    from recommender.audience.record import record_events
+
+    store, experiments = _experiments(data_dir)
+    known, paths = experiments.all(), path_index(store.urls())
+    report, reasons, stored = LogReport(), Counter[str](), 0
+
+    def flush(batch: list[dict]) -> int:
+        results = record_events(store, known, list(enumerate(batch)))
+        reasons.update(r.error.split("'")[0].strip() for r in results if r.error)
+        return sum(1 for r in results if r.status == "stored")
+
+    for path in files:
+        batch: list[dict] = []
+        for event in events_from_log(read_lines(path), paths, report):
+            batch.append(event)
+            if len(batch) == MAX_EVENTS:
+                stored, batch = stored + flush(batch), []
+        stored += flush(batch) if batch else 0
+    counts = {"lines": report.lines, "stored": stored, "clicks": report.clicks, "impressions": report.impressions,
+              "rejected": sum(reasons.values()), "skipped": report.skipped, "unresolved": report.unresolved,
+              "unparsed": report.unparsed, "reasons": dict(reasons.most_common(5))}
+    if as_json:
+        click.echo(to_json(counts))
+    else:
+        click.echo(f"{report.lines} lines: stored {stored} events ({report.clicks} clicks, {report.impressions} "
+                   f"impressions read); rejected {counts['rejected']}; skipped {report.skipped} other requests; "
+                   f"{report.unresolved} clicks on pages not in the archive; {report.unparsed} lines not in the "
+                   "combined log format")
+        for reason, n in reasons.most_common(5):
+            click.echo(f"  rejected {n}: {reason}", err=True)
+    if report.lines and report.unparsed == report.lines:
+        raise CliError("no line is in the combined log format", hint="nginx: log_format combined; Apache: %h %l %u "
+                       '%t "%r" %>s %b "%{Referer}i" "%{User-agent}i"')
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -47,7 +47,7 @@ def test_related_json_shape_and_attribution(client):
     assert body["article_id"] == "ukr-2" and body["model"] == "hashing:256" and body["index_version"] == "v1"
     assert [i["id"] for i in body["items"]] == ["ukr-1", "ukr-3"]  # a week before, then 25 days after
     assert set(body["items"][0]) == {"id", "title", "url", "published_at", "section", "relevance", "rank_score", "reason",
-                                  "pinned"}
+                                  "pinned", "image_url"}
 
 
 def test_click_attribution_on_urls_and_its_switch(api_settings, tmp_path):
@@ -432,6 +432,28 @@ def test_a_site_template_renders_the_block_and_a_broken_one_falls_back(api_setti
         create_app(own, embedder=CountingEmbedder(), background=False)
 
 
+def test_a_site_template_shows_each_articles_picture_when_it_is_http(api_settings, tmp_path):
+    import html5lib
+
+    from recommender.serving.engine import Engine
+
+    pictures = {"ukr-1": "https://www.exemplu.ro/img/ukr-1.jpg?w=300&h=200", "ukr-3": "javascript:alert(1)"}
+    records = [dict(a, image_url=pictures[a["id"]]) if a["id"] in pictures else a for a in STORY_ARTICLES]
+    Engine(api_settings, embedder=CountingEmbedder()).ingest([str(write_jsonl(tmp_path / "a.jsonl", records))])
+    template = tmp_path / "block.html"
+    template.write_text('<ul>{% for i in items %}<li data-id="{{ i.pos }}">{% if i.image_url %}'
+                        '<img src="{{ i.image_url }}">{% endif %}{{ i.title }}</li>{% endfor %}</ul>')
+    own = api_settings.model_copy(update={"block_template": template})
+    with TestClient(create_app(own, embedder=CountingEmbedder(), background=False)) as c:
+        items = {i["id"]: i for i in c.get("/v1/articles/ukr-2/related", params={"k": 10}).json()["items"]}
+        assert items["ukr-1"]["image_url"] == pictures["ukr-1"] and items["ukr-3"]["image_url"] is None
+        assert all(i["image_url"] is None for aid, i in items.items() if aid != "ukr-1")
+        tree = html5lib.parse(c.get("/v1/articles/ukr-2/related.html", params={"k": 10}).text,
+                              namespaceHTMLElements=False)
+        assert [img.get("src") for img in tree.iter("img")] == [pictures["ukr-1"]]
+        assert len(list(tree.iter("li"))) == len(items)
+
+
 def test_rewrite_without_an_id_uses_the_page_text(client):
     body = client.post("/v1/rewrite", json={"html": PAGE}).json()
     assert body["replaced"] == 1 and "Acord pentru armistițiul din Marea Neagră" in body["html"]
@@ -440,7 +462,8 @@ def test_rewrite_without_an_id_uses_the_page_text(client):
 
 def test_rewrite_leaves_a_page_without_a_block_unchanged(client):
     page = "<html><body><p>Citește și alte știri pe site.</p><a href='/x'>x</a></body></html>"
-    assert client.post("/v1/rewrite", json={"html": page}).json() == {"html": page, "replaced": 0}
+    assert client.post("/v1/rewrite", json={"html": page}).json() == {"html": page, "replaced": 0, "experiment": None,
+                                                                     "arm": None}
 
 
 def test_operations_routes(client):

@@ -37,7 +37,7 @@ def test_the_library_lives_in_subpackages():
     top = [m.name for m in pkgutil.iter_modules(recommender.__path__) if not m.ispkg]
     assert sorted(top) == ["cli", "errors", "settings"]
     assert {m.name for m in pkgutil.iter_modules(recommender.__path__) if m.ispkg} == {
-        "text", "store", "index", "ranking", "serving"}
+        "text", "store", "index", "ranking", "audience", "serving"}
 
 
 def test_the_top_packages_are_layered():

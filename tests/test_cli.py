@@ -10,7 +10,8 @@ from recommender.cli import main
 from tests.conftest import HASHING, article, needs_st, write_jsonl
 
 COMMANDS = ["ingest", "related", "delete", "stats", "demo", "serve", "reembed", "eval", "eval-sts", "index list",
-            "index activate", "index prune", "tune", "profile activate", "profile list", "curate", "rules check"]
+            "index activate", "index prune", "tune", "profile activate", "profile list", "curate", "rules check",
+            "experiment start", "experiment stop", "experiment list", "experiment report", "events import"]
 
 
 @pytest.fixture

@@ -6,7 +6,7 @@ import pytest
 
 from recommender.errors import StoreError
 from recommender.store.sqlite import SCHEMA_VERSION, SQLiteStore
-from tests.conftest import STORY_ARTICLES
+from tests.conftest import STORY_ARTICLES, write_jsonl
 
 PREVIOUS_SCHEMA = """  -- the store as released before schema versions (user_version 0)
 CREATE TABLE IF NOT EXISTS articles (
@@ -144,3 +144,30 @@ def test_stats_count_from_indexes_not_a_scan_of_every_article(tmp_path):
                   "SELECT MIN(published_ts), MAX(published_ts) FROM articles"):
         steps = [str(row[-1]) for row in conn.execute("EXPLAIN QUERY PLAN " + query)]
         assert all("USING COVERING INDEX" in step for step in steps if "articles" in step or "vectors" in step), steps
+
+
+def test_a_picture_kept_as_metadata_before_schema_7_moves_into_its_column(engine, tmp_path):
+    """Before schema 7 an `image_url` field was stored as metadata; the migration moves it,
+    and re-ingesting the same article is "unchanged" (its record hash is the same)."""
+    pictured = dict(STORY_ARTICLES[0], image_url="https://www.exemplu.ro/img/ukr-1.jpg")
+    engine.ingest([str(write_jsonl(tmp_path / "pictured.jsonl", [pictured, *STORY_ARTICLES[1:]]))])
+    path = engine.settings.store_path
+    engine.store.close()
+    old = sqlite3.connect(path)
+    old.execute("UPDATE articles SET meta = json_set(meta, '$.image_url', image_url)")
+    old.execute("ALTER TABLE articles DROP COLUMN image_url")
+    old.execute("PRAGMA user_version = 6")
+    old.commit()
+    old.close()
+    store = SQLiteStore(path)
+    assert store.schema_version() == SCHEMA_VERSION
+    assert store.get("ukr-1").article.image_url == pictured["image_url"]
+    num = store.num_of("ukr-1")
+    assert store.infos([num])[num].image_url == pictured["image_url"]
+    assert store.infos([store.num_of("ukr-2")])[store.num_of("ukr-2")].image_url is None
+    from recommender.store.articles import parse_article
+    from recommender.store.base import ArticleRow
+
+    article = parse_article(pictured)
+    with store.transaction() as tx:
+        assert tx.upsert(ArticleRow.of(article, article.embed_text(2000))).status == "unchanged"

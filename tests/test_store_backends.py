@@ -260,3 +260,31 @@ def test_documents_on_a_shelf(store):
     shelf.write("ACTIVE", "p2\n")
     store.shelf("other").write("x", "y")
     assert shelf.read("ACTIVE") == "p2\n" and shelf.names() == ["ACTIVE", "p1.json"]
+
+
+def test_an_articles_picture_is_kept_and_shown_in_its_info(store):
+    pictured = dict(STORY_ARTICLES[0], image_url=" https://www.exemplu.ro/img/ukr-1.jpg ")
+    (added,) = write(store, [pictured])
+    got = store.get(pictured["id"])
+    assert got is not None and got.article.image_url == "https://www.exemplu.ro/img/ukr-1.jpg"
+    assert "image_url" not in got.article.meta
+    assert store.infos([added.num])[added.num].image_url == "https://www.exemplu.ro/img/ukr-1.jpg"
+    assert write(store, [pictured])[0].status == "unchanged"
+    assert write(store, [STORY_ARTICLES[0]])[0].status == "updated"  # the picture removed is a change
+    assert store.infos([added.num])[added.num].image_url is None
+
+
+def test_event_counters_add_up_across_batches(store):
+    write(store, STORY_ARTICLES[:2])
+    assert store.existing_ids(["ukr-1", "ukr-2", "nope"]) == {"ukr-1", "ukr-2"}
+    batch = {"event_units": {("ab", "a", "v1"): [3, 1], ("ab", "b", "v2"): [2, 0]},
+             "event_positions": {("ab", "a", 1): [3, 1]}, "event_days": {("ab", "a", "2025-03-01"): [3, 1]},
+             "event_pairs": {("ukr-1", "ukr-2", 1, "a"): [3, 1]}}
+    store.add_event_counts(batch)
+    store.add_event_counts(batch)
+    assert sorted(store.arm_sums("ab")) == [("a", 1, 6, 2, 4, 36, 12), ("b", 1, 4, 0, 0, 16, 0)]
+    assert store.event_cells("event_positions", "ab") == [("a", 1, 6, 2)]
+    assert store.event_cells("event_days", "ab") == [("a", "2025-03-01", 6, 2)]
+    assert store.event_totals() == (6, 2) and store.arm_sums("other") == []
+    (pair,) = store.event_pairs()
+    assert pair == ("ukr-1", "ukr-2", 1, 6, 2) and all(type(v) is int for v in pair[2:])

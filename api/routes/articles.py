@@ -56,8 +56,8 @@ def delete_article(article_id: ArticleId, service: ServiceDep) -> WriteOut:
     return WriteOut(id=article_id, status="deleted")
 
 
-def bulk_entries(raw: bytes, content_type: str) -> list[tuple[int, object]]:
-    """(index, decoded JSON or an error string) per item: one bad item never costs the others."""
+def bulk_entries(raw: bytes, content_type: str, what: str = "articles") -> list[tuple[int, object]]:
+    """(index, decoded JSON or `Undecodable`) per item: one bad item never costs the others."""
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
@@ -78,19 +78,23 @@ def bulk_entries(raw: bytes, content_type: str) -> list[tuple[int, object]]:
         items = [line if line.strip() else None for line in text.splitlines()]
     entries = [(index, decode_item(item)) for index, item in enumerate(items) if item is not None]
     if not entries:
-        raise InvalidQuery("no articles in the body: send a JSON array or JSONL")
+        raise InvalidQuery(f"no {what} in the body: send a JSON array or JSONL")
     return entries
+
+
+class Undecodable(str):
+    """Why an item could not be decoded: told apart from an item that is a JSON string."""
 
 
 def decode_item(text: str) -> object:
     try:
         return json.loads(text)
     except json.JSONDecodeError as exc:
-        return f"malformed JSON: {exc.msg} at column {exc.colno}"
+        return Undecodable(f"malformed JSON: {exc.msg} at column {exc.colno}")
     except RecursionError:
-        return "JSON nested too deep"
+        return Undecodable("JSON nested too deep")
     except ValueError as exc:  # an integer of thousands of digits
-        return f"JSON this program refuses: {str(exc).split(';')[0]}"
+        return Undecodable(f"JSON this program refuses: {str(exc).split(';')[0]}")
 
 
 def split_json_array(text: str) -> list[str] | None:
@@ -126,7 +130,7 @@ def bulk_write(service: Service, entries: list[tuple[int, object]], timezone_: t
     results: list[BulkItemOut] = []
     valid: dict[str, tuple[int, Article]] = {}
     for index, value in entries:
-        if isinstance(value, str):
+        if isinstance(value, Undecodable):
             results.append(BulkItemOut(index=index, status="rejected", error=value))
             continue
         try:

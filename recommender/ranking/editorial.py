@@ -159,6 +159,7 @@ def edit(seed: ArticleInfo, filters: Filters, k: int, curation: Curation, rules:
     if curation.empty:
         return Edit(hard, [])
     ids = tuple(dict.fromkeys(hard.exclude_ids + tuple(curation.pin) + tuple(curation.block)))
-    pinned = [RelatedItem(i.id, i.title, i.url, i.published_at, i.section, 1.0, 1.0, PINNED_REASON, pinned=True)
+    pinned = [RelatedItem(i.id, i.title, i.url, i.published_at, i.section, 1.0, 1.0, PINNED_REASON, pinned=True,
+                          image_url=i.image_url)
               for i in pins]
     return Edit(replace(hard, exclude_ids=ids), pinned)

@@ -216,4 +216,4 @@ def _item(state: IndexState, explain: Explainer, num: int, relevance_: float, sc
     reason = explain.reason(num)
     when = age_phrase(None if np.isnan(delta) else delta)
     return RelatedItem(info.id, info.title, info.url, info.published_at, info.section, round(relevance_, 4),
-                       round(score, 4), f"{reason}; {when}" if when else reason)
+                       round(score, 4), f"{reason}; {when}" if when else reason, image_url=info.image_url)

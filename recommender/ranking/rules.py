@@ -135,6 +135,7 @@ class RelatedItem:
     rank_score: float
     reason: str
     pinned: bool = False  # placed by an editor (`recommender.ranking.editorial`), not ranked
+    image_url: str | None = None
 
 
 def rescale(cosines: np.ndarray, random_mean: float) -> np.ndarray:

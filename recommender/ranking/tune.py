@@ -31,6 +31,9 @@ from recommender.store.base import Store
 from recommender.text.markup import Element, parse
 
 Labels = dict[str, set[str]]  # article id -> ids of the articles its editors linked
+# article id -> {linked id: weight}: labels that count more or less than one editor's link
+# (readers' clicks, corrected for position bias: recommender.audience.clicks)
+Weights = dict[str, dict[str, float]]
 
 
 @dataclass(frozen=True)
@@ -42,6 +45,7 @@ class Group:
     pairs: features.Pairs
     linked: np.ndarray  # bool per candidate
     wanted: int  # linked articles that exist before the query, found among the candidates or not
+    weight: np.ndarray | None = None  # per candidate, how much a linked one counts (None: 1 each)
 
 
 @dataclass(frozen=True)
@@ -52,8 +56,11 @@ class Quality:
 
 
 def groups_for(state: IndexState, store: Store, labels: Labels, opts: RankingSettings,
-               embed: pipeline.Embed, progress: bool = False) -> list[Group]:
-    """A group per labelled article with at least one link to an earlier article of the archive."""
+               embed: pipeline.Embed, progress: bool = False, weights: Weights | None = None) -> list[Group]:
+    """A group per labelled article with at least one link to an earlier article of the archive.
+    With `weights` (readers' clicks), candidates are gathered as a page view's are, not
+    past-only, and a weighted label counts whenever it was published: a reader clicks
+    what the block showed."""
     from tqdm import tqdm
 
     out = []
@@ -62,12 +69,18 @@ def groups_for(state: IndexState, store: Store, labels: Labels, opts: RankingSet
         if num is None or num not in state.vectors:
             continue
         seed = pipeline.stored_seed(state, store, query, embed)
-        before = {state.by_id[r] for r in labels[query] if r in state.by_id and _before(state, r, seed)}
-        if not before:
+        weighted = (weights or {}).get(query, {})
+        wanted = {state.by_id[r] for r in labels[query] if r in state.by_id and (
+            r in weighted or _before(state, r, seed))}
+        if not wanted:
             continue
-        pairs = pipeline.candidate_pairs(state, seed, Filters(past_only=True), opts)
-        linked = np.isin(pairs.nums, np.fromiter(before, dtype=np.int64))
-        out.append(Group(query, seed.published_at, pairs, linked, len(before)))
+        pairs = pipeline.candidate_pairs(state, seed, Filters(past_only=weights is None), opts)
+        linked = np.isin(pairs.nums, np.fromiter(wanted, dtype=np.int64))
+        weight = None
+        if weights is not None:
+            by_num = {state.by_id[r]: w for r, w in weighted.items() if r in state.by_id}
+            weight = np.array([by_num.get(int(n), 1.0) for n in pairs.nums])
+        out.append(Group(query, seed.published_at, pairs, linked, len(wanted), weight))
     return out
 
 
@@ -86,18 +99,19 @@ def fit(groups: list[Group], start: dict[str, float], c: float = 0.01, negatives
 
     w_start = np.array([start.get(name, 0.0) for name in features.FEATURES])
     rng = np.random.default_rng(seed)
-    diffs = []
+    diffs, counts = [], []
     for group in groups:
         matrix = np.column_stack([group.pairs.matrix, group.pairs.matrix @ w_start])
         linked, unlinked = np.flatnonzero(group.linked), np.flatnonzero(~group.linked)
         for row in linked if len(unlinked) else []:
             drawn = rng.choice(unlinked, size=min(negatives, len(unlinked)), replace=False)
             diffs.append(matrix[row] - matrix[drawn])
+            counts.append(np.full(len(drawn), 1.0 if group.weight is None else group.weight[row]))
     if not diffs:
         raise NoLabels("none of the linked articles is among the candidates")
-    d = np.vstack(diffs)
+    d, w = np.vstack(diffs), np.concatenate(counts)
     model = LogisticRegression(C=c, max_iter=5000, fit_intercept=False)
-    model.fit(np.vstack([d, -d]), np.r_[np.ones(len(d)), np.zeros(len(d))])
+    model.fit(np.vstack([d, -d]), np.r_[np.ones(len(d)), np.zeros(len(d))], sample_weight=np.r_[w, w])
     weights = model.coef_[0][:-1] + model.coef_[0][-1] * w_start
     return {name: round(float(w), 4) for name, w in zip(features.FEATURES, weights)}
 
@@ -243,13 +257,15 @@ class TuneResult:
 
 
 def learn(state: IndexState, store: Store, labels: Labels, opts: RankingSettings, embed: pipeline.Embed,
-          until: datetime | None, held_out: float = 0.2, c: float = 0.01, progress: bool = False) -> TuneResult:
+          until: datetime | None, held_out: float = 0.2, c: float = 0.01, progress: bool = False,
+          weights: Weights | None = None) -> TuneResult:
     """Weights learned from every labelled article published before `until`; their
-    gain measured first by learning on the older 80 % and scoring the newest 20 %."""
+    gain measured first by learning on the older 80 % and scoring the newest 20 %.
+    `weights`: how much some labels count (readers' clicks; see `groups_for`)."""
     if until is not None:
         labels = {q: r for q, r in labels.items()
                   if q in state.by_id and (when := state.infos[state.by_id[q]].published_at) and when < until}
-    groups = groups_for(state, store, labels, opts, embed, progress)
+    groups = groups_for(state, store, labels, opts, embed, progress, weights)
     if len(groups) < 10:
         raise NoLabels(f"only {len(groups)} articles link to earlier articles of the archive"
                        + (f" before {until:%Y-%m-%d}" if until else "") + "; at least 10 are needed",
@@ -258,11 +274,11 @@ def learn(state: IndexState, store: Store, labels: Labels, opts: RankingSettings
     hits0, rr0 = quality(newer, opts.weights)
     hits1, rr1 = quality(newer, fit(older, opts.weights, c))
     before, after = Quality(len(newer), hits0.mean(), rr0.mean()), Quality(len(newer), hits1.mean(), rr1.mean())
-    weights = fit(groups, opts.weights, c)
+    learned = fit(groups, opts.weights, c)
     report: dict[str, float | str] = {
         "links": len(groups), "held_out": len(newer), "held_out_hit10_before": round(before.hit, 4),
         "held_out_mrr10_before": round(before.mrr, 4), "held_out_hit10": round(after.hit, 4),
         "held_out_mrr10": round(after.mrr, 4)}
     if until is not None:
         report["until"] = f"{until:%Y-%m-%d}"
-    return TuneResult(weights, len(groups), len(older), len(newer), before, after, report)
+    return TuneResult(learned, len(groups), len(older), len(newer), before, after, report)

@@ -16,6 +16,7 @@ from typing import Callable
 import numpy as np
 
 from embeddings import DEFAULT_MODEL, Embedder
+from recommender.audience.experiments import Experiments
 from recommender.errors import ArticleNotFound, IndexDamaged
 from recommender.index.state import Indexes, IndexState
 from recommender.index.versions import open_versions
@@ -58,6 +59,7 @@ class Engine:
         self.ranking_defaults = settings.ranking.model_copy(update={"weights": weights})
         self.rules = editorial.load_rules(settings.rules)
         self.curations = editorial.Curations(self.store)
+        self.experiments = Experiments(self.store.shelf("experiments", replica=True), self.profiles)
         self.upkeep = ListUpkeep(self.store, self.ranking_defaults, settings.precompute_k, self.embed, self.rules)
 
     def _active_model(self) -> str | None:
@@ -215,6 +217,10 @@ class Engine:
         return report
 
     # --- reads --------------------------------------------------------------
+
+    def weights_of(self, profile: str) -> dict[str, float]:
+        """The weights a profile ranks with (the built-in one's are the settings')."""
+        return self.settings.ranking.weights if profile == DEFAULT_PROFILE else self.profiles.get(profile).weights
 
     def ranking(self, **overrides) -> RankingSettings:
         return pipeline.ranking_options(self.ranking_defaults, **overrides)

@@ -57,7 +57,7 @@ class CachedItem:
     def shown_as(self, info: ArticleInfo) -> RelatedItem:
         """The suggestion this cached item stands for, with the article as it is now."""
         return RelatedItem(info.id, info.title, info.url, info.published_at, info.section, self.relevance,
-                           self.rank_score, self.reason)
+                           self.rank_score, self.reason, image_url=info.image_url)
 
 
 @dataclass(frozen=True)

@@ -19,19 +19,21 @@ import threading
 import time
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
-from typing import Iterator
+from typing import Callable, Iterator
 
 from embeddings import Embedder
+from recommender.audience.experiments import Experiments
 from recommender.errors import ArticleNotFound, NoIndex, RecommenderError, StoreUnavailable
 from recommender.index.state import IndexState
 from recommender.ranking import pipeline
 from recommender.ranking.editorial import Curation
 from recommender.ranking.rules import Filters, RelatedItem
+from recommender.serving.audience import Assignment, Audience
 from recommender.serving.engine import Engine
 from recommender.serving.lists import SAVE_EVERY, CachedList, RelatedLists, last_stored_list, lists_key
 from recommender.settings import Settings
 from recommender.store.articles import Article, ArticleInfo
-from recommender.store.base import Lease, StoredArticle, UpsertResult
+from recommender.store.base import Lease, Store, StoredArticle, UpsertResult
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +50,9 @@ class Related:
     items: list[RelatedItem]
     model: str
     index_version: str
+    experiment: str | None = None  # the experiment the page view is in, and its arm
+    arm: str | None = None
+    original: bool = False  # the arm that keeps the page's own block: no items
 
 
 @dataclass(frozen=True)
@@ -83,6 +88,7 @@ class Service:
         self._started_at = time.monotonic()
         self._serving: int | None = None  # the serving lock's descriptor
         self.lists = ListWorker(self)
+        self.audience = Audience(self._audience_sources)
 
     # --- lifecycle ------------------------------------------------------------
 
@@ -243,14 +249,46 @@ class Service:
 
     # --- reads ----------------------------------------------------------------
 
-    def related(self, article_id: str, k: int, filters: Filters, diversity: float | None = None) -> Related:
+    def related(self, article_id: str, k: int, filters: Filters, diversity: float | None = None,
+                visitor: str | None = None) -> Related:
         """The article's list under the editors' rules and its curation, read at every
-        request: a pin or a block shows at the next page view, on every server."""
+        request: a pin or a block shows at the next page view, on every server. In a running
+        experiment, the list of the page view's arm (`visitor`: the unit of an experiment
+        by visitor); while the index loads, no one is assigned."""
         engine = self._engine()
         seed = self._info(article_id)
+        arm = self.assignment(article_id, visitor)
+        if arm is not None and arm.original:
+            return Related([], engine.model, self.snapshot.state.version, arm.experiment, arm.arm, original=True)
         edit = engine.edit(seed, filters, k)
-        found = self._ranked(article_id, k, edit.filters, diversity)
-        return replace(found, items=edit.apply(found.items, k))
+        found = None
+        if arm is not None and arm.weights is not None:
+            try:
+                found = self._under_weights(article_id, k, edit.filters, diversity, arm.weights)
+            except Exception:  # the page keeps a block: the active profile's, outside the experiment
+                log.exception("ranking %s under arm %s failed; serving the active profile", article_id, arm.arm)
+                arm = None
+        if found is None:
+            found = self._ranked(article_id, k, edit.filters, diversity)
+        if arm is None:
+            return replace(found, items=edit.apply(found.items, k))
+        return replace(found, items=edit.apply(found.items, k), experiment=arm.experiment, arm=arm.arm)
+
+    def assignment(self, article_id: str, visitor: str | None) -> Assignment | None:
+        """The page view's experiment arm; while the index loads, no one is assigned."""
+        return None if self.warming else self.audience.assign(article_id, visitor)
+
+    def _under_weights(self, article_id: str, k: int, filters: Filters, diversity: float | None,
+                       weights: dict[str, float]) -> Related:
+        """An arm whose profile is not the active one: ranked live (its lists are not kept)."""
+        snap = self.snapshot
+        seed = snap.engine.seed(snap.state, article_id)
+        ranking = snap.engine.ranking(k=k, diversity=diversity, weights=weights)
+        return Related(pipeline.rank(snap.state, seed, filters, ranking), snap.engine.model, snap.state.version)
+
+    def _audience_sources(self) -> tuple[Store, Experiments, str, Callable[[str], dict[str, float]]]:
+        engine = self._engine()
+        return engine.store, engine.experiments, engine.profile.name, engine.weights_of
 
     def _info(self, article_id: str) -> ArticleInfo:
         if self.warming:

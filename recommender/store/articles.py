@@ -126,6 +126,7 @@ class ArticleInfo:
     content_hash: str
     tags: tuple[str, ...] = ()
     recommendable: bool = True  # False: it keeps its own list but enters none
+    image_url: str | None = None  # for the site's block template; most archives have none
     section_key: str = field(init=False, compare=False)  # the section without case or diacritics ("" when none)
     title_key: int = field(init=False, compare=False)  # title_key(title): equal keys mean the same headline
 
@@ -152,6 +153,8 @@ class Article(BaseModel):
     title: str = Field(min_length=1, examples=["Kievul cere garanții de securitate"])
     body: str = Field("", description="Plain text or HTML; boilerplate is dropped before embedding.")
     url: str | None = Field(None, examples=["https://www.example.ro/externe/kiev-talks"])
+    image_url: str | None = Field(None, examples=["https://www.example.ro/img/kiev-talks.jpg"], description=(
+        "The article's picture, for a site's block template (RECOMMENDER_BLOCK_TEMPLATE); http(s) only"))
     published_at: datetime | None = Field(None, description=(
         "ISO 8601, dd.mm.yyyy[ HH:MM], RFC 2822 or Unix seconds; without an offset, in the archive's "
         "time zone (RECOMMENDER_TIMEZONE, default UTC)."))
@@ -175,7 +178,7 @@ class Article(BaseModel):
             raise ValueError(f"metadata nested deeper than {MAX_META_DEPTH} levels")
         return self
 
-    @field_validator("title", "url", "section", "language", mode="before")
+    @field_validator("title", "url", "image_url", "section", "language", mode="before")
     @classmethod
     def _strip(cls, value: Any) -> Any:
         return value.strip() if isinstance(value, str) else value
@@ -212,8 +215,10 @@ class Article(BaseModel):
 
     def record_hash(self) -> str:
         """Changes when anything about the article changes, metadata included."""
-        # `recommendable` left out while true: archives stored before it existed stay unchanged.
-        payload = self.model_dump(mode="json", exclude={"recommendable"} if self.recommendable else None)
+        # Fields added later are left out at their defaults, so archives stored before they
+        # existed stay unchanged (an `image_url` then was metadata, under the same key).
+        later = {"recommendable"} if self.recommendable else set()
+        payload = self.model_dump(mode="json", exclude=later | ({"image_url"} if self.image_url is None else set()))
         return hashlib.sha256(json.dumps(payload, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
 
 

@@ -19,16 +19,21 @@ from recommender.store.sql import SQLStore
 # Each table's columns, its key first: the order rows are copied in.
 TABLES: dict[str, tuple[str, ...]] = {
     "articles": ("num", "id", "title", "body", "url", "published_at", "published_ts", "section", "tags", "language",
-                 "meta", "text", "terms", "content_hash", "record_hash", "updated_at", "entities", "recommendable"),
+                 "meta", "text", "terms", "content_hash", "record_hash", "updated_at", "entities", "recommendable",
+                 "image_url"),
     "vectors": ("model", "content_hash", "vector"),
     "changes": ("seq", "num"),
     "related_lists": ("version", "num", "items", "fresh"),
     "list_progress": ("version", "refreshed_seq"),
     "reembed_jobs": ("model", "version", "started_at", "finished_at"),
     "documents": ("name", "body"),
+    "event_units": ("experiment", "arm", "unit", "impressions", "clicks"),
+    "event_positions": ("experiment", "arm", "pos", "impressions", "clicks"),
+    "event_days": ("experiment", "arm", "day", "impressions", "clicks"),
+    "event_pairs": ("seed", "item", "pos", "arm", "impressions", "clicks"),
 }
 KEYS = {"articles": 1, "vectors": 2, "changes": 1, "related_lists": 2, "list_progress": 1, "reembed_jobs": 1,
-        "documents": 1}
+        "documents": 1, "event_units": 3, "event_positions": 3, "event_days": 3, "event_pairs": 4}
 BATCH = 1000
 
 Progress = Callable[[str, int, int], None]  # (table, rows done, rows in all)

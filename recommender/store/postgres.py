@@ -106,6 +106,24 @@ MIGRATIONS = [
     ALTER TABLE articles ADD COLUMN IF NOT EXISTS recommendable INTEGER NOT NULL DEFAULT 1;
     CREATE INDEX IF NOT EXISTS articles_url ON articles(url);
     """,
+    # 7: the article's picture; before, an `image_url` was kept as metadata.
+    """
+    ALTER TABLE articles ADD COLUMN IF NOT EXISTS image_url TEXT;
+    UPDATE articles SET image_url = meta::jsonb ->> 'image_url'
+        WHERE meta LIKE '%"image_url"%' AND jsonb_typeof(meta::jsonb -> 'image_url') = 'string';
+    """,
+    # 8: readers' impressions and clicks, as counters (recommender.audience.events).
+    """
+    CREATE TABLE IF NOT EXISTS event_units (experiment TEXT NOT NULL, arm TEXT NOT NULL, unit TEXT NOT NULL,
+        impressions BIGINT NOT NULL, clicks BIGINT NOT NULL, PRIMARY KEY (experiment, arm, unit));
+    CREATE TABLE IF NOT EXISTS event_positions (experiment TEXT NOT NULL, arm TEXT NOT NULL, pos INTEGER NOT NULL,
+        impressions BIGINT NOT NULL, clicks BIGINT NOT NULL, PRIMARY KEY (experiment, arm, pos));
+    CREATE TABLE IF NOT EXISTS event_days (experiment TEXT NOT NULL, arm TEXT NOT NULL, day TEXT NOT NULL,
+        impressions BIGINT NOT NULL, clicks BIGINT NOT NULL, PRIMARY KEY (experiment, arm, day));
+    CREATE TABLE IF NOT EXISTS event_pairs (seed TEXT NOT NULL, item TEXT NOT NULL, pos INTEGER NOT NULL,
+        arm TEXT NOT NULL,
+        impressions BIGINT NOT NULL, clicks BIGINT NOT NULL, PRIMARY KEY (seed, item, pos, arm));
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -19,11 +19,15 @@ import numpy as np
 from recommender.store.articles import Article, ArticleInfo
 from recommender.store.base import ArticleRow, Lease, Shelf, Store, StoredArticle, StoreStats, UpsertResult, Writes
 
-ROW_COLUMNS = "num, id, title, body, url, published_at, section, tags, language, meta, content_hash, recommendable"
+ROW_COLUMNS = ("num, id, title, body, url, published_at, section, tags, language, meta, content_hash, recommendable, "
+               "image_url")
 INFO_COLUMNS = ("a.num, a.id, a.title, a.url, a.published_at, a.section, a.language, a.content_hash, a.tags, "
-                "a.recommendable")
-INFO_WIDTH = 10  # the columns of INFO_COLUMNS
+                "a.recommendable, a.image_url")
+INFO_WIDTH = 11  # the columns of INFO_COLUMNS
 BATCH = 500  # values per IN (...) list
+# The event counter tables and their keys (recommender.audience.events.EventCounts).
+EVENT_TABLES = {"event_units": ("experiment", "arm", "unit"), "event_positions": ("experiment", "arm", "pos"),
+                "event_days": ("experiment", "arm", "day"), "event_pairs": ("seed", "item", "pos", "arm")}
 
 
 class Executor(Protocol):
@@ -158,6 +162,49 @@ class SQLStore(Store):
         first, last = self._rows("SELECT (SELECT MIN(published_ts) FROM articles), "
                                  "(SELECT MAX(published_ts) FROM articles)")[0]
         return StoreStats(self.count(), by_model, sections, _from_ts(first), _from_ts(last), self.last_change())
+
+    # --- readers' events -----------------------------------------------------------
+
+    def existing_ids(self, ids: Iterable[str]) -> set[str]:
+        return {row[0] for batch in _batches(sorted(set(ids))) for row in self._rows(
+            f"SELECT id FROM articles WHERE id IN ({_marks(batch)})", batch)}
+
+    def add_event_counts(self, tables: dict[str, dict[tuple, list[int]]]) -> None:
+        """Adds to each table's counters (EVENT_TABLES), in one transaction. Keys go in sorted
+        order, so two servers adding to the same rows never wait for each other in a cycle."""
+        with self._writing(log_changes=False) as ex:
+            for table, cells in tables.items():
+                keys = EVENT_TABLES[table]
+                ex.many(f"""INSERT INTO {table} ({", ".join(keys)}, impressions, clicks)
+                            VALUES ({_marks(keys)}, ?, ?) ON CONFLICT ({", ".join(keys)}) DO UPDATE SET
+                            impressions = {table}.impressions + excluded.impressions,
+                            clicks = {table}.clicks + excluded.clicks""",
+                        [(*key, imp, clk) for key, (imp, clk) in sorted(cells.items())])
+
+    def arm_sums(self, experiment: str) -> list[tuple]:
+        """(arm, units, impressions, clicks, sum c^2, sum i^2, sum c*i) over each arm's units."""
+        return [tuple(int(v) if i else v for i, v in enumerate(row)) for row in self._rows(
+            """SELECT arm, COUNT(*), SUM(impressions), SUM(clicks), SUM(clicks * clicks),
+                      SUM(impressions * impressions), SUM(clicks * impressions)
+               FROM event_units WHERE experiment = ? GROUP BY arm""", (experiment,))]
+
+    def event_cells(self, table: str, experiment: str) -> list[tuple]:
+        """(arm, pos or day, impressions, clicks) of event_positions or event_days, in order."""
+        column = {"event_positions": "pos", "event_days": "day"}[table]
+        return self._rows(f"SELECT arm, {column}, impressions, clicks FROM {table} WHERE experiment = ? "
+                          f"ORDER BY arm, {column}", (experiment,))
+
+    def event_pairs(self) -> Iterator[tuple[str, str, int, int, int]]:
+        """(seed, item, pos, impressions, clicks) over every arm, in (seed, item) order."""
+        # PostgreSQL sums BIGINT into NUMERIC (a Decimal): counts come back as int on both backends.
+        for seed, item, pos, impressions, clicks in self._stream(
+                "SELECT seed, item, pos, SUM(impressions), SUM(clicks) FROM event_pairs "
+                "GROUP BY seed, item, pos ORDER BY seed, item, pos"):
+            yield seed, item, int(pos), int(impressions), int(clicks)
+
+    def event_totals(self) -> tuple[int, int]:
+        row = self._rows("SELECT COALESCE(SUM(impressions), 0), COALESCE(SUM(clicks), 0) FROM event_days")[0]
+        return int(row[0]), int(row[1])
 
     # --- texts and vectors ---------------------------------------------------------
 
@@ -325,8 +372,9 @@ class _Writes(Writes):
             return UpsertResult(old[0], "unchanged", prepared)
         written = self.ex.one(
             """INSERT INTO articles (id, title, body, url, published_at, published_ts, section, tags,
-                   language, meta, text, terms, content_hash, record_hash, entities, recommendable, updated_at)
-               VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                   language, meta, text, terms, content_hash, record_hash, entities, recommendable, image_url,
+                   updated_at)
+               VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
                ON CONFLICT (id) DO UPDATE SET
                    title=excluded.title, body=excluded.body, url=excluded.url,
                    published_at=excluded.published_at, published_ts=excluded.published_ts,
@@ -334,7 +382,7 @@ class _Writes(Writes):
                    meta=excluded.meta, text=excluded.text, terms=excluded.terms,
                    content_hash=excluded.content_hash, record_hash=excluded.record_hash,
                    entities=excluded.entities, recommendable=excluded.recommendable,
-                   updated_at=excluded.updated_at
+                   image_url=excluded.image_url, updated_at=excluded.updated_at
                RETURNING num""",
             row.values + (_now(),),
         )
@@ -383,15 +431,15 @@ def _parse_time(value: str | None) -> datetime | None:
 
 
 def _info(row: tuple) -> ArticleInfo:
-    num, aid, title, url, published, section, language, chash, tags, recommendable = row
+    num, aid, title, url, published, section, language, chash, tags, recommendable, image_url = row
     # A dozen sections and a few languages shared by every article, not a string each.
     return ArticleInfo(num, aid, title, url, _parse_time(published), section and sys.intern(section),
-                       sys.intern(language), chash, tuple(json.loads(tags)), bool(recommendable))
+                       sys.intern(language), chash, tuple(json.loads(tags)), bool(recommendable), image_url)
 
 
 def _stored(row: tuple) -> StoredArticle:
-    num, aid, title, body, url, published, section, tags, language, meta, chash, recommendable = row
+    num, aid, title, body, url, published, section, tags, language, meta, chash, recommendable, image_url = row
     fields = dict(json.loads(meta))
     fields.update(id=aid, title=title, body=body, url=url, published_at=published, section=section,
-                  tags=json.loads(tags), language=language, recommendable=bool(recommendable))
+                  tags=json.loads(tags), language=language, recommendable=bool(recommendable), image_url=image_url)
     return StoredArticle(num, Article.model_validate(fields), chash)

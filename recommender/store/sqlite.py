@@ -98,6 +98,25 @@ MIGRATIONS: list[str | Callable[[sqlite3.Connection], None]] = [
     # 6: articles that keep their own list but enter none (advertorials, obituaries, notices);
     # and articles found by URL, for a page rewritten without its id (its canonical URL).
     lambda conn: _add_recommendable(conn),
+    # 7: the article's picture, for the site's block template; before, an `image_url` was
+    # kept as metadata, and is moved into the column.
+    """
+    ALTER TABLE articles ADD COLUMN image_url TEXT;
+    UPDATE articles SET image_url = json_extract(meta, '$.image_url')
+        WHERE meta LIKE '%"image_url"%' AND json_type(meta, '$.image_url') = 'text';
+    """,
+    # 8: readers' impressions and clicks, as counters (recommender.audience.events).
+    """
+    CREATE TABLE IF NOT EXISTS event_units (experiment TEXT NOT NULL, arm TEXT NOT NULL, unit TEXT NOT NULL,
+        impressions INTEGER NOT NULL, clicks INTEGER NOT NULL, PRIMARY KEY (experiment, arm, unit)) WITHOUT ROWID;
+    CREATE TABLE IF NOT EXISTS event_positions (experiment TEXT NOT NULL, arm TEXT NOT NULL, pos INTEGER NOT NULL,
+        impressions INTEGER NOT NULL, clicks INTEGER NOT NULL, PRIMARY KEY (experiment, arm, pos)) WITHOUT ROWID;
+    CREATE TABLE IF NOT EXISTS event_days (experiment TEXT NOT NULL, arm TEXT NOT NULL, day TEXT NOT NULL,
+        impressions INTEGER NOT NULL, clicks INTEGER NOT NULL, PRIMARY KEY (experiment, arm, day)) WITHOUT ROWID;
+    CREATE TABLE IF NOT EXISTS event_pairs (seed TEXT NOT NULL, item TEXT NOT NULL, pos INTEGER NOT NULL,
+        arm TEXT NOT NULL,
+        impressions INTEGER NOT NULL, clicks INTEGER NOT NULL, PRIMARY KEY (seed, item, pos, arm)) WITHOUT ROWID;
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -62,9 +62,11 @@ class Shape:
     after: str
     separator: str = "\n"  # what stood between the first two items, when only blanks, <br> or a mark
 
-    def render(self, items: Sequence[tuple[str, str | None]]) -> str:
-        """The block with (title, safe URL) items in the site's item markup; text is escaped."""
-        attrs = "".join(f' {name}="{html.escape(value)}"' for name, value in self.link_attrs)
+    def render(self, items: Sequence[tuple[str, str | None]], extra: dict[str, str] | None = None) -> str:
+        """The block with (title, safe URL) items in the site's item markup; text is escaped.
+        `extra`: attributes added to each link (an experiment's `data-arm`)."""
+        pairs = [(n, v) for n, v in self.link_attrs if n not in (extra or {})] + list((extra or {}).items())
+        attrs = "".join(f' {name}="{html.escape(value)}"' for name, value in pairs)
         rows = []
         for title, url in items:
             inner = (f'<a{attrs} href="{html.escape(url)}">{html.escape(title)}</a>' if url

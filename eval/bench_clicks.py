@@ -1,0 +1,304 @@
+"""Simulated readers over a real archive: does an experiment's report find what is there?
+
+    python eval/bench_clicks.py --moroco ../shared/data/moroco/moroco-test.jsonl --out eval/results/clicks
+
+The archive is the first `--articles` MOROCO articles (hashing vectors: the lists, not
+the model, are under test). Two rankings serve them: the default profile, and a worse one
+that puts the least similar pieces first. Readers click an item of the seed's own topic
+with probability `--q-related` and any other with `--q-other`, times a position bias
+(1/pos^0.7) and a reader's own propensity (gamma, mean 1: some readers click far more,
+which is why the interval is clustered by reader). Each reader sees 1 + Poisson(4) pages.
+
+From the lists, each arm's true CTR is known exactly, so the script checks, over
+`--repeats` simulated experiments, that the report's 95 % interval of the difference covers
+the truth about 95 % of the time and has the right sign, and that an A/A test (both arms
+the default profile) is significant in about 5 %. One repeat goes through the store
+(the path of POST /v1/events) and must give the same report as the in-memory arithmetic.
+Then `--learn-readers` readers click both arms' blocks of a fresh store, and a profile is
+learned from their clicks on the older 80 % of the articles (as `tune --clicks` does), once
+with the position-bias correction and once without (a naive learner: clicks counted as
+they are), each scored on the other 20 % by P@5 against the topic. Last, `--events`
+simulated events (default 10 million) are counted into a SQLite store in batches of
+10,000, as the API does, and the report is timed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from recommender.audience.clicks import click_labels
+from recommender.audience.events import MAX_EVENTS
+from recommender.audience.experiments import Arm, Experiment
+from recommender.audience.record import record_events
+from recommender.audience.report import ArmSums, build_report, experiment_report
+from recommender.ranking import tune
+from recommender.ranking.profiles import Profile, open_profiles
+from recommender.serving.engine import Engine
+from recommender.settings import Settings
+from recommender.store.base import Store
+
+K = 5
+BIAS = 1.0 / np.arange(1, K + 1) ** 0.7
+WORSE = {"dense": -1.0}  # the least similar pieces above the minimum relevance first
+
+
+@dataclass
+class Arms:
+    """Per arm, per seed: the ids shown and each position's click probability."""
+
+    seeds: list[str]
+    worse: str  # the worse profile's name
+    shown: dict[str, list[list[str]]]  # by profile
+    probs: dict[str, np.ndarray]  # by profile: (seeds, K)
+
+    def true_ctr(self, arm: str) -> float:
+        return float(self.probs[arm].sum(axis=1).mean())  # seeds uniform, propensity mean 1
+
+
+def archive(moroco: Path, n: int, workdir: Path) -> tuple[Engine, dict[str, str]]:
+    from eval.prepare_moroco import convert
+
+    records = []
+    with moroco.open(encoding="utf-8") as fh:
+        for line in fh:
+            records.append(convert(json.loads(line)))
+            if len(records) == n:
+                break
+    workdir.mkdir(parents=True, exist_ok=True)
+    path = workdir / "moroco.jsonl"
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
+    engine = Engine(Settings(data_dir=workdir / "data", model="hashing:256"))
+    engine.ingest([str(path)])
+    return engine, {r["id"]: r["topic"] for r in records}
+
+
+def lists(engine: Engine, topics: dict[str, str], q_related: float, q_other: float) -> Arms:
+    profiles = open_profiles(engine.settings, engine.store)
+    saved = profiles.save(WORSE, "bench_clicks: the worse arm", {})
+    worse = Engine(engine.settings, profile=saved)
+    seeds: list[str] = []
+    shown: dict[str, list[list[str]]] = {"default": [], saved.name: []}
+    probs: dict[str, list[np.ndarray]] = {"default": [], saved.name: []}
+    for aid in topics:
+        by_arm = {"default": [i.id for i in engine.related(aid, k=K)],
+                  saved.name: [i.id for i in worse.related(aid, k=K)]}
+        if min(len(v) for v in by_arm.values()) < K:
+            continue  # a seed with a short list would make the two arms' blocks differ in length
+        seeds.append(aid)
+        for arm, ids in by_arm.items():
+            shown[arm].append(ids)
+            same = np.array([topics[i] == topics[aid] for i in ids])
+            probs[arm].append(np.where(same, q_related, q_other) * BIAS)
+    return Arms(seeds, saved.name, shown, {a: np.array(p) for a, p in probs.items()})
+
+
+@dataclass
+class Sim:
+    """Per reader: the arm, impressions, clicks, and each view's (seed, clicked positions)."""
+
+    arm: list[str]
+    impressions: np.ndarray
+    clicks: np.ndarray
+    views: list[tuple[np.ndarray, np.ndarray]]
+
+
+def simulate(arms: Arms, experiment: Experiment, readers: int, rng: np.random.Generator) -> Sim:
+    names = [experiment.assign(f"r{i}").name for i in range(readers)]
+    profile = {a.name: a.profile for a in experiment.arms}
+    propensity = rng.gamma(2.0, 0.5, readers)
+    views = 1 + rng.poisson(4.0, readers)
+    sim = Sim(names, views, np.zeros(readers, int), [])
+    for r in range(readers):
+        seeds = rng.integers(0, len(arms.seeds), views[r])
+        p = np.minimum(arms.probs[profile[names[r]]][seeds] * propensity[r], 1.0)
+        clicked = rng.random(p.shape) < p
+        sim.clicks[r] = clicked.sum()
+        sim.views.append((seeds, clicked))
+    return sim
+
+
+def sums_of(sim: Sim, arm: str) -> ArmSums:
+    mask = np.array([a == arm for a in sim.arm])
+    i, c = sim.impressions[mask].astype(int), sim.clicks[mask].astype(int)
+    return ArmSums(arm, int(mask.sum()), int(i.sum()), int(c.sum()), int((c * c).sum()), int((i * i).sum()),
+                   int((c * i).sum()))
+
+
+def repeats(arms: Arms, n: int, readers: int, aa: bool, rng: np.random.Generator) -> dict:
+    covered = right_sign = significant = 0
+    truth = 0.0 if aa else arms.true_ctr(arms.worse) - arms.true_ctr("default")
+    for r in range(n):
+        experiment = Experiment(name=f"sim-{aa}-{r}", arms=[Arm(name="control", profile="default"),
+                                                          Arm(name="test", profile="default" if aa else arms.worse)])
+        sim = simulate(arms, experiment, readers, rng)
+        report = build_report(experiment, {a: sums_of(sim, a) for a in ("control", "test")}, [], [])
+        (diff,) = report.differences
+        assert diff.ci is not None and diff.diff is not None
+        covered += diff.ci[0] <= truth <= diff.ci[1]
+        significant += diff.ci[0] > 0 or diff.ci[1] < 0
+        right_sign += diff.ci[1] < 0
+    return {"repeats": n, "readers": readers, "true_diff": truth, "coverage": covered / n,
+            "significant": significant / n, "significant_with_the_right_sign": right_sign / n}
+
+
+def events_of(sim: Sim, arms: Arms, experiment: Experiment) -> list[dict]:
+    profile = {a.name: a.profile for a in experiment.arms}
+    events = []
+    for r, (seeds, clicked) in enumerate(sim.views):
+        arm = sim.arm[r]
+        for s, row in zip(seeds, clicked):
+            seed, items = arms.seeds[s], arms.shown[profile[arm]][s]
+            events.append({"type": "impression", "article_id": seed, "items": items, "arm": arm, "visitor": f"r{r}"})
+            events += [{"type": "click", "article_id": seed, "item": items[p], "pos": p + 1, "arm": arm,
+                        "visitor": f"r{r}"} for p in np.flatnonzero(row)]
+    return events
+
+
+def record(store: Store, experiments: list[Experiment], events: list[dict]) -> int:
+    """Events counted into the store as POST /v1/events does, MAX_EVENTS at a time; rejections."""
+    rejected = 0
+    for start in range(0, len(events), MAX_EVENTS):
+        results = record_events(store, experiments, list(enumerate(events[start:start + MAX_EVENTS])))
+        rejected += sum(r.status == "rejected" for r in results)
+    return rejected
+
+
+def through_the_store(engine: Engine, arms: Arms, readers: int, rng: np.random.Generator) -> dict:
+    experiment = engine.experiments.start("store-check", [Arm(name="control", profile="default"),
+                                                          Arm(name="test", profile=arms.worse)], "visitor")
+    sim = simulate(arms, experiment, readers, rng)
+    events = events_of(sim, arms, experiment)
+    rejected = record(engine.store, [experiment], events)
+    stored = experiment_report(engine.store, experiment)
+    memory = build_report(experiment, {a: sums_of(sim, a) for a in ("control", "test")}, [], [])
+    same = all(a.ctr_ci == b.ctr_ci and a.units == b.units for a, b in zip(stored.arms, memory.arms))
+    engine.experiments.stop("store-check")
+    return {"events": len(events), "rejected": rejected, "same_report": same,
+            "ctr_by_position": {p.pos: round(p.ctr or 0, 4) for p in stored.positions if p.arm == "control"}}
+
+
+def volume(engine: Engine, arms: Arms, total: int, rng: np.random.Generator) -> dict:
+    """`total` events (one click per ten impressions) over 200,000 readers, counted and reported."""
+    experiment = engine.experiments.start("volume", [Arm(name="control", profile="default"),
+                                                     Arm(name="test", profile=arms.worse)], "visitor")
+    before = store_bytes(engine)
+    started, done = time.perf_counter(), 0
+    while done < total:
+        n = min(MAX_EVENTS, total - done)
+        readers = rng.integers(0, 200_000, n)
+        seeds = rng.integers(0, len(arms.seeds), n)
+        batch = []
+        for r, s in zip(readers, seeds):
+            visitor = f"r{r}"
+            arm = experiment.assign(visitor).name
+            seed, items = arms.seeds[s], arms.shown["default"][s]
+            if rng.random() < 0.1:
+                batch.append({"type": "click", "article_id": seed, "item": items[0], "pos": 1, "arm": arm,
+                              "visitor": visitor})
+            else:
+                batch.append({"type": "impression", "article_id": seed, "items": items, "arm": arm,
+                              "visitor": visitor})
+        record(engine.store, [experiment], batch)
+        done += n
+        if done % 1_000_000 == 0:
+            print(f"  {done:,} events, {time.perf_counter() - started:.0f} s", flush=True)
+    ingest_s = time.perf_counter() - started
+    started = time.perf_counter()
+    report = experiment_report(engine.store, experiment)
+    report_s = time.perf_counter() - started
+    engine.experiments.stop("volume")
+    return {"events": total, "ingest_seconds": round(ingest_s, 1), "events_per_second": round(total / ingest_s),
+            "report_seconds": round(report_s, 3), "store_bytes_added": store_bytes(engine) - before,
+            "impressions": sum(a.impressions for a in report.arms), "clicks": sum(a.clicks for a in report.arms)}
+
+
+def precision(engine: Engine, profile: Profile, seeds: list[str], topics: dict[str, str]) -> float:
+    """P@K against the truth the readers click by: the seed's own topic."""
+    ranker = Engine(engine.settings, profile=profile)
+    shown = [(s, [i.id for i in ranker.related(s, k=K)]) for s in seeds]
+    return float(np.mean([sum(topics[i] == topics[s] for i in ids) / K for s, ids in shown]))
+
+
+def learning(engine: Engine, arms: Arms, topics: dict[str, str], readers: int, rng: np.random.Generator) -> dict:
+    """Clicks of `readers` readers on both arms' blocks, then a profile learned from them on the
+    older 80 % of the articles, with and without the position-bias correction, and scored on the
+    rest: P@K against the topic, the truth the readers click by."""
+    experiment = engine.experiments.start("learn", [Arm(name="control", profile="default"),
+                                                    Arm(name="test", profile=arms.worse)], "visitor")
+    sim = simulate(arms, experiment, readers, rng)
+    events = events_of(sim, arms, experiment)
+    record(engine.store, [experiment], events)
+    engine.experiments.stop("learn")
+    held = set(sorted(arms.seeds)[int(len(arms.seeds) * 0.8):])
+    state, opts = engine.state(), engine.ranking(k=10)
+    out: dict = {"readers": readers, "events": len(events), "true_propensity": [round(b / BIAS[0], 3) for b in BIAS]}
+    profiles = {"default": Profile(name="default", weights=opts.weights)}
+    for name, debias in (("ips", True), ("naive", False)):
+        found = click_labels(engine.store, debias)
+        train = {s: w for s, w in found.weights.items() if s not in held}
+        groups = tune.groups_for(state, engine.store, {s: set(w) for s, w in train.items()}, opts, engine.embed,
+                                 weights=train)
+        profiles[name] = Profile(name=name, weights=tune.fit(groups, opts.weights))
+        if debias:
+            out["estimated_propensity"] = [round(p, 3) for p in found.propensity]
+            out["harvested_pairs"] = found.harvested
+        out[f"{name}_learned_on"] = len(groups)
+    out["held_out_articles"] = len(held)
+    out["precision_at_5"] = {n: round(precision(engine, p, sorted(held), topics), 4) for n, p in profiles.items()}
+    return out
+
+
+def store_bytes(engine: Engine) -> int:
+    engine.store.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # type: ignore[attr-defined]
+    return sum(p.stat().st_size for p in engine.settings.data_dir.glob("store.sqlite*"))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--moroco", type=Path, default=Path("../shared/data/moroco/moroco-test.jsonl"))
+    parser.add_argument("--articles", type=int, default=1000)
+    parser.add_argument("--repeats", type=int, default=200)
+    parser.add_argument("--readers", type=int, default=4000)
+    parser.add_argument("--q-related", type=float, default=0.04)
+    parser.add_argument("--q-other", type=float, default=0.01)
+    parser.add_argument("--events", type=int, default=10_000_000)
+    parser.add_argument("--learn-readers", type=int, default=20_000,
+                        help="Readers whose clicks the profiles are learned from (0: skip)")
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--out", type=Path, default=Path("eval/results/clicks"))
+    args = parser.parse_args()
+    rng = np.random.default_rng(args.seed)
+    with tempfile.TemporaryDirectory() as tmp:
+        engine, topics = archive(args.moroco, args.articles, Path(tmp))
+        arms = lists(engine, topics, args.q_related, args.q_other)
+        result: dict = {"articles": args.articles, "seeds_with_full_lists": len(arms.seeds),
+                        "q_related": args.q_related, "q_other": args.q_other,
+                        "true_ctr": {a: round(arms.true_ctr(a), 5) for a in ("default", arms.worse)}}
+        print(json.dumps(result), flush=True)
+        result["ab"] = repeats(arms, args.repeats, args.readers, False, rng)
+        print("A/B", json.dumps(result["ab"]), flush=True)
+        result["aa"] = repeats(arms, args.repeats, args.readers, True, rng)
+        print("A/A", json.dumps(result["aa"]), flush=True)
+        result["through_the_store"] = through_the_store(engine, arms, args.readers // 4, rng)
+        print("store", json.dumps(result["through_the_store"]), flush=True)
+        if args.learn_readers:
+            fresh, _ = archive(args.moroco, args.articles, Path(tmp) / "learn")
+            fresh_arms = lists(fresh, topics, args.q_related, args.q_other)
+            result["learning"] = learning(fresh, fresh_arms, topics, args.learn_readers, rng)
+            print("learning", json.dumps(result["learning"]), flush=True)
+        if args.events:
+            result["volume"] = volume(engine, arms, args.events, rng)
+            print("volume", json.dumps(result["volume"]), flush=True)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "results.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Readers: their impressions and clicks, A/B experiments between rankings, the reports."""

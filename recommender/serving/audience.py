@@ -1,0 +1,99 @@
+"""The audience side of serving: which experiment arm a page view is in, and the
+readers' events a site sends back.
+
+The running experiment is read from the store's shelf at most once a second per
+server, so a page view stays one list read, and an experiment started or stopped
+by the CLI is seen by every server within a second.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, replace
+from typing import Any, Callable
+
+from recommender.audience.events import EventResult
+from recommender.audience.experiments import ORIGINAL, Experiment, Experiments
+from recommender.audience.record import record_events
+from recommender.store.base import Store
+
+REFRESH_SECONDS = 1.0
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Assignment:
+    experiment: str
+    arm: str
+    profile: str  # a ranking profile, or ORIGINAL: the page keeps its own block
+    weights: dict[str, float] | None  # the arm's profile's weights; None: the active profile's lists serve
+
+    @property
+    def original(self) -> bool:
+        return self.profile == ORIGINAL
+
+
+@dataclass(frozen=True)
+class _Plan:
+    experiment: Experiment | None
+    weights: dict[str, dict[str, float] | None]  # arm -> its weights (None: the active profile)
+    read_at: float
+
+
+class Audience:
+    """`sources`: the serving engine's (store, experiments, active profile's name, the weights
+    of a profile by name), read when the plan is refreshed."""
+
+    def __init__(self, sources: Callable[[], tuple[Store, Experiments, str, Callable[[str], dict[str, float]]]]):
+        self._sources = sources
+        self._plan = _Plan(None, {}, float("-inf"))
+        self._lock = threading.Lock()
+        self.events_in = 0
+        self.events_rejected = 0
+
+    def assign(self, article_id: str, visitor: str | None) -> Assignment | None:
+        """The page view's arm in the running experiment; None when none runs, or when it
+        assigns by visitor and the request names none."""
+        plan = self._current()
+        experiment = plan.experiment
+        if experiment is None:
+            return None
+        unit = article_id if experiment.unit == "article" else visitor
+        if not unit:
+            return None
+        arm = experiment.assign(unit)
+        return Assignment(experiment.name, arm.name, arm.profile, plan.weights.get(arm.name))
+
+    def _current(self) -> _Plan:
+        plan = self._plan
+        if time.monotonic() - plan.read_at < REFRESH_SECONDS:
+            return plan
+        with self._lock:
+            if time.monotonic() - self._plan.read_at >= REFRESH_SECONDS:
+                try:
+                    self._plan = self._read()
+                except Exception:  # a page view must not fail on the experiment: the last plan serves
+                    log.exception("reading the running experiment failed; retrying in %g s", REFRESH_SECONDS)
+                    self._plan = replace(self._plan, read_at=time.monotonic())
+            return self._plan
+
+    def _read(self) -> _Plan:
+        _, experiments, active, weights_of = self._sources()
+        running = experiments.running()
+        weights: dict[str, dict[str, float] | None] = {}
+        for arm in running.arms if running else []:
+            same = arm.profile in (ORIGINAL, active)
+            weights[arm.name] = None if same else weights_of(arm.profile)
+        return _Plan(running, weights, time.monotonic())
+
+    def record(self, entries: list[tuple[int, Any]], sent: int | None = None) -> list[EventResult]:
+        """Store the good events of a batch as counters; a result for each (`sent`: the
+        request's events, those that could not be decoded included)."""
+        store, experiments, _, _ = self._sources()
+        results = record_events(store, experiments.all(), entries, sent)
+        stored = sum(1 for r in results if r.status == "stored")
+        self.events_in += stored
+        self.events_rejected += len(results) - stored
+        return results
