@@ -1268,18 +1268,36 @@ def _experiments(data_dir: Path | None) -> tuple[Any, Any]:
                    "[default: equal shares].")
 @click.option("--unit", type=click.Choice(["visitor", "article"]), default="visitor", show_default=True,
               help="What is assigned: each reader (the read routes' `visitor`), or each article's page.")
+@click.option("--precompute/--no-precompute", default=True,
+              help="Compute every list of the arms' profiles first (other than the active one's), so a page "
+                   "view stays one row read; or let each list be ranked live at its first view.")
+@click.option("--workers", type=click.IntRange(1, 256), default=None,
+              help="Processes computing the lists. [default: the number of cores]")
 @data_dir_option
-def experiment_start(name, arms, weights, unit, data_dir):
+@progress_option
+def experiment_start(name, arms, weights, unit, precompute, workers, data_dir, progress):
     """Start experiment NAME (one runs at a time).
+
+    A running server picks it up within a second; while it runs, the server keeps
+    each arm's lists current with every write, as it does the active profile's.
 
     \b
     Example:
       recommender experiment start p3-test --arm control=default --arm test=p3 --weight test=20
     """
-    from recommender.audience.experiments import parse_arms
+    from recommender.audience.experiments import ORIGINAL, parse_arms
+    from recommender.serving.engine import Engine
 
-    _, experiments = _experiments(data_dir)
-    started = experiments.start(name, parse_arms(list(arms), list(weights)), unit)
+    store, experiments = _experiments(data_dir)
+    parsed = parse_arms(list(arms), list(weights))
+    experiments.check(name, parsed, unit)  # a bad experiment is refused before any list is computed
+    engine = Engine(load_settings(data_dir=data_dir))
+    own = sorted({a.profile for a in parsed} - {ORIGINAL, engine.profile.name})
+    if precompute and own and engine.indexes.active_meta() is not None:
+        for profile in own:
+            count = engine.prepare_profile(profile, workers or os.cpu_count() or 1, show_progress(progress))
+            click.echo(f"computed {count} lists under {profile}", err=True)
+    started = experiments.start(name, parsed, unit)
     total = sum(a.weight for a in started.arms)
     shares = ", ".join(f"{a.name}={a.profile} {a.weight / total:.0%}" for a in started.arms)
     click.echo(f"experiment {name} started, by {unit}: {shares}")

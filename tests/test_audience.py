@@ -279,3 +279,34 @@ def test_tune_learns_from_clicks_weighted_by_position(app_settings, tmp_path):
     assert result.exit_code == 0, result.output
     assert "24 clicks on 24 (article, item) pairs" in result.stderr
     assert "--clicks" in json.loads(result.stdout)["source"]
+
+
+def test_an_arms_lists_are_precomputed_and_kept_current_with_writes(served, app_settings):
+    from recommender.serving.lists import lists_key
+
+    client, engine = served
+    p1 = open_profiles(app_settings, engine.store).save({"dense": 0.1, "log_days": 5.0}, "test", {})
+    computed = engine.prepare_profile(p1.name)  # what `experiment start` does first
+    started(engine.experiments, [Arm(name="a", profile="default"), Arm(name="b", profile=p1.name)])
+    service = client.app.state.service
+    key = lists_key(service.snapshot.state.version, p1.name)
+    assert computed == len(service.snapshot.state.infos) and engine.store.lists_refreshed_seq(key) is not None
+    time.sleep(1.1)
+    service.lists._wake.set()
+    deadline = time.monotonic() + 10
+    while key not in service.lists._arms_current and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert key in service.lists._arms_current
+    follow_up = {"title": "Negocieri la Istanbul: a doua rundă pentru armistițiul din Marea Neagră",
+                 "body": "Delegațiile Ucrainei și Rusiei se întâlnesc din nou la Istanbul pentru armistițiu.",
+                 "published_at": "2025-03-10T10:00:00+00:00", "section": "externe"}
+    assert client.put("/v1/articles/ukr-4", json=follow_up, headers=KEY).status_code == 200
+    assert service.lists.wait_idle(10)
+    num = engine.store.num_of("ukr-4")
+    row = engine.store.list_row(key, engine.store.num_of("ukr-2"))
+    assert row is not None and num in [item[0] for item in json.loads(row[0])]
+    assert engine.store.list_row(key, num) is not None  # the new article's own list under the arm
+    visitor = next(v for v in (f"r{i}" for i in range(100)) if engine.experiments.get("ab").assign(v).name == "b")
+    hits = service.counters.hits
+    answer = client.get("/v1/articles/ukr-2/related", params={"visitor": visitor, "k": 3}).json()
+    assert answer["arm"] == "b" and service.counters.hits == hits + 1  # one row read, not a live ranking

@@ -100,6 +100,12 @@ class Experiments:
         return next((e for e in reversed(self.all()) if e.running), None)
 
     def start(self, name: str, arms: list[Arm], unit: Unit) -> Experiment:
+        experiment = self.check(name, arms, unit)
+        self._write(experiment)
+        return experiment
+
+    def check(self, name: str, arms: list[Arm], unit: Unit) -> Experiment:
+        """The experiment `start` would write, or the reason it cannot."""
         try:
             experiment = Experiment(name=name, arms=arms, unit=unit)
         except ValidationError as exc:
@@ -114,7 +120,6 @@ class Experiments:
         if current is not None:
             raise RecommenderError(f"experiment {current.name!r} is running; one runs at a time",
                                    hint=f"recommender experiment stop {current.name}")
-        self._write(experiment)
         return experiment
 
     def stop(self, name: str) -> Experiment:

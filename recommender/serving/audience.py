@@ -28,7 +28,7 @@ class Assignment:
     experiment: str
     arm: str
     profile: str  # a ranking profile, or ORIGINAL: the page keeps its own block
-    weights: dict[str, float] | None  # the arm's profile's weights; None: the active profile's lists serve
+    active: bool  # the arm's profile is the active one: the serving lists are its lists
 
     @property
     def original(self) -> bool:
@@ -38,17 +38,17 @@ class Assignment:
 @dataclass(frozen=True)
 class _Plan:
     experiment: Experiment | None
-    weights: dict[str, dict[str, float] | None]  # arm -> its weights (None: the active profile)
+    active: str  # the active profile's name when the plan was read
     read_at: float
 
 
 class Audience:
-    """`sources`: the serving engine's (store, experiments, active profile's name, the weights
-    of a profile by name), read when the plan is refreshed."""
+    """`sources`: the serving engine's (store, experiments, active profile's name), read
+    when the plan is refreshed and when events are recorded."""
 
-    def __init__(self, sources: Callable[[], tuple[Store, Experiments, str, Callable[[str], dict[str, float]]]]):
+    def __init__(self, sources: Callable[[], tuple[Store, Experiments, str]]):
         self._sources = sources
-        self._plan = _Plan(None, {}, float("-inf"))
+        self._plan = _Plan(None, "", float("-inf"))
         self._lock = threading.Lock()
         self.events_in = 0
         self.events_rejected = 0
@@ -64,7 +64,13 @@ class Audience:
         if not unit:
             return None
         arm = experiment.assign(unit)
-        return Assignment(experiment.name, arm.name, arm.profile, plan.weights.get(arm.name))
+        return Assignment(experiment.name, arm.name, arm.profile, arm.profile in (ORIGINAL, plan.active))
+
+    def lists_profiles(self) -> list[str]:
+        """The running experiment's arm profiles that keep lists of their own (not the active one)."""
+        plan = self._current()
+        arms = plan.experiment.arms if plan.experiment else []
+        return [a.profile for a in arms if a.profile not in (ORIGINAL, plan.active)]
 
     def _current(self) -> _Plan:
         plan = self._plan
@@ -73,25 +79,17 @@ class Audience:
         with self._lock:
             if time.monotonic() - self._plan.read_at >= REFRESH_SECONDS:
                 try:
-                    self._plan = self._read()
+                    _, experiments, active = self._sources()
+                    self._plan = _Plan(experiments.running(), active, time.monotonic())
                 except Exception:  # a page view must not fail on the experiment: the last plan serves
                     log.exception("reading the running experiment failed; retrying in %g s", REFRESH_SECONDS)
                     self._plan = replace(self._plan, read_at=time.monotonic())
             return self._plan
 
-    def _read(self) -> _Plan:
-        _, experiments, active, weights_of = self._sources()
-        running = experiments.running()
-        weights: dict[str, dict[str, float] | None] = {}
-        for arm in running.arms if running else []:
-            same = arm.profile in (ORIGINAL, active)
-            weights[arm.name] = None if same else weights_of(arm.profile)
-        return _Plan(running, weights, time.monotonic())
-
     def record(self, entries: list[tuple[int, Any]], sent: int | None = None) -> list[EventResult]:
         """Store the good events of a batch as counters; a result for each (`sent`: the
         request's events, those that could not be decoded included)."""
-        store, experiments, _, _ = self._sources()
+        store, experiments, _ = self._sources()
         results = record_events(store, experiments.all(), entries, sent)
         stored = sum(1 for r in results if r.status == "stored")
         self.events_in += stored

@@ -218,10 +218,6 @@ class Engine:
 
     # --- reads --------------------------------------------------------------
 
-    def weights_of(self, profile: str) -> dict[str, float]:
-        """The weights a profile ranks with (the built-in one's are the settings')."""
-        return self.settings.ranking.weights if profile == DEFAULT_PROFILE else self.profiles.get(profile).weights
-
     def ranking(self, **overrides) -> RankingSettings:
         return pipeline.ranking_options(self.ranking_defaults, **overrides)
 

@@ -19,7 +19,7 @@ import threading
 import time
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
-from typing import Callable, Iterator
+from typing import Iterator
 
 from embeddings import Embedder
 from recommender.audience.experiments import Experiments
@@ -89,6 +89,8 @@ class Service:
         self._serving: int | None = None  # the serving lock's descriptor
         self.lists = ListWorker(self)
         self.audience = Audience(self._audience_sources)
+        self._arms: dict[str, tuple[Engine, RelatedLists]] = {}  # arm profile -> its engine and lists
+        self._arms_lock = threading.Lock()
 
     # --- lifecycle ------------------------------------------------------------
 
@@ -262,9 +264,9 @@ class Service:
             return Related([], engine.model, self.snapshot.state.version, arm.experiment, arm.arm, original=True)
         edit = engine.edit(seed, filters, k)
         found = None
-        if arm is not None and arm.weights is not None:
+        if arm is not None and not arm.active:
             try:
-                found = self._under_weights(article_id, k, edit.filters, diversity, arm.weights)
+                found = self._ranked(article_id, k, edit.filters, diversity, self._arm_snapshot(arm.profile))
             except Exception:  # the page keeps a block: the active profile's, outside the experiment
                 log.exception("ranking %s under arm %s failed; serving the active profile", article_id, arm.arm)
                 arm = None
@@ -278,17 +280,28 @@ class Service:
         """The page view's experiment arm; while the index loads, no one is assigned."""
         return None if self.warming else self.audience.assign(article_id, visitor)
 
-    def _under_weights(self, article_id: str, k: int, filters: Filters, diversity: float | None,
-                       weights: dict[str, float]) -> Related:
-        """An arm whose profile is not the active one: ranked live (its lists are not kept)."""
+    def _arm_snapshot(self, profile: str) -> Snapshot:
+        """The serving index under an experiment arm's profile: its own engine and precomputed
+        lists (`recommender experiment start` computes them; the list worker keeps them current
+        while the experiment runs, and a list still missing is ranked live once and stored)."""
         snap = self.snapshot
-        seed = snap.engine.seed(snap.state, article_id)
-        ranking = snap.engine.ranking(k=k, diversity=diversity, weights=weights)
-        return Related(pipeline.rank(snap.state, seed, filters, ranking), snap.engine.model, snap.state.version)
+        with self._arms_lock:
+            held = self._arms.get(profile)
+            if held is None or held[1].version != snap.state.version:
+                engine = Engine(self.settings.model_copy(update={"model": snap.engine.model}), self._embedder,
+                                snap.engine.profiles.get(profile))
+                held = self._arms[profile] = (engine, engine.lists_for(snap.state))
+        return Snapshot(held[0], snap.state, held[1])
 
-    def _audience_sources(self) -> tuple[Store, Experiments, str, Callable[[str], dict[str, float]]]:
+    def arm_lists(self) -> list[tuple[Engine, RelatedLists]]:
+        """The lists of the running experiment's arms of other profiles than the active one."""
+        wanted = set(self.audience.lists_profiles())
+        with self._arms_lock:
+            return [held for profile, held in self._arms.items() if profile in wanted]
+
+    def _audience_sources(self) -> tuple[Store, Experiments, str]:
         engine = self._engine()
-        return engine.store, engine.experiments, engine.profile.name, engine.weights_of
+        return engine.store, engine.experiments, engine.profile.name
 
     def _info(self, article_id: str) -> ArticleInfo:
         if self.warming:
@@ -307,10 +320,12 @@ class Service:
         self._info(article_id)
         self._engine().curations.put(article_id, curation.check_for(article_id))
 
-    def _ranked(self, article_id: str, k: int, filters: Filters, diversity: float | None) -> Related:
+    def _ranked(self, article_id: str, k: int, filters: Filters, diversity: float | None,
+                snap: Snapshot | None = None) -> Related:
+        """`snap`: an experiment arm's (its profile's engine and lists over the serving index)."""
         if self.warming:
             return self._while_warming(article_id, k, filters, diversity)
-        snap = self.snapshot
+        snap = snap or self.snapshot
         num = snap.state.by_id.get(article_id)
         if num is None:
             raise ArticleNotFound(article_id)
@@ -457,6 +472,7 @@ class ListWorker:
         # A large backlog (a bulk import) is computed in this many forked processes.
         self.workers = service.settings.list_workers or os.cpu_count() or 1
         self.recomputed = 0  # lists recomputed after changes, since start (a metric)
+        self._arms_current: set[str] = set()  # keys of experiment arms' lists that follow the index
         self._next_try = 0.0
 
     def start(self, fill_missing: bool) -> None:
@@ -530,7 +546,8 @@ class ListWorker:
             try:
                 if not self._lead(lease):
                     continue
-                while not self._stop.is_set() and (self._step() or self._profile_step() or self._fill_step()):
+                while not self._stop.is_set() and (self._step() or self._profile_step() or self._arm_step()
+                                                   or self._fill_step()):
                     pass
             except StoreUnavailable as exc:  # the database is away: the next wake-up retries
                 log.warning("recomputing related lists: %s", exc)
@@ -589,15 +606,20 @@ class ListWorker:
             batch, self._pending = self._pending, set()
             self._busy = len(batch)
         try:
-            upkeep = snap.engine.upkeep
-            self.recomputed += upkeep.refresh(snap.state, snap.lists, batch, workers=self.workers,
-                                              stop=self._stop.is_set)
-            if self._stop.is_set():
-                return False
+            # The serving lists, then those of a running experiment's arms of other profiles
+            # that `_arm_step` brought up to date.
+            arms = [(e, lists) for e, lists in self.service.arm_lists()
+                    if lists.version == snap.state.version and lists.key in self._arms_current]
+            for engine, lists in [(snap.engine, snap.lists), *arms]:
+                self.recomputed += engine.upkeep.refresh(snap.state, lists, batch, workers=self.workers,
+                                                         stop=self._stop.is_set)
+                if self._stop.is_set():
+                    return False
             with self._lock:
                 caught_up = not self._pending
             if caught_up:  # every change this snapshot holds has its lists
-                upkeep.record(snap.state, snap.lists)
+                for engine, lists in [(snap.engine, snap.lists), *arms]:
+                    engine.upkeep.record(snap.state, lists)
         except Exception:
             with self._lock:  # tried again after the next wake-up, a second at most
                 self._pending |= batch
@@ -640,6 +662,32 @@ class ListWorker:
                 log.info("ranking profile %s serves", engine.profile.name)
         engine.store.mark_lists_refreshed(lists.key, self._next_since)  # other servers may switch to it
         return True
+
+    def _arm_step(self) -> bool:
+        """Bring one experiment arm's lists up to the serving index: the changes made since they
+        were last current (since `experiment start` computed them, or an earlier experiment's
+        end). From then on `_step` keeps them current with the serving lists. An arm whose
+        lists were never computed starts empty: each is ranked live at its first view, and kept."""
+        snap = self.service._snapshot
+        if snap is None:
+            return False
+        profiles = self.service.audience.lists_profiles()
+        # An arm no experiment runs is not kept current: a later one catches up from its record.
+        self._arms_current &= {lists_key(snap.state.version, p) for p in profiles}
+        for profile in profiles:
+            arm = self.service._arm_snapshot(profile)
+            if arm.lists.key in self._arms_current:
+                continue
+            upkeep, store = arm.engine.upkeep, arm.engine.store
+            if store.lists_refreshed_seq(arm.lists.key) is None:
+                arm.lists.forget([n for n in snap.state.infos if arm.lists.has(n)])
+                upkeep.record(snap.state, arm.lists)
+            else:
+                upkeep.catch_up(snap.state, arm.lists, workers=self.workers)
+            self._arms_current.add(arm.lists.key)
+            log.info("experiment arm %s: its lists follow the serving index", profile)
+            return True
+        return False
 
     def _fill_step(self) -> bool:
         """Compute a batch of the lists still missing."""
