@@ -56,7 +56,11 @@ class Arms:
     seeds: list[str]
     worse: str  # the worse profile's name
     shown: dict[str, list[list[str]]]  # by profile
-    probs: dict[str, np.ndarray]  # by profile: (seeds, K)
+    relevance: dict[str, np.ndarray]  # by profile: (seeds, K), each shown item's click chance at position 1
+
+    @property
+    def probs(self) -> dict[str, np.ndarray]:
+        return {a: r * BIAS for a, r in self.relevance.items()}
 
     def true_ctr(self, arm: str) -> float:
         return float(self.probs[arm].sum(axis=1).mean())  # seeds uniform, propensity mean 1
@@ -95,7 +99,7 @@ def lists(engine: Engine, topics: dict[str, str], q_related: float, q_other: flo
         for arm, ids in by_arm.items():
             shown[arm].append(ids)
             same = np.array([topics[i] == topics[aid] for i in ids])
-            probs[arm].append(np.where(same, q_related, q_other) * BIAS)
+            probs[arm].append(np.where(same, q_related, q_other))
     return Arms(seeds, saved.name, shown, {a: np.array(p) for a, p in probs.items()})
 
 
@@ -106,10 +110,12 @@ class Sim:
     arm: list[str]
     impressions: np.ndarray
     clicks: np.ndarray
-    views: list[tuple[np.ndarray, np.ndarray]]
+    views: list[tuple[np.ndarray, np.ndarray, np.ndarray]]  # seeds, clicked, the order shown
 
 
 def simulate(arms: Arms, experiment: Experiment, readers: int, rng: np.random.Generator) -> Sim:
+    """Readers' views and clicks; in `experiment.explore` of the views two neighbouring items
+    are swapped, as serving does, and the clicks follow the items to their new positions."""
     names = [experiment.assign(f"r{i}").name for i in range(readers)]
     profile = {a.name: a.profile for a in experiment.arms}
     propensity = rng.gamma(2.0, 0.5, readers)
@@ -117,10 +123,15 @@ def simulate(arms: Arms, experiment: Experiment, readers: int, rng: np.random.Ge
     sim = Sim(names, views, np.zeros(readers, int), [])
     for r in range(readers):
         seeds = rng.integers(0, len(arms.seeds), views[r])
-        p = np.minimum(arms.probs[profile[names[r]]][seeds] * propensity[r], 1.0)
+        order = np.tile(np.arange(K), (len(seeds), 1))
+        for v in np.flatnonzero(rng.random(len(seeds)) < experiment.explore):
+            j = rng.integers(0, K - 1)
+            order[v, [j, j + 1]] = order[v, [j + 1, j]]
+        relevance = np.take_along_axis(arms.relevance[profile[names[r]]][seeds], order, axis=1)
+        p = np.minimum(relevance * BIAS * propensity[r], 1.0)
         clicked = rng.random(p.shape) < p
         sim.clicks[r] = clicked.sum()
-        sim.views.append((seeds, clicked))
+        sim.views.append((seeds, clicked, order))
     return sim
 
 
@@ -151,10 +162,11 @@ def repeats(arms: Arms, n: int, readers: int, aa: bool, rng: np.random.Generator
 def events_of(sim: Sim, arms: Arms, experiment: Experiment) -> list[dict]:
     profile = {a.name: a.profile for a in experiment.arms}
     events = []
-    for r, (seeds, clicked) in enumerate(sim.views):
+    for r, (seeds, clicked, orders) in enumerate(sim.views):
         arm = sim.arm[r]
-        for s, row in zip(seeds, clicked):
-            seed, items = arms.seeds[s], arms.shown[profile[arm]][s]
+        for s, row, order in zip(seeds, clicked, orders):
+            listed = arms.shown[profile[arm]][s]
+            seed, items = arms.seeds[s], [listed[i] for i in order]
             events.append({"type": "impression", "article_id": seed, "items": items, "arm": arm, "visitor": f"r{r}"})
             events += [{"type": "click", "article_id": seed, "item": items[p], "pos": p + 1, "arm": arm,
                         "visitor": f"r{r}"} for p in np.flatnonzero(row)]
@@ -219,26 +231,37 @@ def volume(engine: Engine, arms: Arms, total: int, rng: np.random.Generator) -> 
             "impressions": sum(a.impressions for a in report.arms), "clicks": sum(a.clicks for a in report.arms)}
 
 
-def precision(engine: Engine, profile: Profile, seeds: list[str], topics: dict[str, str]) -> float:
-    """P@K against the truth the readers click by: the seed's own topic."""
+def precision(engine: Engine, profile: Profile, seeds: list[str], topics: dict[str, str]) -> np.ndarray:
+    """Per seed, P@K against the truth the readers click by: the seed's own topic."""
     ranker = Engine(engine.settings, profile=profile)
     shown = [(s, [i.id for i in ranker.related(s, k=K)]) for s in seeds]
-    return float(np.mean([sum(topics[i] == topics[s] for i in ids) / K for s, ids in shown]))
+    return np.array([sum(topics[i] == topics[s] for i in ids) / K for s, ids in shown])
 
 
-def learning(engine: Engine, arms: Arms, topics: dict[str, str], readers: int, rng: np.random.Generator) -> dict:
-    """Clicks of `readers` readers on both arms' blocks, then a profile learned from them on the
-    older 80 % of the articles, with and without the position-bias correction, and scored on the
-    rest: P@K against the topic, the truth the readers click by."""
-    experiment = engine.experiments.start("learn", [Arm(name="control", profile="default"),
-                                                    Arm(name="test", profile=arms.worse)], "visitor")
+def paired(a: np.ndarray, b: np.ndarray, rng: np.random.Generator) -> dict:
+    """mean(a - b) with a 95 % bootstrap interval over the seeds."""
+    d = a - b
+    means = [d[rng.integers(0, len(d), len(d))].mean() for _ in range(2000)]
+    return {"diff": round(float(d.mean()), 4), "ci": [round(float(np.percentile(means, q)), 4) for q in (2.5, 97.5)]}
+
+
+def learning(engine: Engine, arms: Arms, topics: dict[str, str], readers: int, explore: float, worse_share: float,
+             rng: np.random.Generator) -> dict:
+    """Clicks of `readers` readers on the two rankings' blocks (`worse_share` of them on the
+    worse one's: a site whose ranking disagrees with what its readers want), then a profile
+    learned from them on the older 80 % of the articles, with and without the position-bias
+    correction, and scored on the rest: P@K against the topic, the truth the readers click by."""
+    experiment = engine.experiments.start("learn", [
+        Arm(name="control", profile="default", weight=100 * (1 - worse_share)),
+        Arm(name="test", profile=arms.worse, weight=100 * worse_share)], "visitor", explore)
     sim = simulate(arms, experiment, readers, rng)
     events = events_of(sim, arms, experiment)
     record(engine.store, [experiment], events)
     engine.experiments.stop("learn")
     held = set(sorted(arms.seeds)[int(len(arms.seeds) * 0.8):])
     state, opts = engine.state(), engine.ranking(k=10)
-    out: dict = {"readers": readers, "events": len(events), "true_propensity": [round(b / BIAS[0], 3) for b in BIAS]}
+    out: dict = {"readers": readers, "explore": explore, "worse_share": worse_share, "events": len(events),
+                 "true_propensity": [round(b / BIAS[0], 3) for b in BIAS]}
     profiles = {"default": Profile(name="default", weights=opts.weights)}
     for name, debias in (("ips", True), ("naive", False)):
         found = click_labels(engine.store, debias)
@@ -251,7 +274,10 @@ def learning(engine: Engine, arms: Arms, topics: dict[str, str], readers: int, r
             out["harvested_pairs"] = found.harvested
         out[f"{name}_learned_on"] = len(groups)
     out["held_out_articles"] = len(held)
-    out["precision_at_5"] = {n: round(precision(engine, p, sorted(held), topics), 4) for n, p in profiles.items()}
+    scored = {n: precision(engine, p, sorted(held), topics) for n, p in profiles.items()}
+    out["precision_at_5"] = {n: round(float(v.mean()), 4) for n, v in scored.items()}
+    out["ips_minus_naive"] = paired(scored["ips"], scored["naive"], rng)
+    out["ips_minus_default"] = paired(scored["ips"], scored["default"], rng)
     return out
 
 
@@ -269,8 +295,12 @@ def main() -> None:
     parser.add_argument("--q-related", type=float, default=0.04)
     parser.add_argument("--q-other", type=float, default=0.01)
     parser.add_argument("--events", type=int, default=10_000_000)
-    parser.add_argument("--learn-readers", type=int, default=20_000,
+    parser.add_argument("--learn-readers", type=int, default=50_000,
                         help="Readers whose clicks the profiles are learned from (0: skip)")
+    parser.add_argument("--worse-share", type=float, default=0.9,
+                        help="The learning experiment's share of readers on the worse ranking")
+    parser.add_argument("--explore", type=float, default=0.1,
+                        help="The learning experiment's share of views with two neighbours swapped")
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--out", type=Path, default=Path("eval/results/clicks"))
     args = parser.parse_args()
@@ -282,16 +312,18 @@ def main() -> None:
                         "q_related": args.q_related, "q_other": args.q_other,
                         "true_ctr": {a: round(arms.true_ctr(a), 5) for a in ("default", arms.worse)}}
         print(json.dumps(result), flush=True)
-        result["ab"] = repeats(arms, args.repeats, args.readers, False, rng)
-        print("A/B", json.dumps(result["ab"]), flush=True)
-        result["aa"] = repeats(arms, args.repeats, args.readers, True, rng)
-        print("A/A", json.dumps(result["aa"]), flush=True)
-        result["through_the_store"] = through_the_store(engine, arms, args.readers // 4, rng)
-        print("store", json.dumps(result["through_the_store"]), flush=True)
+        if args.repeats:
+            result["ab"] = repeats(arms, args.repeats, args.readers, False, rng)
+            print("A/B", json.dumps(result["ab"]), flush=True)
+            result["aa"] = repeats(arms, args.repeats, args.readers, True, rng)
+            print("A/A", json.dumps(result["aa"]), flush=True)
+            result["through_the_store"] = through_the_store(engine, arms, args.readers // 4, rng)
+            print("store", json.dumps(result["through_the_store"]), flush=True)
         if args.learn_readers:
             fresh, _ = archive(args.moroco, args.articles, Path(tmp) / "learn")
             fresh_arms = lists(fresh, topics, args.q_related, args.q_other)
-            result["learning"] = learning(fresh, fresh_arms, topics, args.learn_readers, rng)
+            result["learning"] = learning(fresh, fresh_arms, topics, args.learn_readers, args.explore,
+                                          args.worse_share, rng)
             print("learning", json.dumps(result["learning"]), flush=True)
         if args.events:
             result["volume"] = volume(engine, arms, args.events, rng)

@@ -1268,6 +1268,9 @@ def _experiments(data_dir: Path | None) -> tuple[Any, Any]:
                    "[default: equal shares].")
 @click.option("--unit", type=click.Choice(["visitor", "article"]), default="visitor", show_default=True,
               help="What is assigned: each reader (the read routes' `visitor`), or each article's page.")
+@click.option("--explore", type=click.FloatRange(0, 0.5), default=0.0, show_default=True,
+              help="The share of page views whose block swaps two neighbouring items (the same for a reader "
+                   "and an article), so `tune --clicks` can measure the position bias; e.g. 0.05.")
 @click.option("--precompute/--no-precompute", default=True,
               help="Compute every list of the arms' profiles first (other than the active one's), so a page "
                    "view stays one row read; or let each list be ranked live at its first view.")
@@ -1275,7 +1278,7 @@ def _experiments(data_dir: Path | None) -> tuple[Any, Any]:
               help="Processes computing the lists. [default: the number of cores]")
 @data_dir_option
 @progress_option
-def experiment_start(name, arms, weights, unit, precompute, workers, data_dir, progress):
+def experiment_start(name, arms, weights, unit, explore, precompute, workers, data_dir, progress):
     """Start experiment NAME (one runs at a time).
 
     A running server picks it up within a second; while it runs, the server keeps
@@ -1288,16 +1291,16 @@ def experiment_start(name, arms, weights, unit, precompute, workers, data_dir, p
     from recommender.audience.experiments import ORIGINAL, parse_arms
     from recommender.serving.engine import Engine
 
-    store, experiments = _experiments(data_dir)
+    _, experiments = _experiments(data_dir)
     parsed = parse_arms(list(arms), list(weights))
-    experiments.check(name, parsed, unit)  # a bad experiment is refused before any list is computed
+    experiments.check(name, parsed, unit, explore)  # a bad experiment is refused before any list is computed
     engine = Engine(load_settings(data_dir=data_dir))
     own = sorted({a.profile for a in parsed} - {ORIGINAL, engine.profile.name})
     if precompute and own and engine.indexes.active_meta() is not None:
         for profile in own:
             count = engine.prepare_profile(profile, workers or os.cpu_count() or 1, show_progress(progress))
             click.echo(f"computed {count} lists under {profile}", err=True)
-    started = experiments.start(name, parsed, unit)
+    started = experiments.start(name, parsed, unit, explore)
     total = sum(a.weight for a in started.arms)
     shares = ", ".join(f"{a.name}={a.profile} {a.weight / total:.0%}" for a in started.arms)
     click.echo(f"experiment {name} started, by {unit}: {shares}")

@@ -163,9 +163,7 @@ def test_an_arm_of_another_profile_is_ranked_with_its_weights(served, app_settin
     started(experiments, [Arm(name="a", profile="default", weight=1), Arm(name="b", profile=p1.name, weight=99)],
             unit="article")
     assert experiments.get("ab").assign("ukr-2").name == "b"
-    time.sleep(1.1)
-    answer = client.get("/v1/articles/ukr-2/related", params={"k": 3}).json()
-    assert answer["arm"] == "b"
+    answer = until_arm(client, "/v1/articles/ukr-2/related", {"k": 3}, "b")
     expected = Engine(app_settings, embedder=CountingEmbedder(), profile=p1).related("ukr-2", k=3)
     default = Engine(app_settings, embedder=CountingEmbedder()).related("ukr-2", k=3)
     assert [i["id"] for i in answer["items"]] == [i.id for i in expected] != [i.id for i in default]
@@ -197,6 +195,15 @@ def test_the_experiment_commands(app_settings, stories, tmp_path):
     assert run("experiment", "stop", "vs-old").exit_code == 0
     assert "stopped" in run("experiment", "stop", "vs-old").output
     assert run("experiment", "report", "nope").exit_code != 0
+    store = Engine(app_settings).store
+    profiles = open_profiles(app_settings, store)
+    p1 = profiles.save({"dense": 1.0}, "test", {})
+    own = run("experiment", "start", "own", "--arm", "a=default", "--arm", f"b={p1.name}", "--explore", "0.1")
+    assert own.exit_code == 0 and f"computed 7 lists under {p1.name}" in own.stderr
+    assert Experiments(store.shelf("experiments"), profiles).get("own").explore == 0.1
+    store.close()
+    assert run("experiment", "start", "x2", "--arm", "a=default", "--arm", "b=original", "--explore", "0.9"
+               ).exit_code == 2  # a usage error: at most half the views explore
 
 
 LOG = [
@@ -310,3 +317,36 @@ def test_an_arms_lists_are_precomputed_and_kept_current_with_writes(served, app_
     hits = service.counters.hits
     answer = client.get("/v1/articles/ukr-2/related", params={"visitor": visitor, "k": 3}).json()
     assert answer["arm"] == "b" and service.counters.hits == hits + 1  # one row read, not a live ranking
+
+
+def test_an_exploring_experiment_swaps_two_neighbours_in_a_share_of_views(served):
+    client, engine = served
+    engine.experiments.start("ab", [Arm(name="a", profile="default"), Arm(name="b", profile="default")], "visitor",
+                             explore=0.5)
+    time.sleep(1.1)
+    plain = ids(client.get("/v1/articles/ukr-2/related", params={"k": 3}))
+    orders = {v: ids(client.get("/v1/articles/ukr-2/related", params={"k": 3, "visitor": v})) for v in
+              (f"r{i}" for i in range(60))}
+    swapped = [o for o in orders.values() if o != plain]
+    assert 15 <= len(swapped) <= 45 and all(sorted(o) == sorted(plain) for o in swapped)
+    assert all(sum(a != b for a, b in zip(o, plain)) == 2 for o in swapped)  # two neighbours, nothing else
+    assert orders == {v: ids(client.get("/v1/articles/ukr-2/related", params={"k": 3, "visitor": v}))
+                      for v in orders}  # the same reader sees the same order again
+    client.put("/v1/articles/ukr-2/curation", json={"pin": [plain[-1]]}, headers=KEY)
+    pinned = {v: ids(client.get("/v1/articles/ukr-2/related", params={"k": 3, "visitor": v})) for v in orders}
+    assert all(o[0] == plain[-1] for o in pinned.values())  # a pin keeps its place
+
+
+def until_arm(client, path: str, params: dict, arm: str, timeout: float = 10.0) -> dict:
+    """The answer once the server serves `arm`: it reads the running experiment once a second,
+    and loads an arm's lists in the background (views meanwhile get the active profile's)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        answer = client.get(path, params=params).json()
+        if answer["arm"] == arm or time.monotonic() > deadline:
+            return answer
+        time.sleep(0.05)
+
+
+def ids(response) -> list[str]:
+    return [i["id"] for i in response.json()["items"]]

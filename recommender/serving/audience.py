@@ -29,6 +29,7 @@ class Assignment:
     arm: str
     profile: str  # a ranking profile, or ORIGINAL: the page keeps its own block
     active: bool  # the arm's profile is the active one: the serving lists are its lists
+    unit: str  # the visitor or article it was assigned by
 
     @property
     def original(self) -> bool:
@@ -64,7 +65,15 @@ class Audience:
         if not unit:
             return None
         arm = experiment.assign(unit)
-        return Assignment(experiment.name, arm.name, arm.profile, arm.profile in (ORIGINAL, plan.active))
+        return Assignment(experiment.name, arm.name, arm.profile, arm.profile in (ORIGINAL, plan.active), unit)
+
+    def swap(self, arm: Assignment, article_id: str, first: int, length: int) -> int | None:
+        """Where the page view's block swaps two neighbouring items, if it is one of the
+        experiment's exploring views (`Experiment.swap`)."""
+        experiment = self._plan.experiment
+        if experiment is None or experiment.name != arm.experiment:
+            return None
+        return experiment.swap(arm.unit, article_id, first, length)
 
     def lists_profiles(self) -> list[str]:
         """The running experiment's arm profiles that keep lists of their own (not the active one)."""

@@ -91,6 +91,8 @@ class Service:
         self.audience = Audience(self._audience_sources)
         self._arms: dict[str, tuple[Engine, RelatedLists]] = {}  # arm profile -> its engine and lists
         self._arms_lock = threading.Lock()
+        self._arms_loading: set[str] = set()
+        self._arms_failed: dict[str, float] = {}  # when an arm's lists last failed to load
 
     # --- lifecycle ------------------------------------------------------------
 
@@ -178,6 +180,7 @@ class Service:
         cold = self._cold  # read once: the loader clears it when it is done
         return cold if cold is not None and self.warming else self.snapshot.engine
 
+    ARM_RETRY_SECONDS = 10.0  # after an arm's lists failed to load
     CATCH_UP_CHUNK = 200  # changes applied per hold of the write lock when catching up others' writes
 
     def refresh(self) -> bool:
@@ -266,32 +269,57 @@ class Service:
         found = None
         if arm is not None and not arm.active:
             try:
-                found = self._ranked(article_id, k, edit.filters, diversity, self._arm_snapshot(arm.profile))
+                own = self.arm_snapshot(arm.profile)
+                found = self._ranked(article_id, k, edit.filters, diversity, own) if own else None
             except Exception:  # the page keeps a block: the active profile's, outside the experiment
                 log.exception("ranking %s under arm %s failed; serving the active profile", article_id, arm.arm)
+            if found is None:  # its lists still loading, or a failure: outside the experiment
                 arm = None
         if found is None:
             found = self._ranked(article_id, k, edit.filters, diversity)
+        items = edit.apply(found.items, k)
         if arm is None:
-            return replace(found, items=edit.apply(found.items, k))
-        return replace(found, items=edit.apply(found.items, k), experiment=arm.experiment, arm=arm.arm)
+            return replace(found, items=items)
+        swap = self.audience.swap(arm, article_id, sum(1 for i in items if i.pinned), len(items))
+        if swap is not None:  # an exploring view: two neighbours swapped, pins left in place
+            items[swap], items[swap + 1] = items[swap + 1], items[swap]
+        return replace(found, items=items, experiment=arm.experiment, arm=arm.arm)
 
     def assignment(self, article_id: str, visitor: str | None) -> Assignment | None:
         """The page view's experiment arm; while the index loads, no one is assigned."""
         return None if self.warming else self.audience.assign(article_id, visitor)
 
-    def _arm_snapshot(self, profile: str) -> Snapshot:
+    def arm_snapshot(self, profile: str) -> Snapshot | None:
         """The serving index under an experiment arm's profile: its own engine and precomputed
         lists (`recommender experiment start` computes them; the list worker keeps them current
-        while the experiment runs, and a list still missing is ranked live once and stored)."""
+        while the experiment runs, and a list still missing is ranked live once and stored).
+        None while they load, in the background: reading which article each list shows takes
+        seconds at a million, which no page view waits for."""
         snap = self.snapshot
         with self._arms_lock:
             held = self._arms.get(profile)
-            if held is None or held[1].version != snap.state.version:
-                engine = Engine(self.settings.model_copy(update={"model": snap.engine.model}), self._embedder,
-                                snap.engine.profiles.get(profile))
-                held = self._arms[profile] = (engine, engine.lists_for(snap.state))
-        return Snapshot(held[0], snap.state, held[1])
+            if held is not None and held[1].version == snap.state.version:
+                return Snapshot(held[0], snap.state, held[1])
+            retry_at = self._arms_failed.get(profile, float("-inf")) + self.ARM_RETRY_SECONDS
+            if profile not in self._arms_loading and time.monotonic() >= retry_at:
+                self._arms_loading.add(profile)
+                threading.Thread(target=self._load_arm, args=(profile, snap), name="recommender-arm",
+                                 daemon=True).start()
+        return None
+
+    def _load_arm(self, profile: str, snap: Snapshot) -> None:
+        try:
+            engine = Engine(self.settings.model_copy(update={"model": snap.engine.model}), self._embedder,
+                            snap.engine.profiles.get(profile))
+            lists = engine.lists_for(snap.state)
+            with self._arms_lock:
+                self._arms[profile] = (engine, lists)
+        except Exception:
+            log.exception("loading the lists of experiment arm %s failed; its views get the active profile", profile)
+            self._arms_failed[profile] = time.monotonic()
+        finally:
+            with self._arms_lock:
+                self._arms_loading.discard(profile)
 
     def arm_lists(self) -> list[tuple[Engine, RelatedLists]]:
         """The lists of the running experiment's arms of other profiles than the active one."""
@@ -675,9 +703,9 @@ class ListWorker:
         # An arm no experiment runs is not kept current: a later one catches up from its record.
         self._arms_current &= {lists_key(snap.state.version, p) for p in profiles}
         for profile in profiles:
-            arm = self.service._arm_snapshot(profile)
-            if arm.lists.key in self._arms_current:
-                continue
+            arm = self.service.arm_snapshot(profile)
+            if arm is None or arm.lists.key in self._arms_current:
+                continue  # loading: the next pass, a second later at most
             upkeep, store = arm.engine.upkeep, arm.engine.store
             if store.lists_refreshed_seq(arm.lists.key) is None:
                 arm.lists.forget([n for n in snap.state.infos if arm.lists.has(n)])
