@@ -12,9 +12,9 @@ from __future__ import annotations
 import hashlib
 import re
 from datetime import datetime, timezone
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, Field, ValidationError, model_validator
 
 from recommender.audience.events import Click, Impression, InvalidEvent, Placed
 from recommender.errors import RecommenderError
@@ -26,21 +26,23 @@ NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 Unit = Literal["visitor", "article"]
 
 
+def _named(what: str) -> AfterValidator:
+    def check(value: str) -> str:
+        if not NAME.match(value):
+            raise ValueError(f"{what}'s name is 1 to 64 letters, digits, '_', '.' or '-'")
+        return value
+
+    return AfterValidator(check)
+
+
 class Arm(BaseModel):
-    name: str
+    name: Annotated[str, _named("an arm")]
     profile: str  # a ranking profile's name, or ORIGINAL
     weight: float = Field(50.0, gt=0, allow_inf_nan=False)
 
-    @field_validator("name")
-    @classmethod
-    def _name(cls, value: str) -> str:
-        if not NAME.match(value):
-            raise ValueError("an arm's name is 1 to 64 letters, digits, '_', '.' or '-'")
-        return value
-
 
 class Experiment(BaseModel):
-    name: str
+    name: Annotated[str, _named("an experiment")]
     arms: list[Arm] = Field(min_length=2, max_length=10)
     unit: Unit = "visitor"
     # The share of page views whose block has two neighbouring items swapped: clicks on the
@@ -48,13 +50,6 @@ class Experiment(BaseModel):
     explore: float = Field(0.0, ge=0, le=0.5, allow_inf_nan=False)
     started_at: str = Field(default_factory=lambda: _now())
     stopped_at: str | None = None
-
-    @field_validator("name")
-    @classmethod
-    def _name(cls, value: str) -> str:
-        if not NAME.match(value):
-            raise ValueError("an experiment's name is 1 to 64 letters, digits, '_', '.' or '-'")
-        return value
 
     @model_validator(mode="after")
     def _distinct_arms(self) -> "Experiment":
