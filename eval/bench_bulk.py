@@ -94,7 +94,16 @@ def pending(base: str) -> int | None:
     return body.get("lists_pending") if body.get("status") == "ready" else None
 
 
-def run(data: Path, articles: list[dict], workers: int, args) -> dict:
+def recomputed(base: str) -> int:
+    import httpx
+
+    for line in httpx.get(f"{base}/metrics", timeout=30).text.splitlines():
+        if line.startswith("recommender_lists_recomputed_total"):
+            return int(float(line.split()[-1]))
+    return -1
+
+
+def run(data: Path, articles: list[dict], workers: int, blas: int, nice: int, args) -> dict:
     import httpx
 
     served = args.workdir / f"served-{workers}"
@@ -102,7 +111,8 @@ def run(data: Path, articles: list[dict], workers: int, args) -> dict:
     shutil.copytree(data, served)
     port = free_port()
     env = dict(os.environ, RECOMMENDER_DATA_DIR=str(served), RECOMMENDER_MODEL=MODEL, RECOMMENDER_API_KEYS=KEY,
-               RECOMMENDER_LIST_WORKERS=str(workers))
+               RECOMMENDER_LIST_WORKERS=str(workers), RECOMMENDER_BLAS_THREADS=str(blas),
+               RECOMMENDER_LIST_NICE=str(nice))
     server = subprocess.Popen([sys.executable, "-m", "recommender.cli", "serve", "--port", str(port),
                                "--log-level", "warning"], env=env, stdout=subprocess.DEVNULL)
     base = f"http://127.0.0.1:{port}"
@@ -126,6 +136,7 @@ def run(data: Path, articles: list[dict], workers: int, args) -> dict:
         while pending(base) != 0:
             time.sleep(0.1)
         caught_up = time.perf_counter()
+        lists = recomputed(base)
         reader.phase = "after"
         time.sleep(args.after)
         reader.done.set()
@@ -134,7 +145,7 @@ def run(data: Path, articles: list[dict], workers: int, args) -> dict:
         server.terminate()
         server.wait(timeout=60)
     during, after = reader.latencies["during"], reader.latencies["after"]
-    return {"list_workers": workers, "answering_s": round(answering - launched, 1),
+    return {"list_workers": workers, "blas_threads": blas, "list_nice": nice, "lists_recomputed": lists, "answering_s": round(answering - launched, 1),
             "index_loaded_s": round(loaded - launched, 1), "bulk_s": round(posted - started, 1), "catch_up_s": round(caught_up - posted, 1),
             "views_during": len(during), "during_p50_ms": round(percentile(during, 50), 1),
             "during_p99_ms": round(percentile(during, 99), 1), "after_p50_ms": round(percentile(after, 50), 2),
@@ -147,6 +158,12 @@ def main() -> None:
     parser.add_argument("--new", type=int, default=10_000, help="articles posted in bulk")
     parser.add_argument("--per-request", type=int, default=500, help="articles per bulk request")
     parser.add_argument("--list-workers", type=int, nargs="+", default=[1, os.cpu_count() or 1])
+    parser.add_argument("--blas-threads", type=int, nargs="+", default=[1],
+                        help="the server's numpy BLAS threads (RECOMMENDER_BLAS_THREADS): a run for each, "
+                             "times each --list-workers")
+    parser.add_argument("--list-nice", type=int, nargs="+", default=[10],
+                        help="the forked list workers' CPU priority (RECOMMENDER_LIST_NICE): a run for each, "
+                             "times the above")
     parser.add_argument("--view-every", type=float, default=0.02, help="seconds between a reader's page views")
     parser.add_argument("--after", type=float, default=10.0, help="seconds of page views after the catch-up")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/bulk"), help="the base data dir, reused")
@@ -159,14 +176,17 @@ def main() -> None:
     articles = new_articles(args.workdir, args.size, args.new)
     runs = []
     for workers in args.list_workers:
-        runs.append(run(data, articles, workers, args))
-        print(json.dumps(runs[-1]), flush=True)
+        for blas in args.blas_threads:
+            for nice in args.list_nice:
+                runs.append(run(data, articles, workers, blas, nice, args))
+                print(json.dumps(runs[-1]), flush=True)
     base = runs[0]["catch_up_s"] or 1.0
     lines = [f"{args.new:,} articles through POST /v1/articles:bulk ({args.per_request} a request) into a served "
              f"archive of {args.size:,} ({MODEL}), a page view every {args.view_every} s meanwhile", "",
-             "| list workers | start: answers / index loaded s | bulk s | catch-up s | vs first | "
-             "views p50 / p99 ms during | after |", "|---|---|---|---|---|---|---|"]
-    lines += [f"| {r['list_workers']} | {r['answering_s']} / {r['index_loaded_s']} | {r['bulk_s']} | {r['catch_up_s']} | {r['catch_up_s'] / base:.2f} | "
+             "| list workers | BLAS threads | nice | lists | start: answers / index loaded s | bulk s | catch-up s | "
+             "vs first | views p50 / p99 ms during | after |", "|---|---|---|---|---|---|---|---|---|---|"]
+    lines += [f"| {r['list_workers']} | {r['blas_threads']} | {r['list_nice']} | {r['lists_recomputed']} | "
+              f"{r['answering_s']} / {r['index_loaded_s']} | {r['bulk_s']} | {r['catch_up_s']} | {r['catch_up_s'] / base:.2f} | "
               f"{r['during_p50_ms']} / {r['during_p99_ms']} | {r['after_p50_ms']} / {r['after_p99_ms']} |" for r in runs]
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "bulk.json").write_text(json.dumps({"size": args.size, "new": args.new, "runs": runs}, indent=2))

@@ -222,3 +222,39 @@ def test_time_and_names_cannot_carry_another_story_into_a_list(tmp_path):
     diplomacy = "ext-2025-03-13-romania-ucraina-ministru"
     assert "med-2025-03-14-urs" not in ids(demo.related(diplomacy, k=10))
     assert "med-2025-03-14-urs" in ids(demo.related(diplomacy, k=10, min_score=0.05))
+
+
+def test_an_engine_runs_numpys_blas_on_the_threads_the_settings_say(settings):
+    """A list's products are small: a second BLAS thread cost more than it gave (settings.blas_threads)."""
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    from recommender.serving.engine import Engine
+
+    def numpy_blas() -> list[int]:
+        return [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas" and "numpy" in i["filepath"]]
+
+    with threadpool_limits(2, user_api="blas"):
+        two = set(numpy_blas())  # {1} on a one-core machine, where OpenBLAS starts with one
+        Engine(settings)
+        assert numpy_blas() and set(numpy_blas()) == {1}
+        Engine(settings.model_copy(update={"blas_threads": 2}))
+        assert set(numpy_blas()) == two
+
+
+def _niceness(_: int) -> int:
+    import os
+
+    return os.nice(0)
+
+
+def test_forked_list_workers_run_at_the_priority_the_settings_say(settings):
+    import multiprocessing
+    import os
+
+    from recommender.serving.engine import Engine
+    from recommender.serving.lists import _start_forked
+
+    assert Engine(settings.model_copy(update={"list_nice": 7})).upkeep.nice == 7
+
+    with multiprocessing.get_context("fork").Pool(1, initializer=_start_forked, initargs=(7,)) as pool:
+        assert pool.map(_niceness, [0]) == [min(os.nice(0) + 7, 19)]

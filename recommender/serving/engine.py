@@ -34,12 +34,20 @@ from recommender.store.models import load_model, model_name
 from recommender.store.writes import Written, delete_articles, write_articles
 
 
+def _limit_blas(threads: int) -> None:
+    """numpy's BLAS threads, for the process, as FAISS's above (both are process-wide)."""
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(threads, user_api="blas")
+
+
 class Engine:
     def __init__(self, settings: Settings, embedder: Embedder | None = None, profile: Profile | None = None):
         """`profile`: rank with this ranking profile instead of the active one."""
         import faiss
 
         faiss.omp_set_num_threads(settings.faiss_threads)
+        _limit_blas(settings.blas_threads)
         self.settings = settings
         self.store = open_store(settings)
         self.versions = open_versions(settings, self.store)
@@ -60,7 +68,8 @@ class Engine:
         self.rules = editorial.load_rules(settings.rules)
         self.curations = editorial.Curations(self.store)
         self.experiments = Experiments(self.store.shelf("experiments", replica=True), self.profiles)
-        self.upkeep = ListUpkeep(self.store, self.ranking_defaults, settings.precompute_k, self.embed, self.rules)
+        self.upkeep = ListUpkeep(self.store, self.ranking_defaults, settings.precompute_k, self.embed, self.rules,
+                                 settings.list_nice)
 
     def _active_model(self) -> str | None:
         """The active index's model; with its sidecar damaged, or no index in this data dir
