@@ -596,3 +596,20 @@ def test_a_backlog_listed_in_one_process_rebuilds_bm25_first(api_settings, stori
     lists_ = engine.lists_for(state)
     engine.upkeep.compute_in_processes(state, lists_, sorted(state.infos), workers=1)
     assert not state.lexical._postings.delta
+
+
+def test_a_page_view_stores_its_live_list_only_without_a_backlog(client):
+    """During a bulk import the list worker is about to store the list; a page view that ranked
+    it live must not wait for the store's writer behind the worker's batches."""
+    service = client.app.state.service
+    assert service.lists.wait_idle(10)
+    service.lists.stop()  # its backlog stays as set below
+    state = service.snapshot.state
+    num = state.by_id["ukr-2"]
+    key = service.snapshot.lists.key
+    store = service.snapshot.engine.store
+    service.snapshot.lists.forget([num])
+    service.lists._pending.add(state.by_id["fot-1"])
+    assert ids(client.get("/v1/articles/ukr-2/related")) and store.list_row(key, num) is None
+    service.lists._pending.clear()
+    assert ids(client.get("/v1/articles/ukr-2/related")) and store.list_row(key, num) is not None

@@ -397,9 +397,12 @@ class Service:
         seed = engine.seed(snap.state, article_id)
         unfiltered = filters == engine.rules.filters_under(seed.section, Filters()) and diversity is None
         if unfiltered and k <= self.settings.precompute_k:
-            # Compute the full precomputed list once and keep it for the next view.
+            # Compute the full precomputed list once and keep it for the next view; not while the
+            # list worker has a backlog (a bulk import): it is about to store this one, and a page
+            # view must not wait for the store's writer behind its batches.
             items = pipeline.rank(snap.state, seed, filters, engine.ranking(k=self.settings.precompute_k))
-            snap.lists.put_many({num: engine.upkeep.cached_items(snap.state, items)})
+            if not self.lists.backlog:
+                snap.lists.put_many({num: engine.upkeep.cached_items(snap.state, items)})
             return items[:k]
         return pipeline.rank(snap.state, seed, filters, engine.ranking(k=k, diversity=diversity))
 
