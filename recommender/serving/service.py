@@ -30,7 +30,7 @@ from recommender.ranking.editorial import Curation
 from recommender.ranking.rules import Filters, RelatedItem
 from recommender.serving.audience import Assignment, Audience
 from recommender.serving.engine import Engine
-from recommender.serving.lists import SAVE_EVERY, CachedList, RelatedLists, last_stored_list, lists_key
+from recommender.serving.lists import SAVE_EVERY, CachedList, RelatedLists, at_least_nice, last_stored_list, lists_key
 from recommender.settings import Settings
 from recommender.store.articles import Article, ArticleInfo
 from recommender.store.base import Lease, Store, StoredArticle, UpsertResult
@@ -570,6 +570,9 @@ class ListWorker:
         return True
 
     def _run(self) -> None:
+        # This thread at the forked workers' priority too (Linux schedules threads one by one):
+        # the request threads of the same process come first.
+        at_least_nice(self.service.settings.list_nice, threading.get_native_id())
         lease = self.service.snapshot.engine.store.lease("lists")
         while not self._stop.is_set():
             self._wake.wait(1.0)
