@@ -88,9 +88,13 @@ def _uniform(*parts: str) -> float:
     return int.from_bytes(digest[:8], "big") / 2**64
 
 
+RUNNING = "RUNNING"  # the name of the running experiment, as profiles' ACTIVE names theirs
+
+
 class Experiments:
     """The experiments on a shelf, one document each; at most one runs at a time, so a
-    page view is in at most one."""
+    page view is in at most one. `RUNNING` names it: each server reads that once a second,
+    not every experiment ever run."""
 
     def __init__(self, shelf: Shelf, profiles: Profiles):
         self.shelf = shelf
@@ -107,11 +111,14 @@ class Experiments:
         return found
 
     def running(self) -> Experiment | None:
-        return next((e for e in reversed(self.all()) if e.running), None)
+        name = (self.shelf.read(RUNNING) or "").strip()
+        found = self._read(f"{name}.json") if NAME.match(name) else None
+        return found if found is not None and found.running else None
 
     def start(self, name: str, arms: list[Arm], unit: Unit, explore: float = 0.0) -> Experiment:
         experiment = self.check(name, arms, unit, explore)
         self._write(experiment)
+        self.shelf.write(RUNNING, name + "\n")
         return experiment
 
     def check(self, name: str, arms: list[Arm], unit: Unit, explore: float = 0.0) -> Experiment:
@@ -137,7 +144,8 @@ class Experiments:
         if not experiment.running:
             raise RecommenderError(f"experiment {name!r} was stopped at {experiment.stopped_at}")
         stopped = experiment.model_copy(update={"stopped_at": _now()})
-        self._write(stopped)
+        self._write(stopped)  # first: a server reading RUNNING meanwhile finds the document stopped
+        self.shelf.write(RUNNING, "")
         return stopped
 
     def _read(self, name: str) -> Experiment | None:
