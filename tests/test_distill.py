@@ -139,7 +139,7 @@ def test_distill_cli_errors_are_clear(tmp_path, archive):
     helped = runner.invoke(main, ["distill", "--help"])
     assert helped.exit_code == 0 and "static:s1" in helped.output
     none = runner.invoke(main, ["models", "--data-dir", str(archive.data_dir)])
-    assert none.exit_code == 0 and "no static models yet" in none.output
+    assert none.exit_code == 0 and "no models built yet" in none.output
 
 
 def test_models_lists_what_distill_built(archive):
