@@ -65,6 +65,7 @@ class FinetuneMeta:
     recall_at_100_after: float
     hit_at_10_before: float
     hit_at_10_after: float
+    similarity_kept: float | None = None  # Spearman of e5's and its cosines over pairs of the pool (1: all kept)
 
 
 class E5Trainer:

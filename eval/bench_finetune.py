@@ -12,7 +12,8 @@
    2021, past-only: the dense source's recall@100 and hit@10, and the default
    ranking's hit@10 and MRR@10 (hand-set profile), with each model; the
    differences are paired query by query (bootstrap 95 % intervals).
-4. General text: MOROCO P@5 (the first `--moroco-n` articles, default ranking)
+4. General text: how much of e5's similarities the model keeps over pairs of the
+   pool (no labels), MOROCO P@5 (the first `--moroco-n` articles, default ranking)
    and RO-STS Spearman, with each model.
 
 Every vector goes through each data dir's cache, so a rerun embeds nothing;
@@ -52,6 +53,17 @@ def finetune(data_dir: Path, extra: str) -> tuple[str, dict, float]:
                           "--no-progress", *shlex.split(extra)], check=True, stdout=subprocess.PIPE, text=True)
     meta = json.loads(out.stdout)
     return f"ft:{Path(meta['path']).resolve()}", meta, time.perf_counter() - started
+
+
+def pool_vectors(model: str, data_dir: Path) -> np.ndarray:
+    """Every pool article's vector under `model`, in one order (per_query embedded them)."""
+    from recommender.settings import Settings
+    from recommender.store.base import open_store
+    from recommender.store.models import model_name
+
+    store = open_store(Settings(data_dir=data_dir))
+    vectors = [store.vector(model_name(model), info.content_hash) for info in store.all_infos()]
+    return np.vstack([v for v in vectors if v is not None])
 
 
 def per_query(model: str, dataset: Path, data_dir: Path) -> dict[str, dict[str, float]]:
@@ -111,12 +123,13 @@ def moroco_sample(moroco: Path, n: int, work: Path) -> Path:
     return path
 
 
-def table(links: dict[str, dict], models: dict[str, dict]) -> str:
+def table(links: dict[str, dict], models: dict[str, dict], similarity: float) -> str:
     lines = ["| 2021 queries, past-only | e5 | fine-tuned | difference [95 % CI] |", "|---|---|---|---|"]
     for metric, r in links.items():
         lines.append(f"| {metric} | {r['e5']:.3f} | {r['finetuned']:.3f} | {r['diff']:+.3f} "
                      f"[{r['ci'][0]:+.3f}, {r['ci'][1]:+.3f}] |")
-    lines += ["", "| general text | e5 | fine-tuned |", "|---|---|---|"]
+    lines += ["", "| general text | e5 | fine-tuned |", "|---|---|---|",
+              f"| e5's cosines kept over pairs of the pool (Spearman) | 1 | {similarity:.3f} |"]
     for key in ("moroco_p5", "sts_spearman"):
         lines.append(f"| {key} | {models['e5'][key]:.3f} | {models['finetuned'][key]:.3f} |")
     return "\n".join(lines)
@@ -142,19 +155,28 @@ def main() -> None:
         train_store(args.dev, args.train_dir)
         model, result["finetune"], result["finetune_seconds"] = finetune(args.train_dir, args.finetune_options)
         print(json.dumps(result["finetune"]), flush=True)
+    else:  # a model built before: what it measured when it was built
+        from dataclasses import asdict
+
+        from embeddings.e5_train import read_meta
+
+        result["finetune"] = asdict(read_meta(Path(model.removeprefix("ft:"))))
     result["model"] = model
     a, b = per_query(BASE, args.zf, args.zf_cache), per_query(model, args.zf, args.zf_cache)
     result["links"] = paired(a, b)
+    from recommender.ranking.finetune import similarity_kept
+
+    result["similarity_kept"] = similarity_kept(pool_vectors(BASE, args.zf_cache), pool_vectors(model, args.zf_cache))
     print(json.dumps(result["links"]), flush=True)
     sample = moroco_sample(args.moroco, args.moroco_n, args.moroco_cache)
     result["general"] = {"e5": general(BASE, sample, args.moroco_cache, args.sts),
                          "finetuned": general(model, sample, args.moroco_cache, args.sts)}
-    print(table(result["links"], result["general"]))
+    print(table(result["links"], result["general"], result["similarity_kept"]))
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / "results.json").write_text(json.dumps(result, indent=2) + "\n")
         (args.out / "results.md").write_text(f"# e5 fine-tuned on ZF's links\n\n```sh\n{result['command']}\n```\n\n"
-                                             f"{table(result['links'], result['general'])}\n")
+                                             f"{table(result['links'], result['general'], result['similarity_kept'])}\n")
 
 
 if __name__ == "__main__":

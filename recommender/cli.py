@@ -747,7 +747,7 @@ def finetune(data_dir, until, field, links_csv, epochs, batch_size, learning_rat
                f"{m.anchors:,} linked articles, loss {m.loss_first:.3f} -> {m.loss_last:.3f}")
     click.echo(f"dense source on the {m.heldout_queries} newest linked articles: recall@100 "
                f"{m.recall_at_100_before:.3f} -> {m.recall_at_100_after:.3f}, hit@10 {m.hit_at_10_before:.3f} -> "
-               f"{m.hit_at_10_after:.3f}")
+               f"{m.hit_at_10_after:.3f}; e5's similarities kept: {m.similarity_kept:.3f} (Spearman)")
     click.echo(f"use it: recommender reembed --model {result.model}")
 
 @main.command("models")

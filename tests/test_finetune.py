@@ -19,7 +19,13 @@ from embeddings import load_embedder  # noqa: E402
 from embeddings.e5_train import WEIGHTS_FILE, E5Trainer  # noqa: E402
 from recommender.cli import main  # noqa: E402
 from recommender.errors import ModelError, NoLabels  # noqa: E402
-from recommender.ranking.finetune import FinetuneOptions, batch_inputs, make_plan, run_finetune  # noqa: E402
+from recommender.ranking.finetune import (  # noqa: E402
+    FinetuneOptions,
+    batch_inputs,
+    make_plan,
+    run_finetune,
+    similarity_kept,
+)
 from recommender.serving.engine import Engine  # noqa: E402
 from recommender.settings import Settings  # noqa: E402
 from recommender.store.base import open_store  # noqa: E402
@@ -87,6 +93,13 @@ def test_the_plan_holds_the_newest_linked_articles_out_and_masks_known_links(sto
     assert candidates[:2] == ["s3-0", "s3-1"] and masked[0, 1] and masked[1, 0] and not masked[0, 0]
 
 
+def test_similarity_kept_is_1_for_the_same_vectors_and_near_0_for_unrelated_ones():
+    vectors = np.random.default_rng(1).normal(size=(200, 16))
+    assert similarity_kept(vectors, vectors) == 1.0
+    assert similarity_kept(vectors, vectors + 0.1 * np.random.default_rng(2).normal(size=vectors.shape)) > 0.9
+    assert abs(similarity_kept(vectors, np.random.default_rng(3).normal(size=vectors.shape))) < 0.05
+
+
 def test_a_step_on_linked_pairs_lowers_their_loss():
     anchors = ["Banca centrală ridică dobânda", "Bursa urcă după rezultate", "Deficitul bugetar crește"]
     positives = ["BNR majorează dobânda de politică monetară", "Acțiunile energetice cresc la bursă",
@@ -109,6 +122,7 @@ def test_an_untrained_model_serves_as_e5_and_is_measured_before_and_after(store_
     m = result.meta
     assert m.steps >= 1 and m.heldout_queries >= 1 and m.heldout_pool > m.heldout_queries
     assert (m.recall_at_100_after, m.hit_at_10_after) == (m.recall_at_100_before, m.hit_at_10_before)
+    assert m.similarity_kept == 1.0
     texts = [a["title"] + "\n" + a["body"] for a in archive()[:6]]
     tuned = load_model("ft:f1", models_dir=store_dir.models_dir)
     base = load_embedder("e5-small-q4", e5_engine="torch")

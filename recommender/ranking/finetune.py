@@ -102,6 +102,15 @@ class DenseQuality:
 
 
 @dataclass(frozen=True)
+class HeldOut:
+    queries: int
+    pool: int
+    before: DenseQuality
+    after: DenseQuality
+    similarity_kept: float
+
+
+@dataclass(frozen=True)
 class FinetuneResult:
     model: str  # ft:fN
     path: Path
@@ -132,19 +141,21 @@ def _run(settings: Settings, store: Store, labels: Labels, opts: FinetuneOptions
          f"{sum(p.negative is not None for p in plan.pairs):,} with a hard negative; "
          f"{len(plan.held_out)} newest linked articles held out")
     queries, pool = _held_out(plan, infos, labels, opts)
-    base = load_model(DEFAULT_MODEL, e5_engine=settings.e5_engine)
-    before = dense_quality(store, base, queries, pool, infos, labels)
+    base_vectors = pool_vectors(store, load_model(DEFAULT_MODEL, e5_engine=settings.e5_engine), pool, infos)
+    before = dense_quality(base_vectors, queries, pool, infos, labels)
     echo(f"dense source before: recall@100 {before.recall_at_100:.3f}, hit@10 {before.hit_at_10:.3f} "
          f"({len(queries)} held-out articles among {len(pool):,})")
     trainer = E5Trainer(_precision(settings), opts.learning_rate, len(plan.batches), opts.max_tokens)
     resumed = _resume(trainer, state, echo)
     losses = _train(trainer, plan, _texts(store, plan, infos), partial, opts, echo, on_step)
     precision = trainer.precision
-    save_model(partial, trainer.trained(), _meta(opts, plan, losses, precision, started, before, before, queries, pool))
+    save_model(partial, trainer.trained(), _meta(opts, plan, losses, precision, started,
+                                                 HeldOut(len(queries), len(pool), before, before, 1.0)))
     del trainer
-    tuned = load_finetuned(partial, name, precision=precision)
-    after = dense_quality(store, tuned, queries, pool, infos, labels)
-    meta = _meta(opts, plan, losses, precision, started, before, after, queries, pool)
+    tuned = pool_vectors(store, load_finetuned(partial, name, precision=precision), pool, infos)
+    scores = HeldOut(len(queries), len(pool), before, dense_quality(tuned, queries, pool, infos, labels),
+                     similarity_kept(base_vectors, tuned))
+    meta = _meta(opts, plan, losses, precision, started, scores)
     return FinetuneResult(name, _publish(partial, meta), meta, resumed)
 
 
@@ -334,13 +345,17 @@ def _held_out(plan: Plan, infos: dict[str, ArticleInfo], labels: Labels,
     return queries, pool
 
 
-def dense_quality(store: Store, embedder: Embedder, queries: list[str], pool: list[str],
-                  infos: dict[str, ArticleInfo], labels: Labels) -> DenseQuality:
+def pool_vectors(store: Store, embedder: Embedder, pool: list[str], infos: dict[str, ArticleInfo]) -> np.ndarray:
+    """Through the vector cache: e5's are free on an archive e5 serves, the new model's are
+    those `reembed --model ft:fN` would compute."""
+    return vector_cache.embed_cached(store, embedder, [store.get_text(i) or infos[i].title for i in pool])
+
+
+def dense_quality(vectors: np.ndarray, queries: list[str], pool: list[str], infos: dict[str, ArticleInfo],
+                  labels: Labels) -> DenseQuality:
     """The dense source alone: each query's earlier pool articles by cosine."""
     if not queries:
         return DenseQuality(0.0, 0.0)
-    texts = [store.get_text(i) or infos[i].title for i in pool]
-    vectors = vector_cache.embed_cached(store, embedder, texts)
     row = {article_id: r for r, article_id in enumerate(pool)}
     when = np.array([_when(infos[i]) for i in pool])
     recalls, hits = [], []
@@ -354,16 +369,32 @@ def dense_quality(store: Store, embedder: Embedder, queries: list[str], pool: li
     return DenseQuality(round(float(np.mean(recalls)), 4), round(float(np.mean(hits)), 4))
 
 
+def similarity_kept(before: np.ndarray, after: np.ndarray, pairs: int = 20_000) -> float:
+    """How much of e5's sense of similarity the new model keeps, with no labels: the Spearman
+    correlation of the two models' cosines over random pairs of the same articles (1: every
+    pair in e5's order). Links change a few pairs' order; a model that forgot general text
+    changes them all."""
+    if len(before) < 3:
+        return 1.0
+    rng = np.random.default_rng(0)
+    i, j = rng.integers(0, len(before), (2, pairs))
+    keep = i != j
+    a, b = (np.einsum("ij,ij->i", v[i[keep]], v[j[keep]]) for v in (before, after))
+    ra, rb = (np.argsort(np.argsort(x)).astype(float) for x in (a, b))
+    return round(float(np.corrcoef(ra, rb)[0, 1]), 4)
+
+
 def _meta(opts: FinetuneOptions, plan: Plan, losses: list[float], precision: str, started: float,
-          before: DenseQuality, after: DenseQuality, queries: list[str], pool: list[str]) -> FinetuneMeta:
+          scores: HeldOut) -> FinetuneMeta:
     tenth = max(1, len(losses) // 10)
     return FinetuneMeta(
         DEFAULT_MODEL, opts.until.isoformat() if opts.until else None, len({p.anchor for p in plan.pairs}),
         len(plan.pairs), sum(p.negative is not None for p in plan.pairs), opts.epochs, len(losses), opts.batch_size,
         opts.learning_rate, opts.max_tokens, precision, round(time.monotonic() - started, 1), _cpu(),
         round(float(np.mean(losses[:tenth])), 4) if losses else 0.0,
-        round(float(np.mean(losses[-tenth:])), 4) if losses else 0.0, len(queries), len(pool),
-        before.recall_at_100, after.recall_at_100, before.hit_at_10, after.hit_at_10)
+        round(float(np.mean(losses[-tenth:])), 4) if losses else 0.0, scores.queries, scores.pool,
+        scores.before.recall_at_100, scores.after.recall_at_100, scores.before.hit_at_10, scores.after.hit_at_10,
+        scores.similarity_kept)
 
 
 def _cpu() -> str:
