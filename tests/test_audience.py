@@ -350,3 +350,19 @@ def until_arm(client, path: str, params: dict, arm: str, timeout: float = 10.0) 
 
 def ids(response) -> list[str]:
     return [i["id"] for i in response.json()["items"]]
+
+
+def test_the_events_route_reads_the_experiments_once_a_second_and_places_a_new_ones_events(served, monkeypatch):
+    client, engine = served
+    reads = []
+    every = Experiments.all
+    monkeypatch.setattr(Experiments, "all", lambda self: reads.append(1) or every(self))
+    started(engine.experiments)
+    for visitor in ("v1", "v2", "v3"):
+        assert client.post("/v1/events", json=[impression(visitor, "control")], headers=KEY).json()["stored"] == 1
+    assert len(reads) == 1
+    engine.experiments.stop("ab")
+    started(engine.experiments, [Arm(name="red", profile="default"), Arm(name="blue", profile="default")], name="cd")
+    time.sleep(1.1)  # the running experiment is re-read once a second: now "cd"
+    out = client.post("/v1/events", json=[impression("v4", "red"), impression("v5", "control")], headers=KEY).json()
+    assert out["stored"] == 2, out  # "red" of the new experiment, and a late event of the stopped "ab"

@@ -3,7 +3,8 @@ readers' events a site sends back.
 
 The running experiment is read from the store's shelf at most once a second per
 server, so a page view stays one list read, and an experiment started or stopped
-by the CLI is seen by every server within a second.
+by the CLI is seen by every server within a second. The events route reads every
+experiment's document at the same pace, not on each request.
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ class Audience:
         self._sources = sources
         self._plan = _Plan(None, "", float("-inf"))
         self._lock = threading.Lock()
+        self._known: tuple[float, list[Experiment]] = (float("-inf"), [])
         self.events_in = 0
         self.events_rejected = 0
 
@@ -81,6 +83,17 @@ class Audience:
         arms = plan.experiment.arms if plan.experiment else []
         return [a.profile for a in arms if a.profile not in (ORIGINAL, plan.active)]
 
+    def _every(self, experiments: Experiments) -> list[Experiment]:
+        """Every experiment, stopped ones too (late events still count in theirs): read at most
+        once a second, and at once when the running one is not among them yet."""
+        read_at, known = self._known
+        running = self._current().experiment
+        if time.monotonic() - read_at >= REFRESH_SECONDS or (
+                running is not None and all(e.name != running.name for e in known)):
+            known = experiments.all()
+            self._known = (time.monotonic(), known)
+        return known
+
     def _current(self) -> _Plan:
         plan = self._plan
         if time.monotonic() - plan.read_at < REFRESH_SECONDS:
@@ -99,7 +112,7 @@ class Audience:
         """Store the good events of a batch as counters; a result for each (`sent`: the
         request's events, those that could not be decoded included)."""
         store, experiments, _ = self._sources()
-        results = record_events(store, experiments.all(), entries, sent)
+        results = record_events(store, self._every(experiments), entries, sent)
         stored = sum(1 for r in results if r.status == "stored")
         self.events_in += stored
         self.events_rejected += len(results) - stored
