@@ -118,6 +118,12 @@ def common_options(func: Command) -> Command:
     return wrapper
 
 
+def _now_iso() -> str:
+    from datetime import datetime, timezone
+
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
 def _utc(value: datetime | None) -> datetime | None:
     from datetime import timezone
 
@@ -1469,8 +1475,9 @@ def events():
 @events.command("import")
 @click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=Path))
 @data_dir_option
+@click.option("--again", is_flag=True, help="Count files imported before once more (they are skipped otherwise).")
 @click.option("--json", "as_json", is_flag=True, help="Print the counts as JSON.")
-def events_import(files, data_dir, as_json):
+def events_import(files, data_dir, again, as_json):
     """Clicks and impressions from web-server access logs (combined log format; .gz too).
 
     A click is a request for an article's page carrying the block's attribution
@@ -1478,8 +1485,9 @@ def events_import(files, data_dir, as_json):
     URL's path. An impression is a request the site logs when it shows the block:
     ref=related-impression&from=SEED&items=ID,ID,...[&arm=ARM]. The visitor is the
     query's `visitor`, else a hash of the client address and user agent. Crawlers,
-    failed requests and every other request are skipped. Importing a file twice
-    counts it twice.
+    failed requests and every other request are skipped. A file whose exact bytes
+    were imported before is skipped, under any name (--again counts it again):
+    import logs once rotated, not while the server still appends to them.
 
     \b
     Example:
@@ -1488,10 +1496,11 @@ def events_import(files, data_dir, as_json):
     from collections import Counter
 
     from recommender.audience.events import MAX_EVENTS
-    from recommender.audience.logs import LogReport, events_from_log, path_index, read_lines
+    from recommender.audience.logs import LogReport, digest, events_from_log, path_index, read_lines
     from recommender.audience.record import record_events
 
     store, experiments = _experiments(data_dir)
+    imported = store.shelf("event-logs")
     known, paths = experiments.all(), path_index(store.urls())
     report, reasons, stored = LogReport(), Counter[str](), 0
 
@@ -1501,12 +1510,20 @@ def events_import(files, data_dir, as_json):
         return sum(1 for r in results if r.status == "stored")
 
     for path in files:
+        sha = digest(path)
+        before = imported.read(f"{sha}.json")
+        if before and not again:
+            seen = json.loads(before)
+            click.echo(f"skipped {path}: imported before, as {seen['file']} at {seen['imported_at']} "
+                       "(--again counts it again)", err=True)
+            continue
         batch: list[dict] = []
         for event in events_from_log(read_lines(path), paths, report):
             batch.append(event)
             if len(batch) == MAX_EVENTS:
                 stored, batch = stored + flush(batch), []
         stored += flush(batch) if batch else 0
+        imported.write(f"{sha}.json", json.dumps({"file": str(path), "imported_at": _now_iso()}))
     counts = {"lines": report.lines, "stored": stored, "clicks": report.clicks, "impressions": report.impressions,
               "rejected": sum(reasons.values()), "skipped": report.skipped, "unresolved": report.unresolved,
               "unparsed": report.unparsed, "reasons": dict(reasons.most_common(5))}

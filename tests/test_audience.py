@@ -244,6 +244,12 @@ def test_events_are_imported_from_access_logs(app_settings, stories, tmp_path):
     assert counts["reasons"] == {"unknown article": 1}
     (control, _) = experiment_report(engine.store, engine.experiments.get("ab")).arms
     assert (control.units, control.impressions, control.clicks) == (1, 1, 1)  # one reader: address and browser
+    plain.rename(tmp_path / "access.log.1")  # rotated: the same bytes under another name
+    again = CliRunner().invoke(main, ["events", "import", str(tmp_path / "access.log.1"), "--json"], env=env)
+    assert again.exit_code == 0 and json.loads(again.stdout)["stored"] == 0 and "imported before" in again.stderr
+    forced = CliRunner().invoke(main, ["events", "import", str(tmp_path / "access.log.1"), "--again", "--json"],
+                                env=env)
+    assert json.loads(forced.stdout)["stored"] == 2
     garbage = tmp_path / "notes.txt"
     garbage.write_text("hello\nworld\n")
     refused = CliRunner().invoke(main, ["events", "import", str(garbage)], env=env)

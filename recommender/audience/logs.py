@@ -47,6 +47,21 @@ def _path_key(path: str) -> str:
     return unquote(path).rstrip("/").lower() or "/"
 
 
+def digest(path: Path) -> str:
+    """The file's SHA-256: a log imported before is known by its bytes, whatever its name now
+    (rotation renames access.log to access.log.1)."""
+    sha = hashlib.sha256()
+    try:
+        with path.open("rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                sha.update(chunk)
+    except FileNotFoundError:
+        raise RecommenderError(f"no log file {path}") from None
+    except OSError as exc:
+        raise RecommenderError(f"{path} cannot be read: {exc}") from None
+    return sha.hexdigest()
+
+
 def read_lines(path: Path) -> Iterator[str]:
     opener = gzip.open if path.suffix == ".gz" else open
     try:
