@@ -1045,13 +1045,13 @@ def tune(files, settings, until, field, links_csv, held_out, c, clicks, activate
     labels = _archive_labels(engine.store, set(state.by_id), field, links_csv)
     weights = None
     if clicks:
-        from recommender.audience.clicks import click_labels
+        from recommender.audience.clicks import beside_editors, click_labels
 
         found = click_labels(engine.store)
         if not found.clicks:
             raise CliError("no clicks stored", hint="send them to POST /v1/events, or: recommender events import LOG")
+        weights = beside_editors(found.weights, labels)
         labels = tuning.merge(labels, {seed: set(items) for seed, items in found.weights.items()})
-        weights = found.weights
         click.echo(f"{found.clicks} clicks on {sum(len(v) for v in weights.values())} (article, item) pairs; "
                    "examination by position: " + ", ".join(f"{p:.2f}" for p in found.propensity), err=True)
     result = tuning.learn(state, engine.store, labels, engine.ranking(k=10), engine.embed, _utc(until),

@@ -268,7 +268,7 @@ def test_position_propensities_from_items_shown_at_neighbouring_positions():
 
 
 def test_tune_learns_from_clicks_weighted_by_position(app_settings, tmp_path):
-    from recommender.audience.clicks import click_labels
+    from recommender.audience.clicks import beside_editors, click_labels
     from recommender.audience.record import record_events
     from tests.test_ranking import FOUR_STORIES
 
@@ -292,6 +292,7 @@ def test_tune_learns_from_clicks_weighted_by_position(app_settings, tmp_path):
     assert result.exit_code == 0, result.output
     assert "24 clicks on 24 (article, item) pairs" in result.stderr
     assert "--clicks" in json.loads(result.stdout)["source"]
+    assert beside_editors({"a": {"b": 0.5, "c": 2.0}}, {"a": {"b"}}) == {"a": {"b": 1.5, "c": 2.0}}
 
 
 def test_an_arms_lists_are_precomputed_and_kept_current_with_writes(served, app_settings):

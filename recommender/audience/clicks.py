@@ -68,3 +68,10 @@ def click_labels(store: Store, debias: bool = True) -> ClickLabels:
     mean = sum(w for v in weights.values() for w in v.values()) / total if total else 1.0
     scaled = {s: {i: w / mean for i, w in v.items()} for s, v in weights.items()}
     return ClickLabels(scaled, p, harvested, clicks)
+
+
+def beside_editors(weights: dict[str, dict[str, float]], editors: dict[str, set[str]]) -> dict[str, dict[str, float]]:
+    """Click weights as labels beside the editors' links: an item the editor linked and
+    readers clicked counts for both (1 + its clicks' weight), not for its clicks alone."""
+    return {seed: {item: w + (1.0 if item in editors.get(seed, ()) else 0.0) for item, w in items.items()}
+            for seed, items in weights.items()}
