@@ -1,6 +1,6 @@
 """e5 fine-tuned on ZF's links (`recommender finetune`) against e5, on the development split.
 
-    python eval/bench_finetune.py --out eval/results/finetune [--finetune-options '--no-hard-negatives']
+    python eval/bench_finetune.py --out eval/results/finetune [--finetune-options '--max-tokens 128']
 
 1. The 2013-2021 development file is ingested into a data dir of its own with
    `hashing:384` (the training reads texts and links, not vectors), once.

@@ -61,7 +61,7 @@ class FinetuneOptions:
     epochs: int = 1
     batch_size: int = 32
     learning_rate: float = 2e-5
-    max_tokens: int = 128
+    max_tokens: int = 64
     held_out: float = 0.1
     hard_negatives: bool = True
     seed: int = 0
