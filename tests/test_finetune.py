@@ -130,6 +130,24 @@ def test_an_untrained_model_serves_as_e5_and_is_measured_before_and_after(store_
     np.testing.assert_allclose(tuned.embed(texts), base.embed(texts), atol=1e-5)
 
 
+def test_the_saved_model_is_the_blend_of_the_trained_weights_and_e5s(store_dir, tmp_path):
+    from embeddings.e5_train import read_meta
+
+    labels = labels_of(store_dir)
+    trained = run_finetune(store_dir, labels, replace(FAST, blend=1.0))
+    other = Settings(data_dir=tmp_path / "other", model=HASHING)
+    Engine(other).ingest([str(write_jsonl(tmp_path / "b.jsonl", archive()))])
+    half = run_finetune(other, labels_of(other), replace(FAST, blend=0.5))
+    assert read_meta(half.path).blend == 0.5 and trained.meta.blend == 1.0
+    base = E5Trainer("fp32", 0.0, 1, 32).trained()
+    with np.load(trained.path / WEIGHTS_FILE) as a, np.load(half.path / WEIGHTS_FILE) as b:
+        moved = [key for key in a.files if not np.allclose(a[key], base[key], atol=1e-6)]
+        assert moved, "training changed the weights"
+        for key in a.files:
+            np.testing.assert_allclose(b[key], (a[key] + base[key]) / 2, atol=1e-5, err_msg=key)
+    assert trained.meta.similarity_kept < half.meta.similarity_kept <= 1.0
+
+
 def test_a_crashed_run_resumes_from_its_checkpoint_and_ends_as_an_uninterrupted_one(store_dir, tmp_path):
     class Crash(Exception):
         pass

@@ -31,6 +31,7 @@ from embeddings import DEFAULT_MODEL, Embedder, EmbedderError
 from embeddings.e5_train import (
     E5Trainer,
     FinetuneMeta,
+    blend,
     finetuned,
     load_finetuned,
     read_checkpoint,
@@ -67,6 +68,7 @@ class FinetuneOptions:
     seed: int = 0
     progress: bool = False
     checkpoint_seconds: float = 300.0
+    blend: float = 0.5  # the share of the trained weights in the saved model; applied after training, so no key
 
     def key(self) -> dict:
         """What a resumed run must share with the one it resumes."""
@@ -149,7 +151,7 @@ def _run(settings: Settings, store: Store, labels: Labels, opts: FinetuneOptions
     resumed = _resume(trainer, state, echo)
     losses = _train(trainer, plan, _texts(store, plan, infos), partial, opts, echo, on_step)
     precision = trainer.precision
-    save_model(partial, trainer.trained(), _meta(opts, plan, losses, precision, started,
+    save_model(partial, blend(trainer.trained(), opts.blend), _meta(opts, plan, losses, precision, started,
                                                  HeldOut(len(queries), len(pool), before, before, 1.0)))
     del trainer
     tuned = pool_vectors(store, load_finetuned(partial, name, precision=precision), pool, infos)
@@ -394,7 +396,7 @@ def _meta(opts: FinetuneOptions, plan: Plan, losses: list[float], precision: str
         round(float(np.mean(losses[:tenth])), 4) if losses else 0.0,
         round(float(np.mean(losses[-tenth:])), 4) if losses else 0.0, scores.queries, scores.pool,
         scores.before.recall_at_100, scores.after.recall_at_100, scores.before.hit_at_10, scores.after.hit_at_10,
-        scores.similarity_kept)
+        scores.similarity_kept, opts.blend)
 
 
 def _cpu() -> str:
