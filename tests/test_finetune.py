@@ -202,3 +202,5 @@ def test_the_cli_builds_a_model_that_reembed_serves(store_dir):
     assert related.exit_code == 0 and json.loads(related.stdout), related.output
     bare = runner.invoke(main, ["finetune", "--data-dir", str(store_dir.data_dir) + "-missing"])
     assert bare.exit_code != 0 and "no store" in bare.output
+    beyond = runner.invoke(main, ["finetune", *data, "--blend", "1.5"])
+    assert beyond.exit_code == 2 and "--blend" in beyond.output and "Traceback" not in beyond.output
