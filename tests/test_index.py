@@ -3,6 +3,7 @@ import pytest
 
 from embeddings.base import l2_normalize
 from recommender.errors import IndexMismatch
+from recommender.index import vector_index
 from recommender.index.files import read_sealed, write_sealed
 from recommender.index.vector_index import IndexMeta, VectorIndex, read_meta
 from recommender.serving.engine import Engine
@@ -108,6 +109,7 @@ def test_engine_index_agrees_with_numpy_over_stored_vectors(engine, stories, set
 @pytest.mark.parametrize("compact_at", [3, 10_000])
 def test_search_matches_numpy_through_compactions(random_vectors, monkeypatch, compact_at):
     monkeypatch.setattr(VectorIndex, "COMPACT_AT", compact_at)
+    monkeypatch.setattr(vector_index, "ADD_BLOCK", 7)  # a new main is filled a block at a time
     rng = np.random.default_rng(3)
     index = VectorIndex(32)
     oracle: dict[int, np.ndarray] = {}
@@ -169,7 +171,8 @@ def test_above_its_threshold_the_main_index_is_hnsw_and_finds_what_exact_search_
     np.testing.assert_allclose(index.reconstruct(nums[[3, 1]]), random_vectors[[3, 1]])
 
 
-def test_hnsw_rows_replaced_or_deleted_never_come_back_even_after_a_save(tmp_path, random_vectors):
+def test_hnsw_rows_replaced_or_deleted_never_come_back_even_after_a_save(tmp_path, random_vectors, monkeypatch):
+    monkeypatch.setattr(vector_index, "ADD_BLOCK", 64)
     nums = np.arange(500, dtype=np.int64)
     index = hnsw_index(random_vectors, nums)
     index.remove(nums[:40])  # tombstones: the graph cannot drop rows

@@ -93,18 +93,17 @@ class IndexState:
                 lexical.remove(num)
             self.timeline.remove(num)
         self.vectors.remove(np.asarray(gone, dtype=np.int64))
-        add_nums, add_vecs, drop = [], [], []
+        # Each chunk's vectors go into the index as they come, compacted once at the end: a whole
+        # archive's stored bytes and their stacked copy would each be 1.5 GB at a million.
         for chunk in batched(rows, APPLY_CHUNK):
             self.set_infos([(info, term_text, entity_text) for info, term_text, entity_text, _ in chunk])
-            for info, _, _, vector in chunk:
-                if vector is None:
-                    drop.append(info.num)
-                else:
-                    add_nums.append(info.num)
-                    add_vecs.append(np.frombuffer(vector, dtype=np.float32))
-        self.vectors.remove(np.asarray(drop, dtype=np.int64))
-        if add_nums:
-            self.vectors.upsert(np.asarray(add_nums, dtype=np.int64), np.vstack(add_vecs))
+            self.vectors.remove(np.array([info.num for info, _, _, vector in chunk if vector is None], dtype=np.int64),
+                                compact=False)
+            embedded = [(info.num, vector) for info, _, _, vector in chunk if vector is not None]
+            if embedded:
+                self.vectors.upsert(np.array([num for num, _ in embedded], dtype=np.int64),
+                                    np.vstack([np.frombuffer(v, dtype=np.float32) for _, v in embedded]), compact=False)
+        self.vectors.maybe_compact()
         self.timeline.settle()
 
 

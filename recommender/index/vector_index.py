@@ -55,6 +55,7 @@ BATCH_CELLS = 8_000_000  # query x article scores held at once by a batched sear
 RECALL_SAMPLE = 200  # queries of the recall@10 check of an HNSW index
 REBUILD_SHARE = 0.1  # tombstones, as a share of an HNSW main index, that trigger a rebuild at save
 DELTA_SHARE = 0.05  # writes, as a share of an HNSW main index, saved beside it rather than folded into it
+ADD_BLOCK = 100_000  # vectors copied into a new main index at a time
 
 
 class VectorIndex:
@@ -164,20 +165,22 @@ class VectorIndex:
         alive = (self._main_ids - self.dead) | self._delta_ids
         return np.array(sorted(alive), dtype=np.int64)
 
-    def upsert(self, nums: np.ndarray, vectors: np.ndarray) -> None:
+    def upsert(self, nums: np.ndarray, vectors: np.ndarray, compact: bool = True) -> None:
+        """`compact=False`: leave the delta to grow (a load in chunks compacts once, at its end)."""
         nums = np.asarray(nums, dtype=np.int64)
         if len(nums) == 0:
             return
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
         if vectors.shape != (len(nums), self.dimension):
             raise IndexMismatch(f"vectors of shape {vectors.shape} do not fit an index of dimension {self.dimension}")
-        self.remove(nums)
+        self.remove(nums, compact=False)
         self.delta.add_with_ids(vectors, nums)
         self._delta_ids.update(nums.tolist())
         self._sorted_sets = None
-        self._maybe_compact()
+        if compact:
+            self._maybe_compact()
 
-    def remove(self, nums: np.ndarray) -> int:
+    def remove(self, nums: np.ndarray, compact: bool = True) -> int:
         nums = np.asarray(nums, dtype=np.int64)
         if len(nums) == 0:
             return 0
@@ -189,7 +192,8 @@ class VectorIndex:
         if from_delta:
             self.delta.remove_ids(self._faiss.IDSelectorBatch(np.fromiter(from_delta, dtype=np.int64)))
             self._delta_ids -= from_delta
-        self._maybe_compact()
+        if compact:
+            self._maybe_compact()
         return len(from_main - from_delta) + len(from_delta)
 
     def search(self, vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -300,6 +304,10 @@ class VectorIndex:
         raw = self._faiss.rev_swig_ptr(flat.get_xb(), index.ntotal * self.dimension)
         return np.asarray(raw).reshape(index.ntotal, self.dimension)
 
+    def maybe_compact(self) -> None:
+        """Fold the delta into the main index if it has grown past COMPACT_AT (see `upsert`)."""
+        self._maybe_compact()
+
     def _maybe_compact(self) -> None:
         # An HNSW main is only rebuilt when saved (outside the server's write lock): folding
         # writes into a graph of a million vectors takes far too long for a write to wait.
@@ -322,11 +330,13 @@ class VectorIndex:
         if incremental:
             main = self._faiss.clone_index(self.main) if self.delta.ntotal else self.main
             tombstones = np.flatnonzero(gone)
+        elif kind == "exact" and self.main.ntotal == 0:
+            # The delta is this index's own (a clone copies it), so it becomes the main as it is: a
+            # first build of a million vectors holds them once here, not three times.
+            main, tombstones, self.delta = self.delta, None, self._empty()
         else:
             main, tombstones = (self._empty() if kind == "exact" else self._empty_main(count)), None
-            if self.main.ntotal and not gone.all():
-                with self._every_core():
-                    main.add_with_ids(np.ascontiguousarray(self._stored(self.main)[~gone]), ids[~gone])
+            self._add_stored(main, self.main, ids, gone)
         if self.delta.ntotal:
             with self._every_core():
                 main.add_with_ids(self.reconstruct_delta(), self._ids_of(self.delta))
@@ -337,6 +347,18 @@ class VectorIndex:
         self._main_ids = self._alive_ids(main, self.tombstones)
         self.delta, self._delta_ids, self.dead = self._empty(), set(), set()
         self._selector, self._view, self._sorted_sets = None, None, None  # the view's rows depend on the tombstones too
+
+    def _add_stored(self, target: Any, source: Any, ids: np.ndarray, gone: np.ndarray) -> None:
+        """Add `source`'s vectors but the `gone` rows to `target`, read in place a block at a
+        time: a copy of them all would be 1.5 GB more at a million."""
+        stored = self._stored(source) if source.ntotal else None
+        with self._every_core():
+            for start in range(0, source.ntotal, ADD_BLOCK):
+                keep = ~gone[start:start + ADD_BLOCK]
+                if stored is not None and keep.any():
+                    block = stored[start:start + ADD_BLOCK]
+                    target.add_with_ids(np.ascontiguousarray(block[keep] if not keep.all() else block),
+                                        ids[start:start + ADD_BLOCK][keep])
 
     @contextmanager
     def _every_core(self) -> Iterator[None]:
