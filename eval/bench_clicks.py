@@ -6,7 +6,7 @@ The archive is the first `--articles` MOROCO articles (hashing vectors: the list
 the model, are under test). Two rankings serve them: the default profile, and a worse one
 that puts the least similar pieces first. Readers click an item of the seed's own topic
 with probability `--q-related` and any other with `--q-other`, times a position bias
-(1/pos^0.7) and a reader's own propensity (gamma, mean 1: some readers click far more,
+(1/pos^eta, `--eta`, default 0.7) and a reader's own propensity (gamma, mean 1: some readers click far more,
 which is why the interval is clustered by reader). Each reader sees 1 + Poisson(4) pages.
 
 From the lists, each arm's true CTR is known exactly, so the script checks, over
@@ -45,7 +45,6 @@ from recommender.settings import Settings
 from recommender.store.base import Store
 
 K = 5
-BIAS = 1.0 / np.arange(1, K + 1) ** 0.7
 WORSE = {"dense": -1.0}  # the least similar pieces above the minimum relevance first
 
 
@@ -57,10 +56,11 @@ class Arms:
     worse: str  # the worse profile's name
     shown: dict[str, list[list[str]]]  # by profile
     relevance: dict[str, np.ndarray]  # by profile: (seeds, K), each shown item's click chance at position 1
+    bias: np.ndarray  # (K,): the chance that a reader looks at each position, 1/pos^eta
 
     @property
     def probs(self) -> dict[str, np.ndarray]:
-        return {a: r * BIAS for a, r in self.relevance.items()}
+        return {a: r * self.bias for a, r in self.relevance.items()}
 
     def true_ctr(self, arm: str) -> float:
         return float(self.probs[arm].sum(axis=1).mean())  # seeds uniform, propensity mean 1
@@ -83,7 +83,7 @@ def archive(moroco: Path, n: int, workdir: Path) -> tuple[Engine, dict[str, str]
     return engine, {r["id"]: r["topic"] for r in records}
 
 
-def lists(engine: Engine, topics: dict[str, str], q_related: float, q_other: float) -> Arms:
+def lists(engine: Engine, topics: dict[str, str], q_related: float, q_other: float, eta: float) -> Arms:
     profiles = open_profiles(engine.settings, engine.store)
     saved = profiles.save(WORSE, "bench_clicks: the worse arm", {})
     worse = Engine(engine.settings, profile=saved)
@@ -100,7 +100,8 @@ def lists(engine: Engine, topics: dict[str, str], q_related: float, q_other: flo
             shown[arm].append(ids)
             same = np.array([topics[i] == topics[aid] for i in ids])
             probs[arm].append(np.where(same, q_related, q_other))
-    return Arms(seeds, saved.name, shown, {a: np.array(p) for a, p in probs.items()})
+    return Arms(seeds, saved.name, shown, {a: np.array(p) for a, p in probs.items()},
+                1.0 / np.arange(1, K + 1) ** eta)
 
 
 @dataclass
@@ -128,7 +129,7 @@ def simulate(arms: Arms, experiment: Experiment, readers: int, rng: np.random.Ge
             j = rng.integers(0, K - 1)
             order[v, [j, j + 1]] = order[v, [j + 1, j]]
         relevance = np.take_along_axis(arms.relevance[profile[names[r]]][seeds], order, axis=1)
-        p = np.minimum(relevance * BIAS * propensity[r], 1.0)
+        p = np.minimum(relevance * arms.bias * propensity[r], 1.0)
         clicked = rng.random(p.shape) < p
         sim.clicks[r] = clicked.sum()
         sim.views.append((seeds, clicked, order))
@@ -261,7 +262,7 @@ def learning(engine: Engine, arms: Arms, topics: dict[str, str], readers: int, e
     held = set(sorted(arms.seeds)[int(len(arms.seeds) * 0.8):])
     state, opts = engine.state(), engine.ranking(k=10)
     out: dict = {"readers": readers, "explore": explore, "worse_share": worse_share, "events": len(events),
-                 "true_propensity": [round(b / BIAS[0], 3) for b in BIAS]}
+                 "true_propensity": [round(float(b), 3) for b in arms.bias]}
     profiles = {"default": Profile(name="default", weights=opts.weights)}
     for name, debias in (("ips", True), ("naive", False)):
         found = click_labels(engine.store, debias)
@@ -294,6 +295,7 @@ def main() -> None:
     parser.add_argument("--readers", type=int, default=4000)
     parser.add_argument("--q-related", type=float, default=0.04)
     parser.add_argument("--q-other", type=float, default=0.01)
+    parser.add_argument("--eta", type=float, default=0.7, help="Position bias: position k is looked at with chance 1/k^eta")
     parser.add_argument("--events", type=int, default=10_000_000)
     parser.add_argument("--learn-readers", type=int, default=50_000,
                         help="Readers whose clicks the profiles are learned from (0: skip)")
@@ -307,9 +309,9 @@ def main() -> None:
     rng = np.random.default_rng(args.seed)
     with tempfile.TemporaryDirectory() as tmp:
         engine, topics = archive(args.moroco, args.articles, Path(tmp))
-        arms = lists(engine, topics, args.q_related, args.q_other)
+        arms = lists(engine, topics, args.q_related, args.q_other, args.eta)
         result: dict = {"articles": args.articles, "seeds_with_full_lists": len(arms.seeds),
-                        "q_related": args.q_related, "q_other": args.q_other,
+                        "q_related": args.q_related, "q_other": args.q_other, "eta": args.eta,
                         "true_ctr": {a: round(arms.true_ctr(a), 5) for a in ("default", arms.worse)}}
         print(json.dumps(result), flush=True)
         if args.repeats:
@@ -321,7 +323,7 @@ def main() -> None:
             print("store", json.dumps(result["through_the_store"]), flush=True)
         if args.learn_readers:
             fresh, _ = archive(args.moroco, args.articles, Path(tmp) / "learn")
-            fresh_arms = lists(fresh, topics, args.q_related, args.q_other)
+            fresh_arms = lists(fresh, topics, args.q_related, args.q_other, args.eta)
             result["learning"] = learning(fresh, fresh_arms, topics, args.learn_readers, args.explore,
                                           args.worse_share, rng)
             print("learning", json.dumps(result["learning"]), flush=True)
