@@ -178,7 +178,7 @@ class VectorIndex:
         self._delta_ids.update(nums.tolist())
         self._sorted_sets = None
         if compact:
-            self._maybe_compact()
+            self.maybe_compact()
 
     def remove(self, nums: np.ndarray, compact: bool = True) -> int:
         nums = np.asarray(nums, dtype=np.int64)
@@ -193,7 +193,7 @@ class VectorIndex:
             self.delta.remove_ids(self._faiss.IDSelectorBatch(np.fromiter(from_delta, dtype=np.int64)))
             self._delta_ids -= from_delta
         if compact:
-            self._maybe_compact()
+            self.maybe_compact()
         return len(from_main - from_delta) + len(from_delta)
 
     def search(self, vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -305,10 +305,7 @@ class VectorIndex:
         return np.asarray(raw).reshape(index.ntotal, self.dimension)
 
     def maybe_compact(self) -> None:
-        """Fold the delta into the main index if it has grown past COMPACT_AT (see `upsert`)."""
-        self._maybe_compact()
-
-    def _maybe_compact(self) -> None:
+        """Fold the delta into an exact main index once it has grown past COMPACT_AT."""
         # An HNSW main is only rebuilt when saved (outside the server's write lock): folding
         # writes into a graph of a million vectors takes far too long for a write to wait.
         # So is a change of kind: an exact index that grows past `exact_below` turns HNSW when saved.
@@ -351,11 +348,13 @@ class VectorIndex:
     def _add_stored(self, target: Any, source: Any, ids: np.ndarray, gone: np.ndarray) -> None:
         """Add `source`'s vectors but the `gone` rows to `target`, read in place a block at a
         time: a copy of them all would be 1.5 GB more at a million."""
-        stored = self._stored(source) if source.ntotal else None
+        if not source.ntotal:
+            return
+        stored = self._stored(source)
         with self._every_core():
             for start in range(0, source.ntotal, ADD_BLOCK):
                 keep = ~gone[start:start + ADD_BLOCK]
-                if stored is not None and keep.any():
+                if keep.any():
                     block = stored[start:start + ADD_BLOCK]
                     target.add_with_ids(np.ascontiguousarray(block[keep] if not keep.all() else block),
                                         ids[start:start + ADD_BLOCK][keep])
