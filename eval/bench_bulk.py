@@ -12,7 +12,8 @@ serve`, the new articles are posted in requests of --per-request, and a reader
 thread opens a page every --view-every seconds (half new articles, half old).
 Reported: seconds from `serve` until it answers and until its index is loaded (a
 restart), seconds the bulk requests took, seconds from the last one's answer until
-the server's list backlog is empty (`/readyz` lists_pending), and page-view
+the server's list backlog is empty (`/readyz` lists_pending), the cores the server and
+its list workers kept busy then and their CPU time per list, and page-view
 latency p50/p99 while the bulk requests run, during the catch-up after the last one,
 both together, and after. Compare the runs as ratios: the machine is shared.
 Results go to --out (bulk.json, bulk.md).
@@ -104,6 +105,12 @@ def recomputed(base: str) -> int:
     return -1
 
 
+def cpu_seconds(pid: int) -> float:
+    """CPU time of a process and of its children it has waited for (its list pools' workers)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return sum(int(f) for f in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+
+
 def run(data: Path, articles: list[dict], workers: int, blas: int, nice: int, args) -> dict:
     import httpx
 
@@ -135,10 +142,12 @@ def run(data: Path, articles: list[dict], workers: int, blas: int, nice: int, ar
                 reader.posted += [a["id"] for a in batch]
         posted = time.perf_counter()
         reader.phase = "catch_up"
+        cpu_posted, lists_posted = cpu_seconds(server.pid), recomputed(base)
         while pending(base) != 0:
             time.sleep(0.1)
         caught_up = time.perf_counter()
         lists = recomputed(base)
+        cpu = cpu_seconds(server.pid) - cpu_posted
         reader.phase = "after"
         time.sleep(args.after)
         reader.done.set()
@@ -148,7 +157,11 @@ def run(data: Path, articles: list[dict], workers: int, blas: int, nice: int, ar
         server.wait(timeout=60)
     bulk, catch_up, after = (reader.latencies[p] for p in ("bulk", "catch_up", "after"))
     during = bulk + catch_up
-    return {"list_workers": workers, "blas_threads": blas, "list_nice": nice, "lists_recomputed": lists, "answering_s": round(answering - launched, 1),
+    # The catch-up's CPU over the lists finished in it: the step running when the bulk ended counts
+    # whole in both. What the catch-up needs is that many lists times this, over the cores.
+    caught = max(lists - lists_posted, 1)
+    return {"catch_up_cores": round(cpu / max(caught_up - posted, 1e-9), 2),
+            "cpu_ms_per_list": round(1000 * cpu / caught, 2), "list_workers": workers, "blas_threads": blas, "list_nice": nice, "lists_recomputed": lists, "answering_s": round(answering - launched, 1),
             "index_loaded_s": round(loaded - launched, 1), "bulk_s": round(posted - started, 1), "catch_up_s": round(caught_up - posted, 1),
             "views_during": len(during), "during_p50_ms": round(percentile(during, 50), 1),
             "during_p99_ms": round(percentile(during, 99), 1),
@@ -190,11 +203,11 @@ def main() -> None:
     lines = [f"{args.new:,} articles through POST /v1/articles:bulk ({args.per_request} a request) into a served "
              f"archive of {args.size:,} ({MODEL}), a page view every {args.view_every} s meanwhile", "",
              "| list workers | BLAS threads | nice | lists | start: answers / index loaded s | bulk s | catch-up s | "
-             "vs first | views p50 / p99 ms: bulk requests | catch-up | both | after |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "vs first | cores busy, CPU ms a list | views p50 / p99 ms: bulk requests | catch-up | both | after |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     lines += [f"| {r['list_workers']} | {r['blas_threads']} | {r['list_nice']} | {r['lists_recomputed']} | "
               f"{r['answering_s']} / {r['index_loaded_s']} | {r['bulk_s']} | {r['catch_up_s']} | {r['catch_up_s'] / base:.2f} | "
-              f"{r['bulk_p50_ms']} / {r['bulk_p99_ms']} | {r['catch_up_p50_ms']} / {r['catch_up_p99_ms']} | "
+              f"{r['catch_up_cores']}, {r['cpu_ms_per_list']} | {r['bulk_p50_ms']} / {r['bulk_p99_ms']} | {r['catch_up_p50_ms']} / {r['catch_up_p99_ms']} | "
               f"{r['during_p50_ms']} / {r['during_p99_ms']} | {r['after_p50_ms']} / {r['after_p99_ms']} |" for r in runs]
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "bulk.json").write_text(json.dumps({"size": args.size, "new": args.new, "runs": runs}, indent=2))
