@@ -160,8 +160,9 @@ def run(data: Path, articles: list[dict], workers: int, blas: int, nice: int, ar
     # The catch-up's CPU over the lists finished in it: the step running when the bulk ended counts
     # whole in both. What the catch-up needs is that many lists times this, over the cores.
     caught = max(lists - lists_posted, 1)
-    return {"catch_up_cores": round(cpu / max(caught_up - posted, 1e-9), 2),
-            "cpu_ms_per_list": round(1000 * cpu / caught, 2), "list_workers": workers, "blas_threads": blas, "list_nice": nice, "lists_recomputed": lists, "answering_s": round(answering - launched, 1),
+    return {"list_workers": workers, "blas_threads": blas, "list_nice": nice, "lists_recomputed": lists,
+            "catch_up_cores": round(cpu / max(caught_up - posted, 1e-9), 2),
+            "cpu_ms_per_list": round(1000 * cpu / caught, 2), "answering_s": round(answering - launched, 1),
             "index_loaded_s": round(loaded - launched, 1), "bulk_s": round(posted - started, 1), "catch_up_s": round(caught_up - posted, 1),
             "views_during": len(during), "during_p50_ms": round(percentile(during, 50), 1),
             "during_p99_ms": round(percentile(during, 99), 1),
