@@ -558,7 +558,7 @@ def serve(settings, host, port, log_level):
     import uvicorn
 
     from api.app import create_app
-    from api.server import protocol
+    from api.server import SWITCH_INTERVAL_S, protocol
     from recommender.serving.engine import Engine
 
     if not settings.api_key_list:
@@ -567,6 +567,7 @@ def serve(settings, host, port, log_level):
     # A start that cannot finish stops the server (the reason is logged), so a supervisor
     # sees a non-zero exit and restarts or alerts, instead of a process that never gets ready.
     app = create_app(settings, on_failure=lambda: os.kill(os.getpid(), signal.SIGTERM))
+    sys.setswitchinterval(SWITCH_INTERVAL_S)
     # SIGTERM: requests in flight get a few seconds, then the server stops whatever runs.
     uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=3,
                 http=protocol(settings.header_timeout_seconds))
