@@ -36,6 +36,15 @@ class RowMap:
         return out
 
 
+def where_in_sorted(sorted_nums: np.ndarray, nums: np.ndarray) -> np.ndarray:
+    """Each of `nums`' index in the sorted array `sorted_nums`, ABSENT where it is not there:
+    for a set of nums that changes too often for a RowMap's dense array."""
+    if len(sorted_nums) == 0:
+        return np.full(len(nums), ABSENT, dtype=np.int64)
+    at = np.minimum(np.searchsorted(sorted_nums, nums), len(sorted_nums) - 1)
+    return np.where(sorted_nums[at] == nums, at, ABSENT)
+
+
 def content_code(content_hash: str) -> int:
     """The first 64 bits of a content hash: equal texts, equal codes."""
     return int(content_hash[:16], 16) - 2**63 if content_hash else 0

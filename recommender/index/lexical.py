@@ -31,7 +31,7 @@ from typing import BinaryIO, Iterable
 
 import numpy as np
 
-from recommender.index.columns import ABSENT, RowMap
+from recommender.index.columns import ABSENT, RowMap, where_in_sorted
 from recommender.index.files import digest, fsync_dir, verify, write_file
 
 K1 = 1.2
@@ -330,7 +330,7 @@ class LexicalIndex:
             if self._changed_nums is None:  # kept until the next write: tens of thousands after a load
                 self._changed_nums = np.sort(np.fromiter(self._docs.keys() | self._gone, dtype=np.int64))
             known = self._changed_nums
-            changed = known[np.minimum(np.searchsorted(known, nums), len(known) - 1)] == nums
+            changed = where_in_sorted(known, nums) != ABSENT
         at = base.rows(nums)
         in_base = (at != ABSENT) & ~changed
         rows = at[in_base]

@@ -22,7 +22,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from recommender.errors import IndexDamaged, IndexMismatch
-from recommender.index.columns import RowMap
+from recommender.index.columns import RowMap, where_in_sorted
 from recommender.index.files import read_sealed, verify, write_sealed, write_with
 from recommender.settings import AnnSettings
 
@@ -152,7 +152,7 @@ class VectorIndex:
         if len(dead):
             found &= ~np.isin(nums, dead)
         if len(delta):
-            found |= _positions(delta, nums) >= 0
+            found |= where_in_sorted(delta, nums) >= 0
         return found
 
     def _sorted(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -175,8 +175,7 @@ class VectorIndex:
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
         if vectors.shape != (len(nums), self.dimension):
             raise IndexMismatch(f"vectors of shape {vectors.shape} do not fit an index of dimension {self.dimension}")
-        self.remove(nums, compact=False)
-        self._sorted_sets = None
+        self.remove(nums, compact=False)  # also drops the sorted ids, before the delta moves
         self.delta.add_with_ids(vectors, nums)
         self._delta_ids.update(nums.tolist())
         if compact:
@@ -274,7 +273,7 @@ class VectorIndex:
         rows = row_map.rows(nums)
         out = vectors[np.maximum(rows, 0)] if len(vectors) else np.zeros((len(nums), self.dimension), dtype=np.float32)
         delta, delta_rows, _ = self._sorted()
-        at = _positions(delta, nums)
+        at = where_in_sorted(delta, nums)
         in_delta = at >= 0
         if in_delta.any():
             # Read in place, as the main's rows: after a bulk import a list's candidates hold
@@ -394,9 +393,7 @@ class VectorIndex:
         return round(hits / (len(queries) * k), 4)
 
     def reconstruct_delta(self) -> np.ndarray:
-        flat = self._faiss.downcast_index(self.delta.index)
-        vectors = self._faiss.rev_swig_ptr(flat.get_xb(), self.delta.ntotal * self.dimension)
-        return np.array(vectors, dtype=np.float32).reshape(self.delta.ntotal, self.dimension)
+        return self._stored(self.delta).copy()
 
     def random_pair_mean(self, seed: int = 0) -> float:
         """Mean cosine between random distinct articles: what 'unrelated' scores.
@@ -475,14 +472,6 @@ class VectorIndex:
             loaded._delta_ids = set(loaded._ids_of(delta).tolist())
             loaded._sorted_sets = None
         return loaded, meta
-
-
-def _positions(sorted_ids: np.ndarray, nums: np.ndarray) -> np.ndarray:
-    """Each of `nums`' index in `sorted_ids`, -1 where it is not there."""
-    if len(sorted_ids) == 0:
-        return np.full(len(nums), -1, dtype=np.int64)
-    at = np.minimum(np.searchsorted(sorted_ids, nums), len(sorted_ids) - 1)
-    return np.where(sorted_ids[at] == nums, at, -1)
 
 
 def read_meta(directory: Path) -> IndexMeta:
