@@ -14,7 +14,9 @@ From the lists, each arm's true CTR is known exactly, so the script checks, over
 the truth about 95 % of the time and has the right sign, and that an A/A test (both arms
 the default profile) is significant in about 5 %. One repeat goes through the store
 (the path of POST /v1/events) and must give the same report as the in-memory arithmetic.
-Then `--learn-readers` readers click both arms' blocks of a fresh store, and a profile is
+Then `--learn-readers` readers click both arms' blocks of a fresh store (`--block-order
+date`: the second arm shows the default's five newest first, the archive given random
+dates), and a profile is
 learned from their clicks on the older 80 % of the articles (as `tune --clicks` does), once
 with the position-bias correction and once without (a naive learner: clicks counted as
 they are), each scored on the other 20 % by P@5 against the topic; and a third time
@@ -31,6 +33,7 @@ import json
 import tempfile
 import time
 from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import numpy as np
@@ -68,13 +71,19 @@ class Arms:
         return float(self.probs[arm].sum(axis=1).mean())  # seeds uniform, propensity mean 1
 
 
-def archive(moroco: Path, n: int, workdir: Path) -> tuple[Engine, dict[str, str]]:
+def archive(moroco: Path, n: int, workdir: Path, dated: bool = False) -> tuple[Engine, dict[str, str]]:
+    """The first `n` MOROCO articles stored; `dated`: each given a day of 2024 (MOROCO has
+    no dates), drawn at random (seeded), so a block ordered by date orders by chance."""
     from eval.prepare_moroco import convert
 
-    records = []
+    records, days = [], np.random.default_rng(1)
     with moroco.open(encoding="utf-8") as fh:
         for line in fh:
-            records.append(convert(json.loads(line)))
+            record = convert(json.loads(line))
+            if dated:
+                day = datetime(2024, 1, 1, 12, tzinfo=timezone.utc) + timedelta(days=int(days.integers(0, 366)))
+                record["published_at"] = day.isoformat()
+            records.append(record)
             if len(records) == n:
                 break
     workdir.mkdir(parents=True, exist_ok=True)
@@ -83,6 +92,21 @@ def archive(moroco: Path, n: int, workdir: Path) -> tuple[Engine, dict[str, str]
     engine = Engine(Settings(data_dir=workdir / "data", model="hashing:256"))
     engine.ingest([str(path)])
     return engine, {r["id"]: r["topic"] for r in records}
+
+
+def newest_first(engine: Engine, arms: Arms) -> Arms:
+    """The worse arm replaced by the default's five in the order of a CMS that sorts its
+    block by date, newest first: the items are as good, their order is by chance, and a
+    learner that takes a position's clicks at face value learns to prefer what is newer."""
+    state = engine.state()
+    when = {info.id: info.published_at for info in state.infos.values()}
+    shown, relevance = [], []
+    for ids, probs in zip(arms.shown["default"], arms.relevance["default"]):
+        order = sorted(range(len(ids)), key=lambda i: (when[ids[i]], ids[i]), reverse=True)
+        shown.append([ids[i] for i in order])
+        relevance.append(probs[order])
+    return Arms(arms.seeds, arms.worse, {**arms.shown, arms.worse: shown},
+                {**arms.relevance, arms.worse: np.array(relevance)}, arms.bias)
 
 
 def lists(engine: Engine, topics: dict[str, str], q_related: float, q_other: float, eta: float) -> Arms:
@@ -282,6 +306,7 @@ def learning(engine: Engine, arms: Arms, topics: dict[str, str], readers: int, e
                              weights=train)
     profiles["exposure"] = Profile(name="exposure", weights=tune.fit(groups, opts.weights))
     out["held_out_articles"] = len(held)
+    out["learned_weights"] = {n: p.weights for n, p in profiles.items() if n != "default"}
     scored = {n: precision(engine, p, sorted(held), topics) for n, p in profiles.items()}
     out["precision_at_5"] = {n: round(float(v.mean()), 4) for n, v in scored.items()}
     out["ips_minus_naive"] = paired(scored["ips"], scored["naive"], rng)
@@ -329,6 +354,9 @@ def main() -> None:
                         help="The learning experiment's share of readers on the worse ranking")
     parser.add_argument("--explore", type=float, default=0.1,
                         help="The learning experiment's share of views with two neighbours swapped")
+    parser.add_argument("--block-order", choices=["profile", "date"], default="profile",
+                        help="The learning experiment's second arm: the worse profile's lists (profile), or "
+                             "the default's, newest first, over MOROCO given random dates (date)")
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--out", type=Path, default=Path("eval/results/clicks"))
     args = parser.parse_args()
@@ -348,8 +376,10 @@ def main() -> None:
             result["through_the_store"] = through_the_store(engine, arms, args.readers // 4, rng)
             print("store", json.dumps(result["through_the_store"]), flush=True)
         if args.learn_readers:
-            fresh, _ = archive(args.moroco, args.articles, Path(tmp) / "learn")
+            fresh, _ = archive(args.moroco, args.articles, Path(tmp) / "learn", dated=args.block_order == "date")
             fresh_arms = lists(fresh, topics, args.q_related, args.q_other, args.eta)
+            if args.block_order == "date":
+                fresh_arms = newest_first(fresh, fresh_arms)
             result["learning"] = learning(fresh, fresh_arms, topics, args.learn_readers, args.explore,
                                           args.worse_share, rng)
             print("learning", json.dumps(result["learning"]), flush=True)
