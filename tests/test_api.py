@@ -167,6 +167,44 @@ def test_a_bulk_import_is_listed_by_forked_processes_as_by_one(api_settings, sto
     assert not served.upkeep.missing(served.state(), served.lists_for(served.state()))
 
 
+def test_new_articles_are_listed_before_the_older_lists_they_touch(client, monkeypatch):
+    """During a bulk import, each batch's own lists come first; the older lists the
+    batches touch wait, merged, and are computed once when no new article waits, and only
+    then are the lists recorded to follow the changes (a crash before recomputes them)."""
+    from recommender.serving.lists import ListUpkeep
+
+    service = client.app.state.service
+    worker = service.lists
+    worker.stop()  # its thread ends; its steps are taken here, one at a time
+    worker._stop.clear()
+    computed: list[list[int]] = []
+    real = ListUpkeep.compute_in_processes
+
+    def noting(self, state, lists, nums, *args, **kwargs):
+        computed.append(list(nums))
+        return real(self, state, lists, nums, *args, **kwargs)
+
+    monkeypatch.setattr(ListUpkeep, "compute_in_processes", noting)
+    more = [dict(a, id=f"{a['id']}-b", title=a["title"] + " (continuare)") for a in STORY_ARTICLES]
+    store, key = service.snapshot.engine.store, service.snapshot.lists.key
+    before = store.lists_refreshed_seq(key)
+    assert client.post("/v1/articles:bulk", json=more[:4], headers=AUTH).json()["added"] == 4
+    assert worker._step() and worker.unlisted == 0 and worker.touched > 0
+    assert client.post("/v1/articles:bulk", json=more[4:], headers=AUTH).json()["added"] == 3
+    assert worker.unlisted == 3 and worker._step() and worker.unlisted == 0
+    assert store.lists_refreshed_seq(key) == before  # touched lists wait: not recorded yet
+    infos = service.snapshot.state.infos
+    new = {n for n, info in infos.items() if info.id.endswith("-b")}
+    assert [set(c) for c in computed] == [{n for n in new if infos[n].id in {a["id"] for a in more[:4]}},
+                                          {n for n in new if infos[n].id in {a["id"] for a in more[4:]}}]
+    while worker._touched_step():
+        pass
+    touched = [n for c in computed[2:] for n in c]
+    assert touched and len(touched) == len(set(touched))  # each older list once, for both batches
+    assert worker.touched == 0 and store.lists_refreshed_seq(key) == service.snapshot.state.meta.applied_seq
+    assert client.get("/readyz").json()["lists_touched"] == 0
+
+
 def test_forked_list_workers_end_under_a_server_s_signal_handlers(settings, stories, monkeypatch):
     """uvicorn's SIGTERM handler only sets a flag; forks inherit it. Ending a pool then
     raced its queue's lock and hung the server's list worker (seen in eval/bench_bulk.py)."""

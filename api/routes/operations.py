@@ -35,7 +35,8 @@ def readyz(service: ServiceDep) -> JSONResponse:
                          "articles": snap.state.vectors.count, "ranking_profile": snap.engine.profile.name,
                          # a newly activated profile whose lists are being computed; the current one serves meanwhile
                          "ranking_profile_pending": service.lists.preparing,
-                         "lists_pending": service.lists.backlog,  # changed articles whose lists are being recomputed
+                         # changed articles whose own lists are being recomputed, then older lists they touched
+                         "lists_pending": service.lists.unlisted, "lists_touched": service.lists.touched,
                          # over a shared database, whether this server is the one computing lists
                          "list_worker": bool(service.lists.leading),
                          "applied_change": snap.state.meta.applied_seq})  # how far this server follows the store

@@ -490,6 +490,11 @@ class ListWorker:
         self._lock = threading.Lock()  # guards the snapshot swap together with the queue
         self._pending: set[int] = set()
         self._busy = 0
+        # By lists key: older lists that changes touched (recommender.serving.lists.ListUpkeep.affected),
+        # recomputed once no changed article waits for its own list, each once however many
+        # batches of a bulk import touched it.
+        self._touched: dict[str, set[int]] = {}
+        self._touching = 0  # of them, those being recomputed now
         self._fill = False
         self._todo: Iterator[int] | None = None  # lists still to fill, listed once per fill
         # A newly activated ranking profile: its lists are computed in full before it serves.
@@ -555,10 +560,21 @@ class ListWorker:
         self._wake.set()
 
     @property
-    def backlog(self) -> int:
-        """Changed articles whose lists are not recomputed yet."""
+    def unlisted(self) -> int:
+        """Changed articles whose own lists are not recomputed yet."""
         with self._lock:
             return len(self._pending) + self._busy
+
+    @property
+    def touched(self) -> int:
+        """Older lists that changes touched, to recompute once `unlisted` is 0."""
+        with self._lock:
+            return sum(len(t) for t in self._touched.values()) + self._touching
+
+    @property
+    def backlog(self) -> int:
+        """Lists that changes call for and are not recomputed yet."""
+        return self.unlisted + self.touched
 
     def wait_idle(self, timeout: float = 30.0) -> bool:
         """For tests and benchmarks: until nothing is queued (True) or the timeout."""
@@ -580,8 +596,8 @@ class ListWorker:
             try:
                 if not self._lead(lease):
                     continue
-                while not self._stop.is_set() and (self._step() or self._profile_step() or self._arm_step()
-                                                   or self._fill_step()):
+                while not self._stop.is_set() and (self._step() or self._touched_step() or self._profile_step()
+                                                   or self._arm_step() or self._fill_step()):
                     pass
             except StoreUnavailable as exc:  # the database is away: the next wake-up retries
                 log.warning("recomputing related lists: %s", exc)
@@ -600,6 +616,7 @@ class ListWorker:
             self._next_try = time.monotonic() + self.RETRY_LEASE
             with self._lock:  # the leader computes them
                 self._pending.clear()
+                self._touched.clear()
             self._follow_profile()
         self.leading = held
         return held
@@ -633,6 +650,9 @@ class ListWorker:
         log.info("ranking profile %s serves (its lists computed by another server)", engine.profile.name)
 
     def _step(self) -> bool:
+        """The changed articles' own lists; the older lists they touch wait in `_touched`:
+        a new article's page view is off the precomputed path until its list exists, an
+        older article's list only lacks the newest pieces meanwhile."""
         with self._lock:
             snap = self.service._snapshot
             if snap is None or not self._pending:  # changes wait for the first snapshot
@@ -640,20 +660,13 @@ class ListWorker:
             batch, self._pending = self._pending, set()
             self._busy = len(batch)
         try:
-            # The serving lists, then those of a running experiment's arms of other profiles
-            # that `_arm_step` brought up to date.
-            arms = [(e, lists) for e, lists in self.service.arm_lists()
-                    if lists.version == snap.state.version and lists.key in self._arms_current]
-            for engine, lists in [(snap.engine, snap.lists), *arms]:
-                self.recomputed += engine.upkeep.refresh(snap.state, lists, batch, workers=self.workers,
-                                                         stop=self._stop.is_set)
+            for engine, lists in self._following(snap):
+                touched = engine.upkeep.affected(snap.state, lists, batch, self.workers, self._stop.is_set)
+                with self._lock:
+                    self._touched.setdefault(lists.key, set()).update(touched)
                 if self._stop.is_set():
                     return False
-            with self._lock:
-                caught_up = not self._pending
-            if caught_up:  # every change this snapshot holds has its lists
-                for engine, lists in [(snap.engine, snap.lists), *arms]:
-                    engine.upkeep.record(snap.state, lists)
+                self.recomputed += sum(1 for n in batch if n in snap.state.infos)
         except Exception:
             with self._lock:  # tried again after the next wake-up, a second at most
                 self._pending |= batch
@@ -661,7 +674,56 @@ class ListWorker:
         finally:
             with self._lock:
                 self._busy = 0
+        self._record_if_current(snap)
         return True
+
+    def _touched_step(self) -> bool:
+        """A batch of the older lists changes touched, while no changed article waits; once
+        none is left, the lists are recorded to follow every change the snapshot holds."""
+        snap = self.service._snapshot
+        if snap is None:
+            return False
+        following = self._following(snap)
+        with self._lock:
+            if self._pending:
+                return False
+            keys = {lists.key for _, lists in following}
+            self._touched = {key: todo for key, todo in self._touched.items() if key in keys and todo}
+            if not self._touched:
+                return False
+            engine, lists = next((e, li) for e, li in following if li.key in self._touched)
+            todo = self._touched[lists.key]
+            taken = [todo.pop() for _ in range(min(len(todo), self.FORKED_BATCH * self.workers))]
+            self._touching = len(taken)
+        try:
+            self.recomputed += engine.upkeep.compute_in_processes(
+                snap.state, lists, sorted(n for n in taken if n in snap.state.infos), self.workers,
+                stop=self._stop.is_set)
+        except Exception:
+            with self._lock:
+                self._touched.setdefault(lists.key, set()).update(taken)
+            raise
+        finally:
+            with self._lock:
+                self._touching = 0
+        self._record_if_current(snap)
+        return True
+
+    def _record_if_current(self, snap: Snapshot) -> None:
+        """Once no change waits, own lists or touched ones: the lists follow every change
+        `snap` holds (a crash before then recomputes from the previous record)."""
+        with self._lock:
+            caught_up = not self._pending and not any(self._touched.values())
+        if caught_up and not self._stop.is_set():
+            for engine, lists in self._following(snap):
+                engine.upkeep.record(snap.state, lists)
+
+    def _following(self, snap: Snapshot) -> list[tuple[Engine, RelatedLists]]:
+        """The lists changes are followed in: the serving ones, then those of a running
+        experiment's arms of other profiles that `_arm_step` brought up to date."""
+        arms = [(e, lists) for e, lists in self.service.arm_lists()
+                if lists.version == snap.state.version and lists.key in self._arms_current]
+        return [(snap.engine, snap.lists), *arms]
 
     def _compute_batch(self, engine: Engine, state: IndexState, lists: RelatedLists, todo: Iterator[int]) -> bool:
         """The next BATCH of `todo` computed (those still missing: a read may have filled
@@ -734,7 +796,7 @@ class ListWorker:
             return True
         self._fill, self._todo = False, None
         with self._lock:
-            caught_up = not self._pending
+            caught_up = not self._pending and not self._touched.get(snap.lists.key)
         if caught_up:
             snap.engine.upkeep.record(snap.state, snap.lists)
         return False
