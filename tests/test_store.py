@@ -134,6 +134,31 @@ def test_related_lists_live_in_the_store_and_memory_keeps_only_who_shows_whom(tm
     assert RelatedLists(store, "v1", "other-profile").containing([1]) == set()
 
 
+def test_the_upkeep_recomputes_the_lists_a_new_article_may_enter(tmp_path):
+    """The score test: of the lists a changed article's list shows and of its nearest
+    neighbours, those whose last item it scores at least as high as (a short list, or one
+    not stored, always); the floors are read back after a restart and dropped with a list."""
+    import numpy as np
+
+    from recommender.ranking.pipeline import Ranked
+    from recommender.serving.lists import CachedItem, Reach, RelatedLists, entering
+    from recommender.store.sqlite import SQLiteStore
+
+    store = SQLiteStore(tmp_path / "store.sqlite")
+    lists = RelatedLists(store, "v1", "default", width=2)
+    item = lambda n, score: CachedItem(n, 0.5, score, "why")  # noqa: E731
+    lists.put_many({1: [item(2, 0.9), item(3, 0.6)], 2: [item(1, 0.9)], 3: [item(1, 0.8), item(2, 0.7)],
+                    10: [item(1, 0.5), item(5, 0.4)]})
+    ranked = Ranked([], np.array([1, 2, 3, 4, 99]), np.array([0.61, 0.1, 0.69, 0.01, 0.3]))  # seed 10's candidates
+    assert entering(ranked, lists.floors()) == [1, 2, 4, 99]  # 3's last item scores 0.7; 2's is short; 4, 99: none
+    reopened = RelatedLists(SQLiteStore(tmp_path / "store.sqlite"), "v1", "default", width=2)
+    assert entering(ranked, reopened.floors()) == [1, 2, 4, 99]
+    # 10's list shows 1 and 5, its nearest neighbours are 4 and 3: of those, it may enter 1's and 4's
+    assert reopened.reached({10: Reach(near=[4, 3], enters=[1, 2, 4, 99])}) == {1, 4}
+    reopened.forget([3])
+    assert entering(Ranked([], np.array([3]), np.array([0.01])), reopened.floors()) == [3]
+
+
 def test_stats_count_from_indexes_not_a_scan_of_every_article(tmp_path):
     """A scan of a million articles' texts and vectors took 15 s; indexes answer at once."""
     from recommender.store.sqlite import SQLiteStore

@@ -116,13 +116,33 @@ class Explainer:
         return shared_terms_reason(self.seed_set, self.lexical.terms_of(num), self.idf, self.surface)
 
 
+@dataclass(frozen=True)
+class Ranked:
+    """A list, and the rank_score of every candidate (those below the minimum relevance
+    too: relevance is not symmetric, the seed may pass it in a candidate's own list)."""
+
+    items: list[RelatedItem]
+    nums: np.ndarray
+    scores: np.ndarray
+
+
+NOTHING = Ranked([], np.zeros(0, dtype=np.int64), np.zeros(0))
+
+
 def rank(state: IndexState, seed: Seed, filters: Filters, opts: RankingSettings,
          nearest: np.ndarray | None = None) -> list[RelatedItem]:
     """Candidates from every source, scored by the profile's weights over their
     features, then the list's rules: minimum relevance, no near-duplicates, MMR.
     `nearest`: the seed's nearest neighbours when a batch of seeds was searched at once."""
+    return rank_scored(state, seed, filters, opts, nearest).items
+
+
+def rank_scored(state: IndexState, seed: Seed, filters: Filters, opts: RankingSettings,
+                nearest: np.ndarray | None = None) -> Ranked:
+    """`rank`, with the candidates' scores: the lists' upkeep asks whether this seed would
+    enter the lists of its candidates (recommender.serving.lists.ListUpkeep.affected)."""
     if state.vectors.count == 0:
-        return []
+        return NOTHING
     reference = seed.published_at or datetime.now(timezone.utc)
     pairs = candidate_pairs(state, seed, filters, opts, nearest)
     dense, lexical = pairs.column("dense"), pairs.column("lexical")
@@ -131,9 +151,10 @@ def rank(state: IndexState, seed: Seed, filters: Filters, opts: RankingSettings,
     score = 1.0 / (1.0 + np.exp(-np.clip(linear, -50, 50)))  # rank_score: the same order, in (0, 1)
     keep = relevance_ >= opts.min_score
     keep &= ~same_story_as_seed(dense, state.columns.title[pairs.nums], title_key(seed.title), opts.duplicate_threshold)
-    nums, relevance_, score, linear = pairs.nums[keep], relevance_[keep], score[keep], linear[keep]
-    if len(nums) == 0:
-        return []
+    if not keep.any():
+        return Ranked([], pairs.nums, score)
+    nums, relevance_, linear = pairs.nums[keep], relevance_[keep], linear[keep]
+    candidates_score, score = score, score[keep]
     pool = np.lexsort((nums, -linear))[: max(POOL_MIN, 4 * opts.k)]
     vectors = state.vectors.reconstruct(nums[pool])
     sims = rescale(vectors @ vectors.T, state.meta.random_pair_mean)
@@ -144,8 +165,8 @@ def rank(state: IndexState, seed: Seed, filters: Filters, opts: RankingSettings,
     chosen = [pool[i] for i in mmr_select(spread, sims, opts.k, opts.diversity, opts.duplicate_threshold)]
     deltas = _deltas(state, nums[chosen], reference)
     explain = Explainer(state.lexical, seed.text, seed.terms.text)
-    return [_item(state, explain, int(nums[i]), float(relevance_[i]), float(score[i]), delta)
-            for i, delta in zip(chosen, deltas)]
+    return Ranked([_item(state, explain, int(nums[i]), float(relevance_[i]), float(score[i]), delta)
+                   for i, delta in zip(chosen, deltas)], pairs.nums, candidates_score)
 
 
 def gather(state: IndexState, seed: Seed, filters: Filters, opts: RankingSettings,
