@@ -16,7 +16,8 @@ every new article has its own list (`/readyz` lists_pending 0) and until the old
 lists they touched are recomputed too (lists_touched 0: the catch-up), the cores the server and
 its list workers kept busy then and their CPU time per list, and page-view
 latency p50/p99 while the bulk requests run, during the catch-up after the last one,
-both together, and after. Compare the runs as ratios: the machine is shared.
+both together, and after; and in bulk.json, every 2 s, the backlog, the lists recomputed
+and the server's CPU seconds. Compare the runs as ratios: the machine is shared.
 Results go to --out (bulk.json, bulk.md).
 """
 
@@ -91,6 +92,25 @@ class Reader(threading.Thread):
                 time.sleep(self.every)
 
 
+class Timeline(threading.Thread):
+    """Every `every` seconds from the first bulk request: the server's backlog (new articles
+    unlisted, older lists touched), lists recomputed so far, and its CPU seconds."""
+
+    def __init__(self, base: str, pid: int, every: float = 2.0):
+        super().__init__(daemon=True)
+        self.base, self.pid, self.every = base, pid, every
+        self.samples: list[dict] = []
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        started = time.perf_counter()
+        while not self.done.wait(self.every):
+            unlisted, touched = backlog(self.base) or (-1, -1)
+            self.samples.append({"s": round(time.perf_counter() - started, 1), "unlisted": unlisted,
+                                 "touched": touched, "recomputed": recomputed(self.base),
+                                 "cpu_s": round(cpu_seconds(self.pid), 1)})
+
+
 def backlog(base: str) -> tuple[int, int] | None:
     """The new articles still without their own lists, and the older lists they touched
     still to recompute; None while the index loads. (A server from before the split
@@ -138,6 +158,8 @@ def run(data: Path, articles: list[dict], workers: int, blas: int, nice: int, ar
         loaded = time.perf_counter()
         reader = Reader(base, [f"a{i}" for i in random.Random(5).sample(range(args.size), 2000)], args.view_every)
         reader.start()
+        timeline = Timeline(base, server.pid)
+        timeline.start()
         started = time.perf_counter()
         with httpx.Client(base_url=base, timeout=600, headers={"Authorization": f"Bearer {KEY}"}) as client:
             for at in range(0, len(articles), args.per_request):
@@ -160,6 +182,8 @@ def run(data: Path, articles: list[dict], workers: int, blas: int, nice: int, ar
         time.sleep(args.after)
         reader.done.set()
         reader.join()
+        timeline.done.set()
+        timeline.join()
     finally:
         server.terminate()
         server.wait(timeout=60)
@@ -178,7 +202,8 @@ def run(data: Path, articles: list[dict], workers: int, blas: int, nice: int, ar
             "bulk_p50_ms": round(percentile(bulk, 50), 1), "bulk_p99_ms": round(percentile(bulk, 99), 1),
             "catch_up_p50_ms": round(percentile(catch_up, 50), 1), "catch_up_p99_ms": round(percentile(catch_up, 99), 1),
             "after_p50_ms": round(percentile(after, 50), 2),
-            "after_p99_ms": round(percentile(after, 99), 2), "view_errors": reader.errors}
+            "after_p99_ms": round(percentile(after, 99), 2), "view_errors": reader.errors,
+            "timeline": timeline.samples}
 
 
 def main() -> None:
