@@ -205,6 +205,26 @@ def test_new_articles_are_listed_before_the_older_lists_they_touch(client, monke
     assert client.get("/readyz").json()["lists_touched"] == 0
 
 
+def test_older_lists_get_their_turn_while_new_articles_keep_coming(client, monkeypatch):
+    """A CMS that never pauses must not leave the touched lists, and the record, behind for
+    good: after TOUCHED_WAIT they get a batch before the next new articles' own lists."""
+    service = client.app.state.service
+    worker = service.lists
+    worker.stop()  # its thread ends; its steps are taken here, one at a time
+    worker._stop.clear()
+    more = [dict(a, id=f"{a['id']}-b", title=a["title"] + " (continuare)") for a in STORY_ARTICLES]
+    store, key = service.snapshot.engine.store, service.snapshot.lists.key
+    before = store.lists_refreshed_seq(key)
+    assert client.post("/v1/articles:bulk", json=more[:4], headers=AUTH).json()["added"] == 4
+    assert worker._step() and worker.touched > 0
+    assert client.post("/v1/articles:bulk", json=more[4:], headers=AUTH).json()["added"] == 3
+    monkeypatch.setattr(worker, "TOUCHED_WAIT", 0.0)
+    assert not worker._step() and worker._touched_step()  # overdue: the older lists first
+    assert worker.touched == 0 and worker.unlisted == 3 and store.lists_refreshed_seq(key) == before
+    monkeypatch.setattr(worker, "TOUCHED_WAIT", 120.0)
+    assert worker._step() and worker.unlisted == 0
+
+
 def test_forked_list_workers_end_under_a_server_s_signal_handlers(settings, stories, monkeypatch):
     """uvicorn's SIGTERM handler only sets a flag; forks inherit it. Ending a pool then
     raced its queue's lock and hung the server's list worker (seen in eval/bench_bulk.py)."""

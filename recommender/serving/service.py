@@ -484,6 +484,9 @@ class ListWorker:
     BATCH = 200  # lists per step: a stop or a newer change is seen between steps
     FORKED_BATCH = 2 * SAVE_EVERY  # per worker process, when a step's lists are forked out (seconds of work)
     RETRY_LEASE = 1.0  # seconds between a follower's tries to take the lease
+    # Touched lists get a batch after waiting this long even while new articles keep coming,
+    # so a CMS that never pauses cannot leave older lists, and the record, behind for good.
+    TOUCHED_WAIT = 120.0
 
     def __init__(self, service: "Service"):
         self.service = service
@@ -495,6 +498,7 @@ class ListWorker:
         # batches of a bulk import touched it.
         self._touched: dict[str, set[int]] = {}
         self._touching = 0  # of them, those being recomputed now
+        self._touched_turn = time.monotonic()  # since when they have waited for their next batch
         self._fill = False
         self._todo: Iterator[int] | None = None  # lists still to fill, listed once per fill
         # A newly activated ranking profile: its lists are computed in full before it serves.
@@ -657,6 +661,8 @@ class ListWorker:
             snap = self.service._snapshot
             if snap is None or not self._pending:  # changes wait for the first snapshot
                 return False
+            if self._touched_overdue():  # the older lists' turn
+                return False
             batch, self._pending = self._pending, set()
             self._busy = len(batch)
         try:
@@ -685,7 +691,7 @@ class ListWorker:
             return False
         following = self._following(snap)
         with self._lock:
-            if self._pending:
+            if self._pending and not self._touched_overdue():
                 return False
             keys = {lists.key for _, lists in following}
             self._touched = {key: todo for key, todo in self._touched.items() if key in keys and todo}
@@ -695,6 +701,7 @@ class ListWorker:
             todo = self._touched[lists.key]
             taken = [todo.pop() for _ in range(min(len(todo), self.FORKED_BATCH * self.workers))]
             self._touching = len(taken)
+            self._touched_turn = time.monotonic()
         try:
             self.recomputed += engine.upkeep.compute_in_processes(
                 snap.state, lists, sorted(n for n in taken if n in snap.state.infos), self.workers,
@@ -708,6 +715,13 @@ class ListWorker:
                 self._touching = 0
         self._record_if_current(snap)
         return True
+
+    def _touched_overdue(self) -> bool:
+        """Whether touched lists have waited TOUCHED_WAIT for a batch (asked under the lock)."""
+        waiting = any(self._touched.values())
+        if not waiting:
+            self._touched_turn = time.monotonic()
+        return waiting and time.monotonic() - self._touched_turn >= self.TOUCHED_WAIT
 
     def _record_if_current(self, snap: Snapshot) -> None:
         """Once no change waits, own lists or touched ones: the lists follow every change
