@@ -33,6 +33,19 @@ def ids(response):
     return [i["id"] for i in response.json()["items"]]
 
 
+def follow_ups() -> list[dict]:
+    """A follow-up of each story article, for a bulk import into the served archive."""
+    return [dict(a, id=f"{a['id']}-b", title=a["title"] + " (continuare)") for a in STORY_ARTICLES]
+
+
+def stepped_by_hand(service):
+    """The server's list worker with its thread ended: the test takes its steps one at a time."""
+    worker = service.lists
+    worker.stop()
+    worker._stop.clear()
+    return worker
+
+
 def settled(client):
     """Writes return before their neighbours' lists are recomputed (in the background,
     outside the write lock); wait for that, as a page view a moment later would."""
@@ -149,7 +162,7 @@ def test_a_bulk_import_is_listed_by_forked_processes_as_by_one(api_settings, sto
     pids = tmp_path / "pids"
     monkeypatch.setenv("TEST_PIDS_FILE", str(pids))
     monkeypatch.setattr(lists, "_compute_forked", compute_noting_pid)
-    more = [dict(a, id=f"{a['id']}-b", title=a["title"] + " (continuare)") for a in STORY_ARTICLES]
+    more = follow_ups()
     Engine(api_settings, embedder=CountingEmbedder()).ingest([str(stories)])
     forked = api_settings.model_copy(update={"list_workers": 2})
     with TestClient(create_app(forked, embedder=CountingEmbedder(), background=False)) as c:
@@ -174,9 +187,7 @@ def test_new_articles_are_listed_before_the_older_lists_they_touch(client, monke
     from recommender.serving.lists import ListUpkeep
 
     service = client.app.state.service
-    worker = service.lists
-    worker.stop()  # its thread ends; its steps are taken here, one at a time
-    worker._stop.clear()
+    worker = stepped_by_hand(service)
     computed: list[list[int]] = []
     real = ListUpkeep.compute_in_processes
 
@@ -185,7 +196,7 @@ def test_new_articles_are_listed_before_the_older_lists_they_touch(client, monke
         return real(self, state, lists, nums, *args, **kwargs)
 
     monkeypatch.setattr(ListUpkeep, "compute_in_processes", noting)
-    more = [dict(a, id=f"{a['id']}-b", title=a["title"] + " (continuare)") for a in STORY_ARTICLES]
+    more = follow_ups()
     store, key = service.snapshot.engine.store, service.snapshot.lists.key
     before = store.lists_refreshed_seq(key)
     assert client.post("/v1/articles:bulk", json=more[:4], headers=AUTH).json()["added"] == 4
@@ -209,10 +220,8 @@ def test_older_lists_get_their_turn_while_new_articles_keep_coming(client, monke
     """A CMS that never pauses must not leave the touched lists, and the record, behind for
     good: after TOUCHED_WAIT they get a batch before the next new articles' own lists."""
     service = client.app.state.service
-    worker = service.lists
-    worker.stop()  # its thread ends; its steps are taken here, one at a time
-    worker._stop.clear()
-    more = [dict(a, id=f"{a['id']}-b", title=a["title"] + " (continuare)") for a in STORY_ARTICLES]
+    worker = stepped_by_hand(service)
+    more = follow_ups()
     store, key = service.snapshot.engine.store, service.snapshot.lists.key
     before = store.lists_refreshed_seq(key)
     assert client.post("/v1/articles:bulk", json=more[:4], headers=AUTH).json()["added"] == 4

@@ -345,10 +345,10 @@ class ListUpkeep:
         batch: dict[int, list[CachedItem]] = {}
         with tqdm(total=len(nums), unit="list", desc="precomputing related lists",
                   disable=not progress or not nums) as bar:
+            floors = None if reach is None else lists.floors()  # the lists computed here enter no test
             for start in range(0, len(nums), SEARCH_BATCH):
                 if stop():
                     break
-                floors = None if reach is None else lists.floors()
                 for num, items, found in self.lists_for(state, nums[start:start + SEARCH_BATCH], floors=floors):
                     batch[num] = self.cached_items(state, items)
                     if reach is not None:

@@ -717,7 +717,8 @@ class ListWorker:
         return True
 
     def _touched_overdue(self) -> bool:
-        """Whether touched lists have waited TOUCHED_WAIT for a batch (asked under the lock)."""
+        """Whether touched lists have waited TOUCHED_WAIT for a batch (asked under the lock;
+        while none waits, this restarts the clock)."""
         waiting = any(self._touched.values())
         if not waiting:
             self._touched_turn = time.monotonic()
