@@ -1,7 +1,10 @@
+from datetime import datetime, timezone
+
 import numpy as np
 
 from recommender.index.columns import ABSENT, RowMap, content_code
-from recommender.store.articles import Article
+from recommender.index.infos import InfoTable
+from recommender.store.articles import Article, ArticleInfo
 from tests.conftest import STORY_ARTICLES, article
 
 
@@ -55,3 +58,36 @@ def test_a_restart_builds_the_same_columns_from_the_store(engine, stories, setti
     reopened = Engine(settings, embedder=embedder).state()
     check_columns(reopened)
     assert not reopened.columns.has(np.array([engine.state().by_id["ukr-1"] + 1000, -1])).any()
+
+
+def _info(num: int, rng) -> ArticleInfo:
+    when = datetime.fromtimestamp(int(rng.integers(1e9, 1.8e9)) + rng.integers(0, 10**6) / 1e6, timezone.utc)
+    return ArticleInfo(num, f"id-{num}-{rng.integers(3)}", f"Titlu „{num}” şi ţară", f"https://x.ro/{num}" if num % 3 else None,
+                       when if num % 5 else None, "Politică" if num % 2 else None, "ro", f"{num:064x}",
+                       ("un", "doi") if num % 4 == 0 else (), bool(num % 7), None if num % 6 else "https://x.ro/i.jpg")
+
+
+def test_the_info_table_answers_as_a_dictionary_through_writes_folds_and_clones():
+    """A random history of sets and deletes, folded at a small threshold, against a plain dict
+    (and a clone taken midway, against a copy of the dict then)."""
+    rng = np.random.default_rng(7)
+    table, oracle = InfoTable(), {}
+    frozen = None
+    for step in range(3000):
+        num = int(rng.integers(0, 400))
+        if rng.random() < 0.25:
+            assert (table.pop(num, None) is None) == (oracle.pop(num, None) is None)
+        else:
+            table[num] = oracle[num] = _info(num, rng)
+        table.maybe_fold(at=97)
+        if step == 1500:
+            frozen, frozen_oracle = table.clone(), dict(oracle)
+    for view, expected in ((table, oracle), (frozen, frozen_oracle)):
+        assert sorted(view) == sorted(expected) and len(view) == len(expected)
+        assert all(view[n] == info and (view[n].section_key, view[n].title_key) == (info.section_key, info.title_key)
+                   for n, info in expected.items())
+        assert {aid: view.ids[aid] for aid in view.ids} == {info.id: n for n, info in expected.items()}
+        for num in range(-2, 402):
+            assert (num in view) == (num in expected)
+            assert view.ids.get(f"id-{num}-0") == next((n for n, i in expected.items() if i.id == f"id-{num}-0"), None)
+        assert "nobody" not in view.ids and None not in view and "3" not in view

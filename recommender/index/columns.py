@@ -67,21 +67,20 @@ class Columns:
 
     NAMES = ("present", "when", "section", "title", "content", "withheld")
 
-    @classmethod
-    def of(cls, infos: list[ArticleInfo]) -> "Columns":
-        columns = cls()
-        columns._grow(max((i.num for i in infos), default=-1) + 1)
+    def set_many(self, infos: list[ArticleInfo]) -> None:
+        """`set` for many articles at once."""
+        if not infos:
+            return
+        self._own(max(i.num for i in infos) + 1)
         nums = np.fromiter((i.num for i in infos), dtype=np.int64, count=len(infos))
-        columns.present[nums] = True
-        columns.when[nums] = np.fromiter((i.published_at.timestamp() if i.published_at else np.nan for i in infos),
-                                         dtype=np.float64, count=len(infos))
-        columns.section[nums] = np.fromiter((columns._code(i.section_key) for i in infos), dtype=np.int32,
-                                            count=len(infos))
-        columns.title[nums] = np.fromiter((i.title_key for i in infos), dtype=np.int64, count=len(infos))
-        columns.content[nums] = np.fromiter((content_code(i.content_hash) for i in infos), dtype=np.int64,
-                                            count=len(infos))
-        columns.withheld[nums] = np.fromiter((not i.recommendable for i in infos), dtype=bool, count=len(infos))
-        return columns
+        self.present[nums] = True
+        self.when[nums] = np.fromiter((i.published_at.timestamp() if i.published_at else np.nan for i in infos),
+                                      dtype=np.float64, count=len(infos))
+        self.section[nums] = np.fromiter((self._code(i.section_key) for i in infos), dtype=np.int32, count=len(infos))
+        self.title[nums] = np.fromiter((i.title_key for i in infos), dtype=np.int64, count=len(infos))
+        self.content[nums] = np.fromiter((content_code(i.content_hash) for i in infos), dtype=np.int64,
+                                         count=len(infos))
+        self.withheld[nums] = np.fromiter((not i.recommendable for i in infos), dtype=bool, count=len(infos))
 
     def clone(self) -> "Columns":
         copy = Columns.__new__(Columns)
@@ -90,16 +89,6 @@ class Columns:
         copy._codes = self._codes
         copy._shared = self._shared = True
         return copy
-
-    def set(self, info: ArticleInfo) -> None:
-        self._own(info.num + 1)
-        n = info.num
-        self.present[n] = True
-        self.when[n] = info.published_at.timestamp() if info.published_at else np.nan
-        self.section[n] = self._code(info.section_key)
-        self.title[n] = np.int64(info.title_key)
-        self.content[n] = content_code(info.content_hash)
-        self.withheld[n] = not info.recommendable
 
     def remove(self, num: int) -> None:
         if num < len(self.present) and self.present[num]:

@@ -22,6 +22,7 @@ import numpy as np
 from recommender.errors import IndexDamaged, IndexMismatch, NoIndex
 from recommender.index.columns import Columns
 from recommender.index.files import read_sealed, write_sealed
+from recommender.index.infos import IdMap, InfoTable
 from recommender.index.lexical import LexicalIndex
 from recommender.index.timeline import Timeline
 from recommender.index.vector_index import IndexMeta, VectorIndex, now_iso
@@ -41,18 +42,21 @@ class IndexState:
     version: str
     meta: IndexMeta
     vectors: VectorIndex
-    infos: dict[int, ArticleInfo] = field(default_factory=dict)
-    by_id: dict[str, int] = field(default_factory=dict)
+    infos: InfoTable = field(default_factory=InfoTable)
     lexical: LexicalIndex = field(default_factory=LexicalIndex)  # BM25 over the text's terms
     entities: LexicalIndex = field(default_factory=LexicalIndex)  # ... over the named entities
     titles: LexicalIndex = field(default_factory=LexicalIndex)  # ... over the headline's terms
     timeline: Timeline = field(default_factory=Timeline)
     columns: Columns = field(default_factory=Columns)  # `infos` as arrays, for a list's few hundred candidates
 
+    @property
+    def by_id(self) -> IdMap:
+        return self.infos.ids
+
     def clone(self) -> "IndexState":
         """A copy that can be changed while readers keep using this one."""
-        return IndexState(self.version, replace(self.meta), self.vectors.clone(), dict(self.infos),
-                          dict(self.by_id), self.lexical.clone(), self.entities.clone(), self.titles.clone(),
+        return IndexState(self.version, replace(self.meta), self.vectors.clone(), self.infos.clone(),
+                          self.lexical.clone(), self.entities.clone(), self.titles.clone(),
                           self.timeline.clone(), self.columns.clone())
 
     def warm(self) -> None:
@@ -66,16 +70,17 @@ class IndexState:
         for lexical in (self.lexical, self.entities, self.titles):
             lexical.settle()
 
+    def set_records(self, infos: list[ArticleInfo]) -> None:
+        """Each article's info, its columns and its place in the timeline."""
+        self.columns.set_many(infos)
+        for info in infos:
+            self.infos[info.num] = info
+            self.timeline.set(info.num, info.published_at.timestamp() if info.published_at else None)
+        self.infos.maybe_fold()
+
     def set_infos(self, rows: list[tuple[ArticleInfo, str, str]]) -> None:
         """Each article's info and lexical entries, from its stored terms and entities."""
-        for info, _, _ in rows:
-            old = self.infos.get(info.num)
-            if old is not None and old.id != info.id:
-                self.by_id.pop(old.id, None)
-            self.infos[info.num] = info
-            self.by_id[info.id] = info.num
-            self.columns.set(info)
-            self.timeline.set(info.num, info.published_at.timestamp() if info.published_at else None)
+        self.set_records([info for info, _, _ in rows])
         nums = [info.num for info, _, _ in rows]
         self.lexical.add_many(nums, [term_text.split() for _, term_text, _ in rows])
         self.entities.add_many(nums, [entity_text.split() for _, _, entity_text in rows])
@@ -85,9 +90,7 @@ class IndexState:
         """Bring the given articles to their current state; `gone` were deleted."""
         gone = list(gone)
         for num in gone:
-            info = self.infos.pop(num, None)
-            if info is not None:
-                self.by_id.pop(info.id, None)
+            self.infos.pop(num, None)
             self.columns.remove(num)
             for lexical in (self.lexical, self.entities, self.titles):
                 lexical.remove(num)
@@ -147,11 +150,8 @@ class Indexes:
         saved = load_lexical(path, meta.applied_seq)
         if saved is not None:  # what the version saved: read back memory-mapped, no text parsed
             state.lexical, state.entities, state.titles = saved
-            for info in self.store.all_infos():
-                state.infos[info.num] = info
-                state.by_id[info.id] = info.num
-                state.timeline.set(info.num, info.published_at.timestamp() if info.published_at else None)
-            state.columns = Columns.of(list(state.infos.values()))
+            for infos in batched(self.store.all_infos(), APPLY_CHUNK):
+                state.set_records(infos)
         else:
             for chunk in batched(self.store.index_rows(self.model, with_vectors=False), APPLY_CHUNK):
                 state.set_infos([(info, term_text, entity_text) for info, term_text, entity_text, _ in chunk])

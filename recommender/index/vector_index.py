@@ -22,7 +22,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from recommender.errors import IndexDamaged, IndexMismatch
-from recommender.index.columns import RowMap, where_in_sorted
+from recommender.index.columns import ABSENT, RowMap, where_in_sorted
 from recommender.index.files import read_sealed, verify, write_sealed, write_with
 from recommender.settings import AnnSettings
 
@@ -78,7 +78,7 @@ class VectorIndex:
         # Rows of an HNSW main whose article was replaced or deleted before it was saved: the
         # graph cannot drop them, and a replaced article's new row carries the same id.
         self.tombstones = np.zeros(0, dtype=np.int64) if tombstones is None else np.asarray(tombstones, np.int64)
-        self._main_ids = self._alive_ids(self.main, self.tombstones)
+        self._main_count = self.main.ntotal - len(self.tombstones)
         self.delta = self._empty()
         self._delta_ids: set[int] = set()
         self.dead: set[int] = set()  # main rows replaced or removed since the last compaction
@@ -92,12 +92,6 @@ class VectorIndex:
 
     def _empty(self):
         return self._faiss.IndexIDMap2(self._faiss.IndexFlatIP(self.dimension))
-
-    def _alive_ids(self, index: Any, tombstones: np.ndarray) -> frozenset[int]:
-        ids = self._ids_of(index)
-        if len(tombstones):
-            ids = np.delete(ids, tombstones)
-        return frozenset(ids.tolist())
 
     @property
     def kind(self) -> str:
@@ -127,7 +121,7 @@ class VectorIndex:
         """A copy sharing the (immutable) main index: cost proportional to the delta."""
         copy = VectorIndex.__new__(VectorIndex)
         copy.dimension, copy._faiss = self.dimension, self._faiss
-        copy.main, copy._main_ids, copy.tombstones = self.main, self._main_ids, self.tombstones
+        copy.main, copy._main_count, copy.tombstones = self.main, self._main_count, self.tombstones
         copy.delta = self._faiss.clone_index(self.delta)
         copy._delta_ids = set(self._delta_ids)
         copy.dead = set(self.dead)
@@ -137,11 +131,11 @@ class VectorIndex:
 
     @property
     def count(self) -> int:
-        return len(self._main_ids) - len(self.dead) + len(self._delta_ids)
+        return self._main_count - len(self.dead) + len(self._delta_ids)
 
     def __contains__(self, num: int) -> bool:
         num = int(num)
-        return num in self._delta_ids or (num in self._main_ids and num not in self.dead)
+        return num in self._delta_ids or (num not in self.dead and self._main_view()[0].row(num) != ABSENT)
 
     def has(self, nums: np.ndarray) -> np.ndarray:
         """`num in self` for each of `nums`, in one vectorised step."""
@@ -164,8 +158,10 @@ class VectorIndex:
         return self._sorted_sets
 
     def ids(self) -> np.ndarray:
-        alive = (self._main_ids - self.dead) | self._delta_ids
-        return np.array(sorted(alive), dtype=np.int64)
+        rows, _, ids = self._main_view()
+        main = ids[rows.rows(ids) != ABSENT]  # without the tombstones
+        delta, _, dead = self._sorted()
+        return np.union1d(np.setdiff1d(main, dead), delta)
 
     def upsert(self, nums: np.ndarray, vectors: np.ndarray, compact: bool = True) -> None:
         """`compact=False`: leave the delta to grow (a load in chunks compacts once, at its end)."""
@@ -186,7 +182,7 @@ class VectorIndex:
         if len(nums) == 0:
             return 0
         wanted = set(nums.tolist())
-        from_main = (wanted & self._main_ids) - self.dead
+        from_main = set(nums[self._main_view()[0].rows(nums) != ABSENT].tolist()) - self.dead
         from_delta = wanted & self._delta_ids
         self.dead |= from_main
         self._sorted_sets = None
@@ -345,7 +341,7 @@ class VectorIndex:
             self.recall = self.measure_recall(main)
             self.main_token = uuid.uuid4().hex
         self.main, self.tombstones = main, np.zeros(0, np.int64) if tombstones is None else tombstones
-        self._main_ids = self._alive_ids(main, self.tombstones)
+        self._main_count = main.ntotal - len(self.tombstones)
         self.delta, self._delta_ids, self.dead = self._empty(), set(), set()
         self._selector, self._view, self._sorted_sets = None, None, None  # the view's rows depend on the tombstones too
 
