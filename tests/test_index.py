@@ -173,6 +173,27 @@ def test_above_its_threshold_the_main_index_is_hnsw_and_finds_what_exact_search_
     np.testing.assert_allclose(index.reconstruct(nums[[3, 1]]), random_vectors[[3, 1]])
 
 
+def test_a_first_build_fills_the_graph_in_place_and_finds_what_exact_search_finds(random_vectors):
+    from recommender.settings import AnnSettings
+
+    nums = np.arange(1000, 1500, dtype=np.int64)
+    oracle = {int(n): v for n, v in zip(nums, random_vectors)}
+    index = VectorIndex(32, ann=AnnSettings(exact_below=400, ef_search=64))
+    index.start_main(500)
+    for start in range(0, 500, 128):  # as a build applies the store's rows, a chunk at a time
+        index.fill(nums[start:start + 128], random_vectors[start:start + 128])
+    index.filled()
+    assert index.kind == "hnsw" and index.delta.ntotal == 0 and index.main.ntotal == index.count == 500
+    assert index.recall >= 0.95 and index.has(nums).all() and 999 not in index
+    _, found = index.search(random_vectors[:30], 10)
+    hits = sum(len(set(found[q]) & set(brute_force(oracle, query, 10)[0])) for q, query in enumerate(random_vectors[:30]))
+    assert hits / 300 >= 0.95
+    with pytest.raises(ValueError):
+        index.fill(nums[:1], random_vectors[:1])  # a graph cannot replace a row: writes go to the delta
+    with pytest.raises(ValueError):
+        index.start_main(500)
+
+
 def test_hnsw_rows_replaced_or_deleted_never_come_back_even_after_a_save(tmp_path, random_vectors, monkeypatch):
     monkeypatch.setattr(vector_index, "ADD_BLOCK", 64)
     nums = np.arange(500, dtype=np.int64)

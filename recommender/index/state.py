@@ -86,8 +86,11 @@ class IndexState:
         self.entities.add_many(nums, [entity_text.split() for _, _, entity_text in rows])
         self.titles.add_many(nums, [terms(info.title) for info, _, _ in rows])
 
-    def apply(self, rows: Iterable[tuple[ArticleInfo, str, str, bytes | None]], gone: Iterable[int] = ()) -> None:
-        """Bring the given articles to their current state; `gone` were deleted."""
+    def apply(self, rows: Iterable[tuple[ArticleInfo, str, str, bytes | None]], gone: Iterable[int] = (),
+              fill: bool = False) -> None:
+        """Bring the given articles to their current state; `gone` were deleted. `fill`: a
+        first build's articles, each once, their vectors straight into the main index
+        (`VectorIndex.fill`)."""
         gone = list(gone)
         for num in gone:
             self.infos.pop(num, None)
@@ -104,8 +107,12 @@ class IndexState:
                                 compact=False)
             embedded = [(info.num, vector) for info, _, _, vector in chunk if vector is not None]
             if embedded:
-                self.vectors.upsert(np.array([num for num, _ in embedded], dtype=np.int64),
-                                    np.vstack([np.frombuffer(v, dtype=np.float32) for _, v in embedded]), compact=False)
+                nums = np.array([num for num, _ in embedded], dtype=np.int64)
+                vectors = np.vstack([np.frombuffer(v, dtype=np.float32) for _, v in embedded])
+                if fill:
+                    self.vectors.fill(nums, vectors)
+                else:
+                    self.vectors.upsert(nums, vectors, compact=False)
         self.vectors.maybe_compact()
         self.timeline.settle()
 
@@ -195,7 +202,9 @@ class Indexes:
         """A full in-memory index for this model from the store's vectors."""
         meta = IndexMeta(version, self.model, dimension, 0, now_iso(), self.store.last_change())
         state = IndexState(version, meta, VectorIndex(dimension, ann=self.ann))
-        state.apply(self.store.index_rows(self.model))
+        state.vectors.start_main(self.store.count())
+        state.apply(self.store.index_rows(self.model), fill=True)
+        state.vectors.filled()
         self.catch_up(state)
         state.meta.random_pair_mean = state.vectors.random_pair_mean()
         return state

@@ -177,6 +177,31 @@ class VectorIndex:
         if compact:
             self.maybe_compact()
 
+    def start_main(self, count: int) -> None:
+        """Before a first build of about `count` vectors: an empty main of the kind they call
+        for, which `fill` then fills in place."""
+        if self.count or self.delta.ntotal:
+            raise ValueError("start_main is for an empty index")
+        self.main, self.tombstones, self._main_count = self._empty_main(count), np.zeros(0, np.int64), 0
+        self._view = None
+
+    def fill(self, nums: np.ndarray, vectors: np.ndarray) -> None:
+        """Add new articles' vectors straight into the main index, graph included: a first
+        build then holds each vector once. Through the delta, a graph was built from a full
+        exact copy: 3 GB of vectors at a million, where 1.5 GB is the index."""
+        nums = np.asarray(nums, dtype=np.int64)
+        if self.has(nums).any() or len(np.unique(nums)) != len(nums):
+            raise ValueError("fill takes only articles the index does not hold")
+        with self._every_core():
+            self.main.add_with_ids(np.ascontiguousarray(vectors, dtype=np.float32), nums)
+        self._main_count += len(nums)
+        self._view = None
+
+    def filled(self) -> None:
+        """After the last `fill`: the new main's recall and token."""
+        self.recall = self.measure_recall(self.main)
+        self.main_token = uuid.uuid4().hex
+
     def remove(self, nums: np.ndarray, compact: bool = True) -> int:
         nums = np.asarray(nums, dtype=np.int64)
         if len(nums) == 0:
