@@ -124,6 +124,32 @@ def test_bm25_survives_folds_and_a_save_read_back_memory_mapped(tmp_path, monkey
     assert len(list((tmp_path / "lex").glob("base-*"))) == 1
 
 
+def test_bm25_reads_back_an_index_saved_with_four_byte_counts_and_folds_it_into_two(tmp_path, monkeypatch):
+    import recommender.index.lexical
+
+    rng = np.random.default_rng(5)
+    vocab = [f"w{i}" for i in range(60)]
+    docs = {n: list(rng.choice(vocab, size=rng.integers(1, 30))) for n in range(300)}
+    monkeypatch.setattr(recommender.index.lexical, "COUNT", np.int32)  # as releases before 2 bytes wrote them
+    old = LexicalIndex()
+    old.add_many(list(docs), list(docs.values()))
+    manifest = old.save(tmp_path / "lex")
+    monkeypatch.undo()
+    monkeypatch.setattr(recommender.index.lexical, "FOLD_MIN", 20)
+    loaded = LexicalIndex.load(tmp_path / "lex", manifest)
+    assert loaded._base.counts.dtype == np.int32
+    fresh = LexicalIndex()
+    fresh.add_many(list(docs), list(docs.values()))
+    for n in range(280, 330):  # replaced and new documents, folded into a new base
+        docs[n] = list(rng.choice(vocab, size=rng.integers(1, 30)))
+        for index in (loaded, fresh):
+            index.add(n, docs[n])
+    assert loaded._base.counts.dtype == np.uint16 and len(loaded._docs) < 20
+    query = loaded.query(["w1", "w2", "w30"])
+    np.testing.assert_allclose(loaded.score(query, sorted(docs)), fresh.score(query, sorted(docs)))
+    assert_search_is_exact(loaded, query)
+
+
 def assert_search_is_exact(lexical: LexicalIndex, query) -> None:
     nums = lexical.nums()
     brute = lexical.score(query, nums.tolist())

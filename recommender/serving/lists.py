@@ -385,6 +385,7 @@ class ListUpkeep:
         self.compute(state, lists, [n for n in nums if n not in state.vectors], stop=stop, reach=reach)
         global _forked_job
         _forked_job = (self, state, None if reach is None else lists.floors())
+        release_free_memory()
         chunks = [forkable[i:i + SAVE_EVERY] for i in range(0, len(forkable), SAVE_EVERY)]
         try:
             with multiprocessing.get_context("fork").Pool(workers, initializer=_start_forked,
@@ -471,6 +472,22 @@ def _start_forked(nice: int = 0) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     threadpool_limits(1)  # N workers on N cores, not N x BLAS threads
     at_least_nice(nice)  # a server's page views first: on 2 cores, 2 workers took their CPU (p99 126 ms)
+
+
+def release_free_memory() -> None:
+    """Hand the heap's free pages back to the kernel before forking. A build leaves much
+    of its transient memory free but mapped; it counted as this process's, and a forked
+    worker that allocated into it copied the page first."""
+    import ctypes
+    import ctypes.util
+    import gc
+
+    gc.collect()
+    name = ctypes.util.find_library("c")
+    try:
+        ctypes.CDLL(name).malloc_trim(0)
+    except (OSError, AttributeError, TypeError):  # not glibc: nothing to hand back this way
+        pass
 
 
 def at_least_nice(nice: int, thread: int = 0) -> None:
