@@ -68,7 +68,7 @@ class Columns:
     NAMES = ("present", "when", "section", "title", "content", "withheld")
 
     def set_many(self, infos: list[ArticleInfo]) -> None:
-        """`set` for many articles at once."""
+        """Each of these articles' columns, as its info says."""
         if not infos:
             return
         self._own(max(i.num for i in infos) + 1)

@@ -5,8 +5,9 @@ The objects (an ArticleInfo, its strings, its datetime and two dictionary entrie
 took about 690 bytes each (tracemalloc, 200,000 synthetic articles), and every forked
 list worker that read them copied their pages: a Python read changes a reference
 count. The records and their lookup arrays take 288 bytes, and reading an array
-changes nothing, so forked workers share them. An info is decoded when asked for: ranking asks for a
-list's dozen items, and reads its few hundred candidates from `Columns`.
+changes nothing, so forked workers share them. An info is decoded when asked for:
+ranking asks for a list's dozen items, and reads its few hundred candidates from
+`Columns`.
 
 Like the lexical index: an immutable base plus the articles changed since,
 folded into a new base once they are many.
