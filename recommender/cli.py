@@ -920,11 +920,12 @@ def index():
 @index.command("list")
 @data_dir_option
 @click.option("--json", "as_json", is_flag=True,
-              help="Print [{version, model, dimension, count, kind, recall_at_10, created, active}].")
+              help="Print [{version, model, dimension, count, kind, vectors, recall_at_10, created, active}].")
 def index_list(data_dir, as_json):
     """Show the index versions and which one serves, with each one's search: exact,
     or HNSW (above RECOMMENDER_ANN__EXACT_BELOW articles, 200,000 by default) with
-    its recall@10 against exact search, measured when it was built.
+    its recall@10 against exact search, measured when it was built, and how it stores
+    its vectors (an HNSW main in float16 by default: RECOMMENDER_ANN__PRECISION).
 
     \b
     Example:
@@ -935,7 +936,8 @@ def index_list(data_dir, as_json):
     versions = open_versions(load_settings(data_dir=data_dir))
     active = versions.active()
     rows = [{"version": m.version, "model": m.model, "dimension": m.dimension, "count": m.count, "kind": m.kind,
-             "recall_at_10": m.recall_at_10, "created": m.created_at, "active": m.version == active}
+             "vectors": m.vectors, "recall_at_10": m.recall_at_10, "created": m.created_at,
+             "active": m.version == active}
             for m in versions.metas()]
     echo_rows(rows, as_json, "no index versions yet: ingest articles first",
               lambda row: f"{'*' if row['active'] else ' '} {row['version']:5} {row['model']:30} "
@@ -944,7 +946,9 @@ def index_list(data_dir, as_json):
 
 
 def search_kind(meta: dict) -> str:
-    return "exact" if meta["kind"] == "exact" else f"{meta['kind']} (recall@10 {meta['recall_at_10']:.3f})"
+    if meta["kind"] == "exact":
+        return "exact"
+    return f"{meta['kind']} in {meta['vectors']} (recall@10 {meta['recall_at_10']:.3f})"
 
 
 @index.command("activate")

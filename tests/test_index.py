@@ -7,6 +7,7 @@ from recommender.index import vector_index
 from recommender.index.files import read_sealed, write_sealed
 from recommender.index.vector_index import IndexMeta, VectorIndex, read_meta
 from recommender.serving.engine import Engine
+from recommender.settings import AnnSettings
 from tests.conftest import CountingEmbedder
 
 
@@ -151,30 +152,34 @@ def test_a_clone_changes_without_touching_the_original(random_vectors):
     np.testing.assert_allclose(copy.reconstruct(np.array([2])), random_vectors[100:101])
 
 
-def hnsw_index(vectors, nums, exact_below=0):
-    from recommender.settings import AnnSettings
+def hnsw_index(vectors, nums, exact_below=0, precision="float16"):
 
-    index = VectorIndex(vectors.shape[1], ann=AnnSettings(exact_below=exact_below, ef_search=64))
+    index = VectorIndex(vectors.shape[1], ann=AnnSettings(exact_below=exact_below, ef_search=64, precision=precision))
     index.upsert(nums, vectors)
     index.compact()  # the kind the size calls for: what a save or a build does
     return index
 
 
-def test_above_its_threshold_the_main_index_is_hnsw_and_finds_what_exact_search_finds(random_vectors):
+# A float16 component of a unit vector is within half a step of 2**-11 of its float32 value.
+@pytest.mark.parametrize(("precision", "tolerance"), [("float32", 0.0), ("float16", 2.0 ** -12)])
+def test_above_its_threshold_the_main_index_is_hnsw_and_finds_what_exact_search_finds(random_vectors, precision,
+                                                                                      tolerance):
     nums = np.arange(2000, 2500, dtype=np.int64)
     oracle = {int(n): v for n, v in zip(nums, random_vectors)}
     assert hnsw_index(random_vectors, nums, exact_below=501).kind == "exact"
-    index = hnsw_index(random_vectors, nums)
+    index = hnsw_index(random_vectors, nums, precision=precision)
     assert index.kind == "hnsw" and index.recall >= 0.95
     queries = l2_normalize(np.random.default_rng(10).normal(size=(30, 32)))
     _, found = index.search(queries, 10)
     hits = sum(len(set(found[q]) & set(brute_force(oracle, query, 10)[0])) for q, query in enumerate(queries))
     assert hits / 300 >= 0.95
-    np.testing.assert_allclose(index.reconstruct(nums[[3, 1]]), random_vectors[[3, 1]])
+    back = index.reconstruct(nums[[3, 1]])
+    assert back.dtype == np.float32
+    np.testing.assert_allclose(back, random_vectors[[3, 1]], rtol=0, atol=tolerance)
+    assert (np.abs(back - random_vectors[[3, 1]]) > 0).any() == (precision == "float16")
 
 
 def test_a_first_build_fills_the_graph_in_place_and_finds_what_exact_search_finds(random_vectors):
-    from recommender.settings import AnnSettings
 
     nums = np.arange(1000, 1500, dtype=np.int64)
     oracle = {int(n): v for n, v in zip(nums, random_vectors)}
@@ -233,6 +238,19 @@ def test_hnsw_rows_replaced_or_deleted_never_come_back_even_after_a_save(tmp_pat
     assert meta.tombstones == [] and rebuilt.main.ntotal == rebuilt.count == 446 and rebuilt.kind == "hnsw"
 
 
+def test_a_float32_graph_saved_before_serves_as_it_was_and_a_rebuild_stores_float16(tmp_path, random_vectors):
+    nums = np.arange(500, dtype=np.int64)
+    old = hnsw_index(random_vectors, nums, precision="float32")  # as every release before float16 saved it
+    old.save(tmp_path / "v1", IndexMeta("v1", "m", 32, 0, "t"))
+    loaded, _ = VectorIndex.load(tmp_path / "v1", AnnSettings(exact_below=0, ef_search=64))  # float16 by default
+    assert loaded._stored(loaded.main).dtype == np.float32
+    np.testing.assert_array_equal(loaded.reconstruct(nums[:5]), random_vectors[:5])
+    np.testing.assert_array_equal(loaded.search(random_vectors[:30], 10)[1], old.search(random_vectors[:30], 10)[1])
+    loaded.compact(rebuild=True)
+    assert loaded.kind == "hnsw" and loaded._stored(loaded.main).dtype == np.float16 and loaded.recall >= 0.95
+    np.testing.assert_allclose(loaded.reconstruct(nums), random_vectors[:500], rtol=0, atol=2.0 ** -12)
+
+
 def test_an_archive_above_the_threshold_is_served_by_hnsw_with_its_recall_shown(tmp_path, stories):
     from click.testing import CliRunner
 
@@ -245,13 +263,13 @@ def test_an_archive_above_the_threshold_is_served_by_hnsw_with_its_recall_shown(
     engine = Engine(settings, embedder=CountingEmbedder())
     engine.ingest([str(stories)])
     meta = read_meta(engine.versions.path("v1"))
-    assert meta.kind == "hnsw" and meta.recall_at_10 == 1.0  # a graph of a handful of articles misses nothing
+    assert meta.kind == "hnsw" and meta.vectors == "float16" and meta.recall_at_10 == 1.0  # a graph of a handful of articles misses nothing
     reloaded = Engine(settings, embedder=CountingEmbedder())
     assert reloaded.state().vectors.kind == "hnsw"
     for seed in ("ukr-1", "fot-1"):
         assert [i.id for i in reloaded.related(seed, k=4)] == [i.id for i in exact.related(seed, k=4)]
     listed = CliRunner().invoke(main, ["index", "list", "--data-dir", str(settings.data_dir)])
-    assert "hnsw (recall@10 1.000)" in listed.output
+    assert "hnsw in float16 (recall@10 1.000)" in listed.output
 
 
 def test_a_restart_reads_the_saved_lexical_indexes_and_ranks_as_if_it_had_parsed_the_store(tmp_path, stories):

@@ -43,6 +43,7 @@ class IndexMeta:
     applied_seq: int = 0  # the last store change (changes.seq) this index reflects
     random_pair_mean: float = 0.0  # mean cosine of random article pairs (see VectorIndex.random_pair_mean)
     kind: str = "exact"  # the main index: exact or hnsw
+    vectors: str = "float32"  # how the main index stores them: float32, or float16 (an HNSW main's default)
     recall_at_10: float = 1.0  # of the main index's search against exact search, on a sample
     tombstones: list[int] = field(default_factory=list)  # rows of an HNSW main replaced or deleted, filtered out
     delta_file: str | None = None  # writes since an HNSW main was built, saved beside it (exact search)
@@ -98,8 +99,9 @@ class VectorIndex:
         return "hnsw" if self._hnsw(self.main) is not None else "exact"
 
     def _hnsw(self, index: Any):
+        """The graph of an HNSW main (its vectors in float32 or float16), else None."""
         inner = self._faiss.downcast_index(index.index)
-        return inner if isinstance(inner, self._faiss.IndexHNSWFlat) else None
+        return inner if isinstance(inner, self._faiss.IndexHNSW) else None
 
     def _kind_for(self, count: int) -> str:
         if self.ann.kind != "auto":
@@ -110,7 +112,11 @@ class VectorIndex:
         """An empty main index of the kind `count` articles call for."""
         if self._kind_for(count) == "exact":
             return self._empty()
-        graph = self._faiss.IndexHNSWFlat(self.dimension, self.ann.hnsw_m, self._faiss.METRIC_INNER_PRODUCT)
+        faiss, ip = self._faiss, self._faiss.METRIC_INNER_PRODUCT
+        if self.ann.precision == "float16":
+            graph = faiss.IndexHNSWSQ(self.dimension, faiss.ScalarQuantizer.QT_fp16, self.ann.hnsw_m, ip)
+        else:
+            graph = faiss.IndexHNSWFlat(self.dimension, self.ann.hnsw_m, ip)
         graph.hnsw.efConstruction = self.ann.ef_construction
         return self._faiss.IndexIDMap2(graph)
 
@@ -292,7 +298,10 @@ class VectorIndex:
             return np.zeros((0, self.dimension), dtype=np.float32)
         row_map, vectors, _ = self._main_view()
         rows = row_map.rows(nums)
-        out = vectors[np.maximum(rows, 0)] if len(vectors) else np.zeros((len(nums), self.dimension), dtype=np.float32)
+        if len(vectors):
+            out = vectors[np.maximum(rows, 0)].astype(np.float32, copy=False)
+        else:
+            out = np.zeros((len(nums), self.dimension), dtype=np.float32)
         delta, delta_rows, _ = self._sorted()
         at = where_in_sorted(delta, nums)
         in_delta = at >= 0
@@ -323,10 +332,14 @@ class VectorIndex:
         return view
 
     def _stored(self, index: Any) -> np.ndarray:
-        """The vectors of an IDMap2-wrapped flat or HNSW index, in row order, read in place."""
+        """The vectors of an IDMap2-wrapped flat or HNSW index, in row order, read in place:
+        float32, or float16 for a graph that stores them so (`AnnSettings.precision`)."""
         inner = self._hnsw(index)
-        flat = self._faiss.downcast_index(inner.storage if inner is not None else index.index)
-        raw = self._faiss.rev_swig_ptr(flat.get_xb(), index.ntotal * self.dimension)
+        storage = self._faiss.downcast_index(inner.storage if inner is not None else index.index)
+        if isinstance(storage, self._faiss.IndexScalarQuantizer):  # QT_fp16: 2 bytes a component, as is
+            raw = self._faiss.rev_swig_ptr(storage.codes.data(), index.ntotal * storage.code_size)
+            return np.asarray(raw).view(np.float16).reshape(index.ntotal, self.dimension)
+        raw = self._faiss.rev_swig_ptr(storage.get_xb(), index.ntotal * self.dimension)
         return np.asarray(raw).reshape(index.ntotal, self.dimension)
 
     def maybe_compact(self) -> None:
@@ -381,7 +394,7 @@ class VectorIndex:
                 keep = ~gone[start:start + ADD_BLOCK]
                 if keep.any():
                     block = stored[start:start + ADD_BLOCK]
-                    target.add_with_ids(np.ascontiguousarray(block[keep] if not keep.all() else block),
+                    target.add_with_ids(np.ascontiguousarray(block[keep] if not keep.all() else block, np.float32),
                                         ids[start:start + ADD_BLOCK][keep])
 
     @contextmanager
@@ -402,15 +415,11 @@ class VectorIndex:
             return 1.0
         vectors = self._stored(index)
         rows = np.random.default_rng(0).choice(index.ntotal, size=min(RECALL_SAMPLE, index.ntotal), replace=False)
-        queries = np.ascontiguousarray(vectors[rows])
+        queries = np.ascontiguousarray(vectors[rows], dtype=np.float32)
         params = self._faiss.SearchParametersHNSW(efSearch=max(self.ann.ef_search, k))
         _, found = self._hnsw(index).search(queries, k, params=params)  # rows, like the exact top below
-        hits = 0
-        for start in range(0, len(queries), 32):
-            scores = queries[start:start + 32] @ vectors.T
-            exact = np.argpartition(-scores, k - 1, axis=1)[:, :k]
-            for row, top in enumerate(exact):
-                hits += len(set(top.tolist()) & set(found[start + row].tolist()))
+        exact = exact_top(queries, vectors, k)
+        hits = sum(len(set(top.tolist()) & set(got.tolist())) for top, got in zip(exact, found))
         return round(hits / (len(queries) * k), 4)
 
     def reconstruct_delta(self) -> np.ndarray:
@@ -464,6 +473,7 @@ class VectorIndex:
             checksums[delta_file] = write_with(directory / delta_file,
                                                lambda tmp: self._faiss.write_index(self.delta, tmp))
         meta.count, meta.kind, meta.recall_at_10 = self.count, self.kind, self.recall
+        meta.vectors = self._stored(self.main).dtype.name if self.main.ntotal else "float32"
         meta.tombstones, meta.delta_file, meta.main_token = tombstones.tolist(), delta_file, self.main_token
         meta.checksums = checksums
         write_sealed(directory / META_FILE, json.dumps(asdict(meta), indent=2).encode())
@@ -493,6 +503,26 @@ class VectorIndex:
             loaded._delta_ids = set(loaded._ids_of(delta).tolist())
             loaded._sorted_sets = None
         return loaded, meta
+
+
+def exact_top(queries: np.ndarray, vectors: np.ndarray, k: int) -> np.ndarray:
+    """The rows of `vectors` (float32 or float16) with the k highest inner products with
+    each query, unordered; a block of rows at a time, in float32 (numpy has no fast float16
+    matrix product, and a million rows' scores need not be held at once)."""
+    scores_parts, rows_parts = [], []
+    for start in range(0, len(vectors), ADD_BLOCK):
+        scores = queries @ np.asarray(vectors[start:start + ADD_BLOCK], dtype=np.float32).T
+        top = _top_columns(scores, k)
+        scores_parts.append(np.take_along_axis(scores, top, axis=1))
+        rows_parts.append(top + start)
+    scores, rows = np.hstack(scores_parts), np.hstack(rows_parts)
+    return np.take_along_axis(rows, _top_columns(scores, k), axis=1)
+
+
+def _top_columns(scores: np.ndarray, k: int) -> np.ndarray:
+    if scores.shape[1] <= k:
+        return np.broadcast_to(np.arange(scores.shape[1]), scores.shape)
+    return np.argpartition(-scores, k - 1, axis=1)[:, :k]
 
 
 def read_meta(directory: Path) -> IndexMeta:
