@@ -80,7 +80,8 @@ def test_bm25_built_in_blocks_is_the_index_built_one_document_at_a_time():
     one.add(1, ["w1", "w1"])
     one.add(2, ["w2"])
     one.add(4, ["w3", "w9"])
-    assert blocks.vocab == one.vocab and len(blocks) == len(one) and blocks.nums().tolist() == one.nums().tolist()
+    assert blocks.vocab.first(len(one.vocab)) == one.vocab.first(len(one.vocab)) and len(blocks) == len(one)
+    assert blocks.nums().tolist() == one.nums().tolist()
     everyone = one.nums().tolist()
     np.testing.assert_array_equal(blocks.score(query, everyone), one.score(query, everyone))
     assert [blocks.terms_of(n) for n in everyone] == [one.terms_of(n) for n in everyone]
@@ -224,10 +225,47 @@ def test_a_clone_shares_the_vocabulary_yet_never_sees_terms_added_after_it():
     frozen = lexical.clone()
     for n in range(2, 3000):  # enough new terms to grow the frequencies past the clone's
         lexical.add(n, [f"nou{n}", "alfa"])
-    assert frozen.query(["nou5", "alfa"])[0].tolist() == [lexical.vocab["alfa"]]
+    assert frozen.query(["nou5", "alfa"])[0].tolist() == lexical.vocab.ids(["alfa"]).tolist()
     assert frozen.idf_of(["nou5", "alfa"]).keys() == {"alfa"}
     assert frozen.score_terms(frozen.query(["alfa"]), ["nou7", "alfa"]) > 0 and len(frozen) == 1
     assert frozen.search(frozen.query(["alfa", "nou9"]), 5)[1].tolist() == [1]
+
+
+def test_the_vocabulary_answers_as_a_dictionary_through_adds_freezes_and_hash_collisions(monkeypatch):
+    from recommender.index import terms as module
+    from recommender.index.terms import UNKNOWN, Vocabulary
+
+    # Every term hashed into one of 7 values: terms of one hash are told apart by their bytes.
+    monkeypatch.setattr(module, "hash", lambda term: len(term.encode()) % 7, raising=False)
+    rng = np.random.default_rng(5)
+    words = ["știință", "țară", "a", "", "x" * 300, "mărțișor"] + [f"t{i}" for i in range(200)]
+    plain: dict[str, int] = {}
+    vocab = Vocabulary()
+    for step, word in enumerate(rng.permutation(words).tolist()):
+        if step % 37 == 0:
+            vocab.freeze()
+        if rng.random() < 0.8:
+            plain[word] = vocab.add(word)
+        asked = [str(w) for w in rng.choice(words, size=20)]
+        # A term outside may match one inside of its hash: here 1 in 7, with Python's 64-bit hash
+        # about 1e-13. A term inside always finds its own id.
+        known = [w for w in asked if w in plain]
+        assert vocab.ids(known).tolist() == [plain[w] for w in known]
+        assert all(i == UNKNOWN or vocab[i] == w or module.hash(vocab[i]) == module.hash(w)
+                   for w, i in zip(asked, vocab.ids(asked)))
+    by_id = sorted(plain, key=plain.get)
+    assert len(vocab) == len(plain) and vocab.take(range(len(plain))) == by_id and vocab.first(50) == by_id[:50]
+    vocab.freeze()
+    assert vocab.first(len(plain) + 5) == by_id and Vocabulary(by_id).ids(words).tolist() == vocab.ids(words).tolist()
+
+    monkeypatch.undo()  # Python's hash again
+    lexical = LexicalIndex()
+    lexical.add(1, ["țară", "știință", "țară"])
+    lexical.settle()  # frozen, as before forking list workers
+    lexical.add(2, ["mărțișor", "țară"])  # a term added after the freeze
+    assert sorted(lexical.terms_of(1)) == ["știință", "țară"] and sorted(lexical.bag_of(1)) == ["știință", "țară", "țară"]
+    assert sorted(lexical.terms_of(2)) == ["mărțișor", "țară"] and lexical.idf_of(["țară", "nou"]).keys() == {"țară"}
+    assert lexical.query(["mărțișor", "țară", "mărțișor", "nou"])[0].tolist() == lexical.vocab.ids(["mărțișor", "țară"]).tolist()
 
 
 def test_bm25_search_skips_terms_in_most_documents_but_scores_candidates_on_every_term(monkeypatch):

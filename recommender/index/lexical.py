@@ -24,7 +24,6 @@ import mmap
 import os
 import tempfile
 import uuid
-from collections import Counter
 from functools import partial
 from pathlib import Path
 from typing import BinaryIO, Iterable
@@ -33,6 +32,7 @@ import numpy as np
 
 from recommender.index.columns import ABSENT, RowMap, where_in_sorted
 from recommender.index.files import digest, fsync_dir, verify, write_file
+from recommender.index.terms import UNKNOWN, Vocabulary
 
 K1 = 1.2
 B = 0.75
@@ -176,8 +176,7 @@ class _Base:
 
 class LexicalIndex:
     def __init__(self) -> None:
-        self.vocab: dict[str, int] = {}
-        self._terms: list[str] = []  # term id -> term
+        self.vocab = Vocabulary()
         self._known = 0  # terms of the (shared) vocabulary this index knows: ids below
         self._df = np.zeros(1024, dtype=np.int64)
         self._base = _Base.empty()
@@ -192,7 +191,7 @@ class LexicalIndex:
         copy = LexicalIndex()
         # Shared, not copied (a million terms per write): both only ever grow, and each side
         # knows only the first `_known` terms, so a term the other side adds does not exist here.
-        copy.vocab, copy._terms, copy._known = self.vocab, self._terms, self._known
+        copy.vocab, copy._known = self.vocab, self._known
         copy._df = self._df.copy()
         copy._base = self._base  # immutable: a fold replaces it
         copy._gone = set(self._gone)
@@ -221,25 +220,27 @@ class LexicalIndex:
         row = self._base.row(num)
         return None if row is None else self._base.doc(row)
 
-    def _ids(self, terms: Iterable[str], grow: bool) -> list[int]:
-        out = []
-        for term in terms:
-            tid = self.vocab.get(term)
-            if tid is None and grow:
-                self._terms.append(term)  # the list first: whoever finds the id finds its term
-                tid = self.vocab[term] = len(self._terms) - 1
-            if tid is not None and tid >= self._known:
-                if not grow:  # added by another clone after this one was made
-                    continue
-                self._known = len(self._terms)
-                if self._known > len(self._df):
-                    self._df = np.concatenate([self._df, np.zeros(max(len(self._df), self._known), dtype=np.int64)])
-            if tid is not None:
-                out.append(tid)
-        return out
+    def _ids(self, terms: Iterable[str], grow: bool) -> np.ndarray:
+        """The terms' ids, in order; `grow`: new terms get one (a write), else terms this
+        index does not know are left out (a query)."""
+        terms = terms if isinstance(terms, list) else list(terms)
+        found = self.vocab.ids(terms)
+        if not grow:
+            return found[(found != UNKNOWN) & (found < self._known)]
+        new: dict[str, int] = {}
+        for i in np.flatnonzero(found == UNKNOWN).tolist():
+            term = terms[i]
+            if term not in new:  # a new term twice in one call gets one id
+                new[term] = self.vocab.add(term)
+            found[i] = new[term]
+        if len(found) and found.max() >= self._known:  # new here, or added by another clone
+            self._known = len(self.vocab)
+            if self._known > len(self._df):
+                self._df = np.concatenate([self._df, np.zeros(max(len(self._df), self._known), dtype=np.int64)])
+        return found
 
     def _doc(self, terms: list[str], grow: bool) -> Doc:
-        ids, counts = np.unique(np.asarray(self._ids(terms, grow=grow), dtype=np.int32), return_counts=True)
+        ids, counts = np.unique(self._ids(terms, grow=grow).astype(np.int32), return_counts=True)
         return ids, as_counts(counts)
 
     def add(self, num: int, terms: list[str]) -> None:
@@ -251,7 +252,7 @@ class LexicalIndex:
         instead of one by one."""
         if not nums:
             return
-        ids = np.asarray(self._ids((t for terms in docs for t in terms), grow=True), dtype=np.int64)
+        ids = self._ids([t for terms in docs for t in terms], grow=True)
         rows = np.repeat(np.arange(len(docs)), [len(terms) for terms in docs])
         order = np.lexsort((ids, rows))
         rows, ids = rows[order], ids[order]
@@ -262,6 +263,7 @@ class LexicalIndex:
         block = _Base(np.asarray(nums, dtype=np.int64), indptr, ids, counts)
         if self._building() and len(set(nums)) == len(nums) and not (self._base.rows(block.nums) != ABSENT).any():
             self._base = self._base.appended(block)
+            self.vocab.freeze()
             self._df += np.bincount(ids, minlength=len(self._df))
             self._count += len(nums)
             self._total_len += int(counts.sum(dtype=np.int64))
@@ -314,11 +316,12 @@ class LexicalIndex:
 
     def query(self, terms: list[str], max_terms: int = MLT_MAX_TERMS) -> tuple[np.ndarray, np.ndarray]:
         """The seed's `max_terms` highest tf-idf terms, as (term ids, weights)."""
-        counts = Counter(self._ids(terms, grow=False))
-        if not counts:
+        ids, first, counts = np.unique(self._ids(terms, grow=False), return_index=True, return_counts=True)
+        if not len(ids):
             return np.zeros(0, dtype=np.int64), np.zeros(0)
-        ids = np.fromiter(counts.keys(), dtype=np.int64)
-        tfidf = np.fromiter(counts.values(), dtype=np.float64) * self.idf(ids)
+        in_order = np.argsort(first)  # the terms as the seed names them: ties keep that order
+        ids, counts = ids[in_order], counts[in_order]
+        tfidf = counts.astype(np.float64) * self.idf(ids)
         top = np.argsort(-tfidf, kind="stable")[:max_terms]
         return ids[top], np.ones(len(top))
 
@@ -380,19 +383,21 @@ class LexicalIndex:
 
     def terms_of(self, num: int) -> list[str]:
         doc = self.doc(num)
-        return [] if doc is None else [self._terms[i] for i in doc[0].tolist()]
+        return [] if doc is None else self.vocab.take(doc[0].tolist())
 
     def bag_of(self, num: int) -> list[str] | None:
         """The terms a document was added with, each as often, in another order (what
         `query` and `score_terms` read); None when it is not in the index."""
         doc = self.doc(num)
-        return None if doc is None else [self._terms[i] for i, c in zip(doc[0].tolist(), doc[1].tolist())
-                                         for _ in range(c)]
+        if doc is None:
+            return None
+        return [term for term, c in zip(self.vocab.take(doc[0].tolist()), doc[1].tolist()) for _ in range(c)]
 
     def idf_of(self, terms: Iterable[str]) -> dict[str, float]:
-        known = sorted({t for t in terms if self.vocab.get(t, self._known) < self._known})
-        values = self.idf(np.asarray([self.vocab[t] for t in known], dtype=np.int64))
-        return dict(zip(known, values.tolist()))
+        unique = sorted(set(terms))
+        ids = self.vocab.ids(unique)
+        known = (ids != UNKNOWN) & (ids < self._known)
+        return dict(zip([t for t, k in zip(unique, known.tolist()) if k], self.idf(ids[known]).tolist()))
 
     def search(self, query: tuple[np.ndarray, np.ndarray], k: int) -> tuple[np.ndarray, np.ndarray]:
         """(scores, nums) of the k best documents in the whole corpus, from the
@@ -430,6 +435,7 @@ class LexicalIndex:
         """Build the inverted index now, then release the pages of the base it was read from."""
         self._current_postings()
         self._base.release()
+        self.vocab.freeze()
 
     def settle(self) -> None:
         """Rebuild the inverted index now if any document changed since its build: before
@@ -437,6 +443,7 @@ class LexicalIndex:
         if self._postings is None or self._postings.delta:
             self._postings = None
             self._current_postings()
+        self.vocab.freeze()
 
     def _current_postings(self) -> "_Postings":
         """The inverted index, rebuilt in bulk once the documents changed since its
@@ -462,7 +469,7 @@ class LexicalIndex:
         delta, terms = f"delta-{name}.npz", f"terms-{name}.json"
         checksums[delta] = write_file(directory / delta, lambda fh: np.savez(
             fh, gone=gone, **{part: getattr(changed, part) for part in _Base.ARRAYS}))
-        vocabulary = json.dumps(self._terms[: self._known], ensure_ascii=False).encode()
+        vocabulary = json.dumps(self.vocab.first(self._known), ensure_ascii=False).encode()
         checksums[terms] = write_file(directory / terms, lambda fh: fh.write(vocabulary))
         return {"base": self._base.token, "delta": delta, "terms": terms, "sha256": checksums}
 
@@ -473,9 +480,9 @@ class LexicalIndex:
         for name in (manifest["terms"], manifest["delta"]):
             verify(directory / name, checksums.get(name))
         lexical._base = base = _Base.read(directory, manifest["base"], checksums)
-        lexical._terms = json.loads((directory / manifest["terms"]).read_text())
-        lexical.vocab = {term: i for i, term in enumerate(lexical._terms)}
-        lexical._known = len(lexical._terms)
+        terms = json.loads((directory / manifest["terms"]).read_text())
+        lexical.vocab = Vocabulary(terms)
+        lexical._known = len(terms)
         lexical._df = np.bincount(base.ids, minlength=max(lexical._known, 1024)).astype(np.int64)
         lexical._count = len(base.nums)
         lexical._total_len = int(base.counts.sum(dtype=np.int64))
