@@ -266,6 +266,10 @@ def test_the_vocabulary_answers_as_a_dictionary_through_adds_freezes_and_hash_co
     assert sorted(lexical.terms_of(1)) == ["știință", "țară"] and sorted(lexical.bag_of(1)) == ["știință", "țară", "țară"]
     assert sorted(lexical.terms_of(2)) == ["mărțișor", "țară"] and lexical.idf_of(["țară", "nou"]).keys() == {"țară"}
     assert lexical.query(["mărțișor", "țară", "mărțișor", "nou"])[0].tolist() == lexical.vocab.ids(["mărțișor", "țară"]).tolist()
+    for seed in (["țară", "nou", "mărțișor"], ["știință"], []):  # what a list's reasons ask
+        for num in (1, 2, 3):
+            got = lexical.shared_terms(num, lexical.term_ids(seed))
+            assert sorted(got) == sorted(set(lexical.terms_of(num)) & set(seed))
 
 
 def test_bm25_search_skips_terms_in_most_documents_but_scores_candidates_on_every_term(monkeypatch):

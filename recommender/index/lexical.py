@@ -385,6 +385,16 @@ class LexicalIndex:
         doc = self.doc(num)
         return [] if doc is None else self.vocab.take(doc[0].tolist())
 
+    def term_ids(self, terms: list[str]) -> np.ndarray:
+        """The ids of the terms this index knows, in order."""
+        return self._ids(terms, grow=False)
+
+    def shared_terms(self, num: int, term_ids: np.ndarray) -> list[str]:
+        """The terms of document `num` among `term_ids`: only those are decoded (a list's
+        reasons ask this of ten documents of about sixty terms each)."""
+        doc = self.doc(num)
+        return [] if doc is None else self.vocab.take(doc[0][np.isin(doc[0], term_ids)].tolist())
+
     def bag_of(self, num: int) -> list[str] | None:
         """The terms a document was added with, each as often, in another order (what
         `query` and `score_terms` read); None when it is not in the index."""

@@ -111,9 +111,11 @@ class Explainer:
         for stem, (word, _) in zip(self.seed_terms, pairs):
             self.surface.setdefault(stem, word)
         self.idf = lexical.idf_of(self.seed_terms)
+        self.seed_ids = np.unique(lexical.term_ids(self.seed_terms))
 
     def reason(self, num: int) -> str:
-        return shared_terms_reason(self.seed_set, self.lexical.terms_of(num), self.idf, self.surface)
+        return shared_terms_reason(self.seed_set, self.lexical.shared_terms(num, self.seed_ids), self.idf,
+                                   self.surface)
 
 
 @dataclass(frozen=True)
