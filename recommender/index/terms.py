@@ -76,7 +76,7 @@ class _Frozen:
             out[i] = next((int(t) for t in run if self.term(int(t)) == terms[i]), UNKNOWN)
         return out
 
-    def take(self, term_ids: list[int]) -> list[str]:
+    def take(self, term_ids: list[int] | np.ndarray) -> list[str]:
         ids = np.asarray(term_ids, dtype=np.int64)
         data = self.text
         return [data[a:b].decode() for a, b in zip(self.offsets[ids].tolist(), self.offsets[ids + 1].tolist())]
@@ -127,8 +127,7 @@ class Vocabulary:
     def first(self, count: int) -> list[str]:
         """The first `count` terms, as a save writes them."""
         frozen, _, added = self._parts
-        ends = frozen.offsets[: min(count, len(frozen)) + 1].tolist()
-        return [frozen.text[a:b].decode() for a, b in zip(ends, ends[1:])] + added[: max(0, count - len(frozen))]
+        return frozen.take(np.arange(min(count, len(frozen)))) + added[: max(0, count - len(frozen))]
 
     def freeze(self) -> None:
         """Move the terms added since the last freeze into the arrays: after each block of a
