@@ -21,7 +21,12 @@ learned from their clicks on the older 80 % of the articles (as `tune --clicks` 
 with the position-bias correction and once without (a naive learner: clicks counted as
 they are), each scored on the other 20 % by P@5 against the topic; and a third time
 with each clicked item weighted by its estimated relevance (clicks over expected
-examinations: impressions times the position's propensity). Last, `--events`
+examinations: impressions times the position's propensity); and a fourth time from the
+truth itself (every article of the seed's topic labelled), the ceiling of what labels can
+teach these features. Each profile is also scored by the clicks a view of its block would
+get from the same readers (clicks per view). With `--timely-days D`, readers click an item
+published within D days of the seed `--timely-boost` times as often, so what they want is
+topic and time, and only clicks say how much time counts. Last, `--events`
 simulated events (default 10 million) are counted into a SQLite store in batches of
 10,000, as the API does, and the report is timed.
 """
@@ -51,6 +56,28 @@ from recommender.store.base import Store
 
 K = 5
 WORSE = {"dense": -1.0}  # the least similar pieces above the minimum relevance first
+
+
+@dataclass(frozen=True)
+class Readers:
+    """What a reader clicks when looking at an item: one of the seed's own topic with chance
+    `q_related`, any other with `q_other`; with `timely_days`, an item published within that
+    many days of the seed `timely_boost` times as often (news readers want what is current)."""
+
+    topics: dict[str, str]
+    q_related: float
+    q_other: float
+    when: dict[str, datetime] | None = None
+    timely_days: int = 0
+    timely_boost: float = 1.0
+
+    def chance(self, seed: str, ids: list[str]) -> np.ndarray:
+        same = np.array([self.topics[i] == self.topics[seed] for i in ids])
+        p = np.where(same, self.q_related, self.q_other)
+        if self.timely_days and self.when is not None:
+            near = np.array([abs((self.when[i] - self.when[seed]).days) <= self.timely_days for i in ids])
+            p = p * np.where(near, self.timely_boost, 1.0)
+        return p
 
 
 @dataclass
@@ -109,14 +136,14 @@ def newest_first(engine: Engine, arms: Arms) -> Arms:
                 {**arms.relevance, arms.worse: np.array(relevance)}, arms.bias)
 
 
-def lists(engine: Engine, topics: dict[str, str], q_related: float, q_other: float, eta: float) -> Arms:
+def lists(engine: Engine, readers: Readers, eta: float) -> Arms:
     profiles = open_profiles(engine.settings, engine.store)
     saved = profiles.save(WORSE, "bench_clicks: the worse arm", {})
     worse = Engine(engine.settings, profile=saved)
     seeds: list[str] = []
     shown: dict[str, list[list[str]]] = {"default": [], saved.name: []}
     probs: dict[str, list[np.ndarray]] = {"default": [], saved.name: []}
-    for aid in topics:
+    for aid in readers.topics:
         by_arm = {"default": [i.id for i in engine.related(aid, k=K)],
                   saved.name: [i.id for i in worse.related(aid, k=K)]}
         if min(len(v) for v in by_arm.values()) < K:
@@ -124,8 +151,7 @@ def lists(engine: Engine, topics: dict[str, str], q_related: float, q_other: flo
         seeds.append(aid)
         for arm, ids in by_arm.items():
             shown[arm].append(ids)
-            same = np.array([topics[i] == topics[aid] for i in ids])
-            probs[arm].append(np.where(same, q_related, q_other))
+            probs[arm].append(readers.chance(aid, ids))
     return Arms(seeds, saved.name, shown, {a: np.array(p) for a, p in probs.items()},
                 1.0 / np.arange(1, K + 1) ** eta)
 
@@ -258,21 +284,25 @@ def volume(engine: Engine, arms: Arms, total: int, rng: np.random.Generator) -> 
             "impressions": sum(a.impressions for a in report.arms), "clicks": sum(a.clicks for a in report.arms)}
 
 
-def precision(engine: Engine, profile: Profile, seeds: list[str], topics: dict[str, str]) -> np.ndarray:
-    """Per seed, P@K against the truth the readers click by: the seed's own topic."""
+def scores(engine: Engine, profile: Profile, seeds: list[str], readers: Readers, bias: np.ndarray
+           ) -> tuple[np.ndarray, np.ndarray]:
+    """Per seed, P@K against the seed's own topic, and the clicks a view of the profile's
+    block would get from these readers (each item's chance times its position's bias)."""
     ranker = Engine(engine.settings, profile=profile)
     shown = [(s, [i.id for i in ranker.related(s, k=K)]) for s in seeds]
-    return np.array([sum(topics[i] == topics[s] for i in ids) / K for s, ids in shown])
+    topics = readers.topics
+    return (np.array([sum(topics[i] == topics[s] for i in ids) / K for s, ids in shown]),
+            np.array([float(readers.chance(s, ids) @ bias[:len(ids)]) for s, ids in shown]))
 
 
 def paired(a: np.ndarray, b: np.ndarray, rng: np.random.Generator) -> dict:
     """mean(a - b) with a 95 % bootstrap interval over the seeds."""
     d = a - b
     means = [d[rng.integers(0, len(d), len(d))].mean() for _ in range(2000)]
-    return {"diff": round(float(d.mean()), 4), "ci": [round(float(np.percentile(means, q)), 4) for q in (2.5, 97.5)]}
+    return {"diff": round(float(d.mean()), 5), "ci": [round(float(np.percentile(means, q)), 5) for q in (2.5, 97.5)]}
 
 
-def learning(engine: Engine, arms: Arms, topics: dict[str, str], readers: int, explore: float, worse_share: float,
+def learning(engine: Engine, arms: Arms, truth: Readers, readers: int, explore: float, worse_share: float,
              rng: np.random.Generator) -> dict:
     """Clicks of `readers` readers on the two rankings' blocks (`worse_share` of them on the
     worse one's: a site whose ranking disagrees with what its readers want), then a profile
@@ -305,13 +335,25 @@ def learning(engine: Engine, arms: Arms, topics: dict[str, str], readers: int, e
     groups = tune.groups_for(state, engine.store, {s: set(w) for s, w in train.items()}, opts, engine.embed,
                              weights=train)
     profiles["exposure"] = Profile(name="exposure", weights=tune.fit(groups, opts.weights))
+    topics = truth.topics
+    oracle = {s: {i: 1.0 for i in topics if topics[i] == topics[s] and i != s} for s in arms.seeds if s not in held}
+    groups = tune.groups_for(state, engine.store, {s: set(w) for s, w in oracle.items()}, opts, engine.embed,
+                             weights=oracle)
+    profiles["oracle"] = Profile(name="oracle", weights=tune.fit(groups, opts.weights))
     out["held_out_articles"] = len(held)
     out["learned_weights"] = {n: p.weights for n, p in profiles.items() if n != "default"}
-    scored = {n: precision(engine, p, sorted(held), topics) for n, p in profiles.items()}
+    both = {n: scores(engine, p, sorted(held), truth, arms.bias) for n, p in profiles.items()}
+    scored = {n: v[0] for n, v in both.items()}
+    clicks = {n: v[1] for n, v in both.items()}
     out["precision_at_5"] = {n: round(float(v.mean()), 4) for n, v in scored.items()}
+    out["clicks_per_view"] = {n: round(float(v.mean()), 5) for n, v in clicks.items()}
+    out["clicks_ips_minus_naive"] = paired(clicks["ips"], clicks["naive"], rng)
+    out["clicks_exposure_minus_naive"] = paired(clicks["exposure"], clicks["naive"], rng)
+    out["clicks_ips_minus_default"] = paired(clicks["ips"], clicks["default"], rng)
     out["ips_minus_naive"] = paired(scored["ips"], scored["naive"], rng)
     out["ips_minus_default"] = paired(scored["ips"], scored["default"], rng)
     out["exposure_minus_naive"] = paired(scored["exposure"], scored["naive"], rng)
+    out["oracle_minus_naive"] = paired(scored["oracle"], scored["naive"], rng)
     return out
 
 
@@ -357,13 +399,17 @@ def main() -> None:
     parser.add_argument("--block-order", choices=["profile", "date"], default="profile",
                         help="The learning experiment's second arm: the worse profile's lists (profile), or "
                              "the default's, newest first, over MOROCO given random dates (date)")
+    parser.add_argument("--timely-days", type=int, default=0, help=(
+        "The learning experiment's readers click an item published within this many days of the seed "
+        "--timely-boost times as often (0: off; the archive is then given random dates)"))
+    parser.add_argument("--timely-boost", type=float, default=3.0)
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--out", type=Path, default=Path("eval/results/clicks"))
     args = parser.parse_args()
     rng = np.random.default_rng(args.seed)
     with tempfile.TemporaryDirectory() as tmp:
         engine, topics = archive(args.moroco, args.articles, Path(tmp))
-        arms = lists(engine, topics, args.q_related, args.q_other, args.eta)
+        arms = lists(engine, Readers(topics, args.q_related, args.q_other), args.eta)
         result: dict = {"articles": args.articles, "seeds_with_full_lists": len(arms.seeds),
                         "q_related": args.q_related, "q_other": args.q_other, "eta": args.eta,
                         "true_ctr": {a: round(arms.true_ctr(a), 5) for a in ("default", arms.worse)}}
@@ -376,11 +422,14 @@ def main() -> None:
             result["through_the_store"] = through_the_store(engine, arms, args.readers // 4, rng)
             print("store", json.dumps(result["through_the_store"]), flush=True)
         if args.learn_readers:
-            fresh, _ = archive(args.moroco, args.articles, Path(tmp) / "learn", dated=args.block_order == "date")
-            fresh_arms = lists(fresh, topics, args.q_related, args.q_other, args.eta)
+            dated = args.block_order == "date" or args.timely_days > 0
+            fresh, _ = archive(args.moroco, args.articles, Path(tmp) / "learn", dated=dated)
+            when = {info.id: info.published_at for info in fresh.state().infos.values() if info.published_at}
+            truth = Readers(topics, args.q_related, args.q_other, when, args.timely_days, args.timely_boost)
+            fresh_arms = lists(fresh, truth, args.eta)
             if args.block_order == "date":
                 fresh_arms = newest_first(fresh, fresh_arms)
-            result["learning"] = learning(fresh, fresh_arms, topics, args.learn_readers, args.explore,
+            result["learning"] = learning(fresh, fresh_arms, truth, args.learn_readers, args.explore,
                                           args.worse_share, rng)
             print("learning", json.dumps(result["learning"]), flush=True)
         if args.events:

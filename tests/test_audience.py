@@ -291,6 +291,8 @@ def test_tune_learns_from_clicks_weighted_by_position(app_settings, tmp_path):
     result = CliRunner().invoke(main, ["tune", "--clicks", "--json"], env=env)
     assert result.exit_code == 0, result.output
     assert "24 clicks on 24 (article, item) pairs" in result.stderr
+    learned = json.loads(result.stdout)["name"]
+    assert f"experiment start {learned}-trial --arm control=default --arm test={learned}" in result.stderr
     assert "--clicks" in json.loads(result.stdout)["source"]
     assert beside_editors({"a": {"b": 0.5, "c": 2.0}}, {"a": {"b"}}) == {"a": {"b": 1.5, "c": 2.0}}
 
