@@ -393,7 +393,14 @@ class LexicalIndex:
         """The terms of document `num` among `term_ids`: only those are decoded (a list's
         reasons ask this of ten documents of about sixty terms each)."""
         doc = self.doc(num)
-        return [] if doc is None else self.vocab.take(doc[0][np.isin(doc[0], term_ids)].tolist())
+        if doc is None:
+            return []
+        # A document's ids are sorted, so a binary search each: np.isin sorts both arrays on
+        # every call, and was 8 % of a list's time at 200,000 articles.
+        at = where_in_sorted(doc[0], term_ids)
+        shared = np.zeros(len(doc[0]), dtype=bool)
+        shared[at[at != ABSENT]] = True
+        return self.vocab.take(doc[0][shared].tolist())
 
     def bag_of(self, num: int) -> list[str] | None:
         """The terms a document was added with, each as often, in another order (what
