@@ -21,6 +21,7 @@ if TYPE_CHECKING:  # the CLI imports its layers inside commands, so --help stays
     from recommender.ranking.profiles import Profiles
     from recommender.serving.engine import Engine
     from recommender.settings import Settings
+    from recommender.store.base import Store
 
 Command = TypeVar("Command", bound=Callable[..., Any])
 
@@ -163,9 +164,27 @@ def load_settings(**overrides: Any) -> Settings:
 
 
 def open_engine(settings: Settings) -> Engine:
+    """The engine, its store closed when the command ends."""
     from recommender.serving.engine import Engine
 
-    return Engine(settings)
+    engine = Engine(settings)
+    closed_at_end(engine.store)
+    return engine
+
+
+def command_store(settings: Settings) -> Store:
+    from recommender.store.base import open_store
+
+    return closed_at_end(open_store(settings))
+
+
+def closed_at_end(store: Store) -> Store:
+    """The store, closed when the command ends: a PostgreSQL pool's threads would outlive it
+    (under CliRunner, until the garbage collector meets the pool in one of its own threads)."""
+    ctx = click.get_current_context(silent=True)
+    if ctx is not None:
+        ctx.call_on_close(store.close)
+    return store
 
 
 def require_store(settings: Settings) -> None:
@@ -417,12 +436,11 @@ def curate(article_id, pins, blocks, clear, as_json, settings):
 
     from recommender.ranking.editorial import Curation, Curations
     from recommender.store.articles import describe_validation_error
-    from recommender.store.base import open_store
 
     if set(pins) & set(blocks):
         raise click.UsageError(f"{sorted(set(pins) & set(blocks))[0]!r} is given to both --pin and --block")
     require_store(settings)
-    store = open_store(settings)
+    store = command_store(settings)
     if store.num_of(article_id) is None:
         raise CliError(f"no article with id {article_id!r}", hint="check the id: recommender related ID")
     curations = Curations(store)
@@ -489,8 +507,6 @@ def stats(settings, as_json):
     Example:
       recommender stats --json
     """
-    from recommender.store.base import open_store
-
     if not store_exists(settings):
         raise CliError(f"no store in {settings.data_dir}",
                        hint="ingest articles first, e.g. recommender ingest articles.jsonl")
@@ -502,7 +518,7 @@ def stats(settings, as_json):
     from recommender.serving.lists import lists_key
     from recommender.store.articles import iso
 
-    store = open_store(settings)
+    store = command_store(settings)
     found = store.stats()
     versions = open_versions(settings, store)
     active = versions.active()
@@ -559,11 +575,12 @@ def serve(settings, host, port, log_level):
 
     from api.app import create_app
     from api.server import SWITCH_INTERVAL_S, protocol
-    from recommender.serving.engine import Engine
 
     if not settings.api_key_list:
         click.echo("warning: RECOMMENDER_API_KEYS is empty: writes are refused", err=True)
-    Engine(settings).check_model()  # a model that does not match the active index is refused here
+    checked = open_engine(settings)
+    checked.check_model()  # a model that does not match the active index is refused here
+    checked.store.close()  # the server opens its own
     # A start that cannot finish stops the server (the reason is logged), so a supervisor
     # sees a non-zero exit and restarts or alerts, instead of a process that never gets ready.
     app = create_app(settings, on_failure=lambda: os.kill(os.getpid(), signal.SIGTERM))
@@ -739,11 +756,10 @@ def finetune(data_dir, until, field, links_csv, epochs, batch_size, learning_rat
       recommender tune                                  # the ranking's weights for the new model
     """
     from recommender.ranking.finetune import FinetuneOptions, run_finetune
-    from recommender.store.base import open_store
 
     settings = load_settings(data_dir=data_dir)
     require_store(settings)
-    store = open_store(settings)
+    store = command_store(settings)
     labels = _archive_labels(store, {info.id for info in store.all_infos()}, field, links_csv)
     opts = FinetuneOptions(_utc(until), epochs, batch_size, learning_rate, max_tokens, held_out,
                            hard_negatives=hard_negatives, progress=show_progress(progress), blend=blend)
@@ -980,14 +996,13 @@ def index_prune(data_dir, keep):
       recommender index prune --keep 1
     """
     from recommender.index.versions import open_versions
-    from recommender.store.base import open_store
 
     settings = load_settings(data_dir=data_dir)
     versions = open_versions(settings)
     active = versions.active()
     inactive = [n for n in versions.names() if n != active]
     doomed = inactive[: max(len(inactive) - keep, 0)]
-    store = open_store(settings) if store_exists(settings) else None
+    store = command_store(settings) if store_exists(settings) else None
     for name in doomed:
         versions.remove(name)
         if store is not None:
@@ -1041,11 +1056,10 @@ def tune(files, settings, until, field, links_csv, held_out, c, clicks, activate
     """
     from recommender.errors import NoIndex
     from recommender.ranking import tune as tuning
-    from recommender.serving.engine import Engine
 
     if not files:
         require_store(settings)
-    engine = Engine(settings)
+    engine = open_engine(settings)
     progress = show_progress(progress)
     if files:
         engine.ingest(list(files), progress=progress, workers=os.cpu_count() or 1)
@@ -1181,12 +1195,10 @@ def profile_activate(name, data_dir, precompute, workers, progress):
       recommender profile activate p2
       recommender profile activate default     # back to the hand-set weights
     """
-    from recommender.serving.engine import Engine
-
     settings = load_settings(data_dir=data_dir)
     profiles = _profiles(data_dir)
     profiles.get(name)  # an unknown name fails before any work
-    engine = Engine(settings)
+    engine = open_engine(settings)
     if precompute and engine.indexes.active_meta() is not None:
         count = engine.prepare_profile(name, workers or os.cpu_count() or 1, show_progress(progress))
         click.echo(f"computed {count} lists under {name}", err=True)
@@ -1298,11 +1310,10 @@ def eval_sts(files, models, genre, data_dir, as_json):
 
     from embeddings import DEFAULT_MODEL
     from eval.sts import evaluate_sts
-    from recommender.store.base import open_store
     from recommender.store.models import load_model
 
     settings = load_settings(data_dir=data_dir)
-    store = open_store(settings)
+    store = command_store(settings)
     results = []
     for model in models or [settings.model or DEFAULT_MODEL]:
         embedder = load_model(model, models_dir=settings.models_dir, e5_engine=settings.e5_engine)
@@ -1358,11 +1369,10 @@ def _experiments(data_dir: Path | None) -> tuple[Any, Any]:
     """(the store, its experiments)."""
     from recommender.audience.experiments import Experiments
     from recommender.ranking.profiles import open_profiles
-    from recommender.store.base import open_store
 
     settings = load_settings(data_dir=data_dir)
     require_store(settings)
-    store = open_store(settings)
+    store = command_store(settings)
     return store, Experiments(store.shelf("experiments"), open_profiles(settings, store))
 
 
@@ -1397,12 +1407,11 @@ def experiment_start(name, arms, weights, unit, explore, precompute, workers, da
       recommender experiment start p3-test --arm control=default --arm test=p3 --weight test=20
     """
     from recommender.audience.experiments import ORIGINAL, parse_arms
-    from recommender.serving.engine import Engine
 
     _, experiments = _experiments(data_dir)
     parsed = parse_arms(list(arms), list(weights))
     experiments.check(name, parsed, unit, explore)  # a bad experiment is refused before any list is computed
-    engine = Engine(load_settings(data_dir=data_dir))
+    engine = open_engine(load_settings(data_dir=data_dir))
     own = sorted({a.profile for a in parsed} - {ORIGINAL, engine.profile.name})
     if precompute and own and engine.indexes.active_meta() is not None:
         for profile in own:

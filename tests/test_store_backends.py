@@ -288,3 +288,24 @@ def test_event_counters_add_up_across_batches(store):
     assert store.event_totals() == (6, 2) and store.arm_sums("other") == []
     (pair,) = store.event_pairs()
     assert pair == ("ukr-1", "ukr-2", 1, 6, 2) and all(type(v) is int for v in pair[2:])
+
+
+def test_a_command_closes_the_postgresql_pool_it_opened(tmp_path, pg_url):
+    """A pool left open outlives its command: under CliRunner the garbage collector later
+    meets it in one of its own threads, and its __del__ raises there."""
+    import gc
+
+    from click.testing import CliRunner
+    from psycopg_pool import ConnectionPool
+
+    from recommender.cli import main
+
+    def open_pools() -> int:
+        return sum(isinstance(o, ConnectionPool) and not o.closed for o in gc.get_objects())
+
+    env = {"RECOMMENDER_DATA_DIR": str(tmp_path / "data"), "RECOMMENDER_DATABASE_URL": pg_url}
+    before = open_pools()
+    for command in (["stats"], ["experiment", "list"], ["profile", "list"]):
+        result = CliRunner().invoke(main, command, env=env)
+        assert result.exit_code == 0, result.output
+    assert open_pools() == before
