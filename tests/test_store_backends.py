@@ -158,8 +158,10 @@ def test_a_database_from_a_newer_release_is_refused(pg_url):
     PostgresStore(pg_url).close()
     with psycopg.connect(pg_url, autocommit=True) as conn:
         conn.execute("UPDATE schema_version SET version = 99")
+    before = open_pools()
     with pytest.raises(StoreError, match="schema version 99, newer"):
         PostgresStore(pg_url)
+    assert open_pools() == before
 
 
 def test_a_database_that_cannot_be_reached_is_a_clear_error():
@@ -290,18 +292,20 @@ def test_event_counters_add_up_across_batches(store):
     assert pair == ("ukr-1", "ukr-2", 1, 6, 2) and all(type(v) is int for v in pair[2:])
 
 
-def test_a_command_closes_the_postgresql_pool_it_opened(tmp_path, pg_url):
-    """A pool left open outlives its command: under CliRunner the garbage collector later
-    meets it in one of its own threads, and its __del__ raises there."""
+def open_pools() -> int:
+    """PostgreSQL pools not closed. One left open outlives what opened it: the garbage
+    collector later meets it in one of its own threads, and its __del__ raises there."""
     import gc
 
-    from click.testing import CliRunner
     from psycopg_pool import ConnectionPool
 
-    from recommender.cli import main
+    return sum(type(o) is ConnectionPool and not o.closed for o in gc.get_objects())  # type(): no __class__ lookups
 
-    def open_pools() -> int:
-        return sum(isinstance(o, ConnectionPool) and not o.closed for o in gc.get_objects())
+
+def test_a_command_closes_the_postgresql_pool_it_opened(tmp_path, pg_url):
+    from click.testing import CliRunner
+
+    from recommender.cli import main
 
     env = {"RECOMMENDER_DATA_DIR": str(tmp_path / "data"), "RECOMMENDER_DATABASE_URL": pg_url}
     before = open_pools()

@@ -144,7 +144,11 @@ class PostgresStore(SQLStore):
         _probe(url, self._where)  # the real reason now, not a pool's timeout later
         self.pool = _pool(url, max_connections, self._where)
         self.read_pool = _pool(read_url, max_connections, describe_url(read_url)) if read_url else self.pool
-        self._migrate()
+        try:
+            self._migrate()
+        except BaseException:
+            self.close()  # a refused database (a newer release's, say) leaves no pool threads behind
+            raise
 
     def _migrate(self) -> None:
         """Every step in one transaction under an advisory lock: servers started at once wait for
