@@ -173,6 +173,7 @@ def open_engine(settings: Settings) -> Engine:
 
 
 def command_store(settings: Settings) -> Store:
+    """The store, closed when the command ends."""
     from recommender.store.base import open_store
 
     return closed_at_end(open_store(settings))
