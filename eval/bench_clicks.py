@@ -307,7 +307,8 @@ def learning(engine: Engine, arms: Arms, truth: Readers, readers: int, explore: 
     """Clicks of `readers` readers on the two rankings' blocks (`worse_share` of them on the
     worse one's: a site whose ranking disagrees with what its readers want), then a profile
     learned from them on the older 80 % of the articles, with and without the position-bias
-    correction, and scored on the rest: P@K against the topic, the truth the readers click by."""
+    correction (and from relevance weights, and from the truth), and scored on the rest: P@K
+    against the topic, and the clicks a view of its block gets from these readers."""
     experiment = engine.experiments.start("learn", [
         Arm(name="control", profile="default", weight=100 * (1 - worse_share)),
         Arm(name="test", profile=arms.worse, weight=100 * worse_share)], "visitor", explore)
@@ -320,26 +321,24 @@ def learning(engine: Engine, arms: Arms, truth: Readers, readers: int, explore: 
     out: dict = {"readers": readers, "explore": explore, "worse_share": worse_share, "events": len(events),
                  "true_propensity": [round(float(b), 3) for b in arms.bias]}
     profiles = {"default": Profile(name="default", weights=opts.weights)}
-    for name, debias in (("ips", True), ("naive", False)):
-        found = click_labels(engine.store, debias)
-        train = {s: w for s, w in found.weights.items() if s not in held}
+
+    def learn(name: str, labels: dict[str, dict[str, float]]) -> int:
+        """A profile learned from weighted labels on the articles not held out; its groups."""
+        train = {s: w for s, w in labels.items() if s not in held}
         groups = tune.groups_for(state, engine.store, {s: set(w) for s, w in train.items()}, opts, engine.embed,
                                  weights=train)
         profiles[name] = Profile(name=name, weights=tune.fit(groups, opts.weights))
+        return len(groups)
+
+    for name, debias in (("ips", True), ("naive", False)):
+        found = click_labels(engine.store, debias)
+        out[f"{name}_learned_on"] = learn(name, found.weights)
         if debias:
             out["estimated_propensity"] = [round(p, 3) for p in found.propensity]
             out["harvested_pairs"] = found.harvested
-        out[f"{name}_learned_on"] = len(groups)
-    exposure = exposure_labels(engine.store, click_labels(engine.store).propensity)
-    train = {s: w for s, w in exposure.items() if s not in held}
-    groups = tune.groups_for(state, engine.store, {s: set(w) for s, w in train.items()}, opts, engine.embed,
-                             weights=train)
-    profiles["exposure"] = Profile(name="exposure", weights=tune.fit(groups, opts.weights))
+    learn("exposure", exposure_labels(engine.store, click_labels(engine.store).propensity))
     topics = truth.topics
-    oracle = {s: {i: 1.0 for i in topics if topics[i] == topics[s] and i != s} for s in arms.seeds if s not in held}
-    groups = tune.groups_for(state, engine.store, {s: set(w) for s, w in oracle.items()}, opts, engine.embed,
-                             weights=oracle)
-    profiles["oracle"] = Profile(name="oracle", weights=tune.fit(groups, opts.weights))
+    learn("oracle", {s: {i: 1.0 for i in topics if topics[i] == topics[s] and i != s} for s in arms.seeds})
     out["held_out_articles"] = len(held)
     out["learned_weights"] = {n: p.weights for n, p in profiles.items() if n != "default"}
     both = {n: scores(engine, p, sorted(held), truth, arms.bias) for n, p in profiles.items()}
