@@ -237,6 +237,20 @@ def test_a_lease_is_held_by_one_process_and_freed_when_its_connection_dies(pg_ur
     store.close()
 
 
+def test_a_lease_whose_lock_query_fails_closes_its_connection(pg_url):
+    import gc
+    import warnings
+
+    from recommender.store.postgres import AdvisoryLease
+
+    lease = AdvisoryLease(pg_url, 2**64)  # no pg_try_advisory_lock(numeric): the lock query itself fails
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert not lease.held()
+        gc.collect()
+    assert not [w for w in caught if issubclass(w.category, ResourceWarning)]
+
+
 def test_watch_wakes_on_another_process_commit(pg_url):
     from recommender.store.postgres import PostgresStore
 

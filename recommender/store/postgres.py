@@ -253,16 +253,25 @@ class AdvisoryLease(Lease):
             if self._conn is not None:
                 self._conn.execute("SELECT 1")
                 return True
-            conn = psycopg.connect(self.url, autocommit=True, **CONNECT)
-            row = conn.execute("SELECT pg_try_advisory_lock(%s)", (self.key,)).fetchone()
-            if row and row[0]:
-                self._conn = conn
-                return True
-            conn.close()
+            self._conn = self._locked_connection()
+            return self._conn is not None
         except psycopg.Error as exc:
             log.warning("lost or could not take a lease on the database: %s", _first_line(exc))
             self.release()
         return False
+
+    def _locked_connection(self) -> psycopg.Connection | None:
+        """A new connection holding the lock, or None (closed) when another one holds it."""
+        conn = psycopg.connect(self.url, autocommit=True, **CONNECT)
+        try:
+            row = conn.execute("SELECT pg_try_advisory_lock(%s)", (self.key,)).fetchone()
+        except BaseException:  # a server-side error: the connection must not outlive the try
+            conn.close()
+            raise
+        if row and row[0]:
+            return conn
+        conn.close()
+        return None
 
     def release(self) -> None:
         conn, self._conn = self._conn, None
