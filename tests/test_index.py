@@ -177,6 +177,8 @@ def test_above_its_threshold_the_main_index_is_hnsw_and_finds_what_exact_search_
     assert back.dtype == np.float32
     np.testing.assert_allclose(back, random_vectors[[3, 1]], rtol=0, atol=tolerance)
     assert (np.abs(back - random_vectors[[3, 1]]) > 0).any() == (precision == "float16")
+    # the nearest float16, widened exactly: what numpy's own cast gives
+    np.testing.assert_array_equal(back, random_vectors[[3, 1]].astype(precision).astype(np.float32))
 
 
 def test_a_first_build_fills_the_graph_in_place_and_finds_what_exact_search_finds(random_vectors):

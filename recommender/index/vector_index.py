@@ -90,6 +90,7 @@ class VectorIndex:
         self._selector: tuple[int, Any, Any] | None = None  # (dead set size, a FAISS selector excluding the dead rows)
         self.recall = recall  # recall@10 of the main index (1 when exact)
         self.main_token = uuid.uuid4().hex  # new with every new main
+        self._fp16: Any = None  # the decoder of float16 rows (`_as_float32`), made on first use
 
     def _empty(self):
         return self._faiss.IndexIDMap2(self._faiss.IndexFlatIP(self.dimension))
@@ -133,6 +134,7 @@ class VectorIndex:
         copy.dead = set(self.dead)
         copy._view, copy._sorted_sets = self._view, None
         copy.ann, copy.recall, copy._selector, copy.main_token = self.ann, self.recall, None, self.main_token
+        copy._fp16 = self._fp16
         return copy
 
     @property
@@ -299,7 +301,7 @@ class VectorIndex:
         row_map, vectors, _ = self._main_view()
         rows = row_map.rows(nums)
         if len(vectors):
-            out = vectors[np.maximum(rows, 0)].astype(np.float32, copy=False)
+            out = self._as_float32(vectors[np.maximum(rows, 0)])
         else:
             out = np.zeros((len(nums), self.dimension), dtype=np.float32)
         delta, delta_rows, _ = self._sorted()
@@ -313,6 +315,16 @@ class VectorIndex:
         for i in np.flatnonzero((rows < 0) & ~in_delta):
             out[i] = self.main.reconstruct(int(nums[i]))  # not stored: FAISS raises
         return out
+
+    def _as_float32(self, rows: np.ndarray) -> np.ndarray:
+        """Rows read in place (float16 from an HNSW main that stores them so), as float32.
+        numpy's cast took 200 us for a list's 300 candidates (8 % of a list's time at 200,000
+        in a profile), FAISS's fp16 decoder 135 us, to the same floats."""
+        if rows.dtype != np.float16 or len(rows) == 0:
+            return rows.astype(np.float32, copy=False)
+        if self._fp16 is None:
+            self._fp16 = self._faiss.IndexScalarQuantizer(self.dimension, self._faiss.ScalarQuantizer.QT_fp16)
+        return self._fp16.sa_decode(np.ascontiguousarray(rows).view(np.uint8))
 
     def _main_view(self) -> tuple[RowMap, np.ndarray, np.ndarray]:
         """(each id's row but the tombstones', the vectors, the ids in row order) of the main
