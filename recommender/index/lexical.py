@@ -316,7 +316,20 @@ class LexicalIndex:
 
     def query(self, terms: list[str], max_terms: int = MLT_MAX_TERMS) -> tuple[np.ndarray, np.ndarray]:
         """The seed's `max_terms` highest tf-idf terms, as (term ids, weights)."""
+        return self._query(*np.unique(self._ids(terms, grow=False), return_index=True, return_counts=True),
+                           max_terms=max_terms)
+
+    def query_and_own(self, terms: list[str], max_terms: int = MLT_MAX_TERMS) -> tuple[tuple[np.ndarray, np.ndarray],
+                                                                                      float]:
+        """`query`, and the BM25 of a document of `terms` against it (`score_terms`): the
+        terms looked up in the vocabulary once for both (a list's ranking asked it twice
+        of three indexes, 7 % of a list's time at 200,000)."""
         ids, first, counts = np.unique(self._ids(terms, grow=False), return_index=True, return_counts=True)
+        query = self._query(ids, first, counts, max_terms=max_terms)
+        return query, float(self._score_docs(query, [(ids.astype(np.int32), as_counts(counts))])[0])
+
+    def _query(self, ids: np.ndarray, first: np.ndarray, counts: np.ndarray, max_terms: int
+               ) -> tuple[np.ndarray, np.ndarray]:
         if not len(ids):
             return np.zeros(0, dtype=np.int64), np.zeros(0)
         in_order = np.argsort(first)  # the terms as the seed names them: ties keep that order

@@ -56,10 +56,14 @@ class Queries:
     text: tuple[np.ndarray, np.ndarray]
     title: tuple[np.ndarray, np.ndarray]
     entities: tuple[np.ndarray, np.ndarray]
+    own: tuple[float, float, float]  # the seed's own BM25 for each: what `normalized_bm25` divides by
 
     @classmethod
     def of(cls, state: IndexState, seed: SeedTerms) -> "Queries":
-        return cls(state.lexical.query(seed.text), state.titles.query(seed.title), state.entities.query(seed.entities))
+        (text, own_text), (title, own_title), (entities, own_entities) = (
+            state.lexical.query_and_own(seed.text), state.titles.query_and_own(seed.title),
+            state.entities.query_and_own(seed.entities))
+        return cls(text, title, entities, (own_text, own_title, own_entities))
 
 
 @dataclass(frozen=True)
@@ -77,7 +81,7 @@ def compute(state: IndexState, nums: np.ndarray, vector: np.ndarray, seed: SeedT
             when: float | None, section: str | None, tags: tuple[str, ...], queries: Queries | None = None) -> Pairs:
     queries = queries or Queries.of(state, seed)
     dense = rescale(state.vectors.reconstruct(nums) @ vector, state.meta.random_pair_mean)
-    lexical = normalized_bm25(state.lexical, seed.text, nums, queries.text)
+    lexical = normalized_bm25(state.lexical, seed.text, nums, queries.text, queries.own[0])
     section_code = state.columns.section_code(fold(section or "").strip())
     seed_tags = {fold(t) for t in tags}
     columns = {
@@ -85,8 +89,8 @@ def compute(state: IndexState, nums: np.ndarray, vector: np.ndarray, seed: SeedT
         "dense_z": _z(dense),
         "lexical": lexical,
         "lexical_z": _z(lexical),
-        "title": normalized_bm25(state.titles, seed.title, nums, queries.title),
-        "entities": normalized_bm25(state.entities, seed.entities, nums, queries.entities),
+        "title": normalized_bm25(state.titles, seed.title, nums, queries.title, queries.own[1]),
+        "entities": normalized_bm25(state.entities, seed.entities, nums, queries.entities, queries.own[2]),
         "same_section": ((state.columns.section[nums] == section_code) & (section_code > 0)).astype(float),
         "tags": _tags(state, nums, seed_tags),
         **time_prior.columns(state.columns.when[nums], when),
@@ -112,11 +116,13 @@ def _reciprocal_rank(values: np.ndarray) -> np.ndarray:
 
 
 def normalized_bm25(lexical: LexicalIndex, seed_terms: list[str], nums: np.ndarray,
-                    query: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
+                    query: tuple[np.ndarray, np.ndarray] | None = None, own: float | None = None) -> np.ndarray:
     """BM25 of each candidate for the seed's top terms (`query`, when computed already),
-    over the seed's own score: 1 is as close as the seed to itself."""
-    query = lexical.query(seed_terms) if query is None else query
-    own = lexical.score_terms(query, seed_terms)
+    over the seed's own score (`own`, likewise): 1 is as close as the seed to itself."""
+    if query is None:
+        query, own = lexical.query_and_own(seed_terms)
+    elif own is None:
+        own = lexical.score_terms(query, seed_terms)
     if own <= 0 or len(nums) == 0:
         return np.zeros(len(nums))
     return np.minimum(lexical.score(query, nums) / own, 1.0)
