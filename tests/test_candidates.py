@@ -298,3 +298,16 @@ def test_bm25_search_skips_a_term_in_more_documents_than_the_cap_however_large_t
     assert 1 in lexical.search(query, 10)[1].tolist()  # under the share, "des" drives the search
     monkeypatch.setattr(recommender.index.lexical, "COMMON_MAX_DOCS", 20)
     assert lexical.search(query, 10)[1].tolist() == [0, 50, 100, 150]
+
+
+def test_a_seeds_query_and_own_score_from_one_lookup_equal_the_two_asked_apart():
+    lexical = LexicalIndex()
+    for n in range(30):
+        lexical.add(n, [f"w{n % 7}", f"w{n % 11}", "comun", f"rar{n}"])
+    seed = ["w3", "w3", "comun", "necunoscut", "w5", "rar4"]  # a repeat and a term no document has
+    query, own = lexical.query_and_own(seed)
+    expected = lexical.query(seed)
+    assert [a.tolist() for a in query] == [a.tolist() for a in expected]
+    assert own == lexical.score_terms(expected, seed) > 0
+    (ids, weights), nothing = lexical.query_and_own(["necunoscut"])
+    assert len(ids) == len(weights) == 0 and nothing == 0.0
