@@ -258,3 +258,23 @@ def test_forked_list_workers_run_at_the_priority_the_settings_say(settings):
 
     with multiprocessing.get_context("fork").Pool(1, initializer=_start_forked, initargs=(7,)) as pool:
         assert pool.map(_niceness, [0]) == [max(os.nice(0), 7)]
+
+
+def test_a_reason_names_the_rarest_shared_words_ties_by_stem_as_the_seed_writes_them():
+    from recommender.index.lexical import LexicalIndex
+    from recommender.ranking.pipeline import Explainer
+    from recommender.text.normalize import terms
+
+    lexical = LexicalIndex()
+    docs = ["Guvernul a aprobat bugetul pentru școlile și spitalele din țară, a anunțat ministrul",
+            "Bugetul a fost aprobat de guvern", "Bugetul pentru țară", "Bugetul și guvernul", "bugetul, din nou",
+            "Vremea de mâine"]
+    for num, text in enumerate(docs):
+        lexical.add(num, terms(text))
+    explain = Explainer(lexical, "Ministrul spune că școlile și spitalele din țară primesc bani din bugetul aprobat "
+                                 "de Guvern")
+    # in one document each: ministr, scol, spital (by stem); then aprob, tar (two each), guvern (three)...
+    assert explain.reason(0) == "shared terms: ministrul, școlile, spitalele"
+    assert explain.reason(1) == "shared terms: aprobat, guvern, bugetul"
+    assert explain.reason(4) == "shared terms: bugetul"
+    assert explain.reason(5) == explain.reason(99) == "similar topic"  # nothing shared; not in the index

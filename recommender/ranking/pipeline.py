@@ -17,6 +17,7 @@ from recommender.ranking import candidates, features, time_prior
 from recommender.ranking.features import SeedTerms
 from recommender.ranking.rules import (
     DAY,
+    REASON_TERMS,
     Filters,
     RelatedItem,
     age_phrase,
@@ -97,7 +98,9 @@ def draft_seed(title: str, body: str, published_at: datetime | None, embed_chars
 
 
 class Explainer:
-    """Builds each item's reason from the seed's words, computed once per list."""
+    """Builds each item's reason from the seed's words, computed once per list: the seed's
+    known terms are put in the reasons' order once (rarest first, then by stem), so an
+    item's reason takes its shared terms' first places, and no term is decoded per item."""
 
     def __init__(self, lexical: LexicalIndex, seed_text: str, seed_terms: list[str] | None = None):
         """`seed_terms`: terms(seed_text), when the seed has them already (stemming costs ms)."""
@@ -105,17 +108,21 @@ class Explainer:
         pairs = surface_words(seed_text)
         if seed_terms is None or len(seed_terms) != len(pairs):
             seed_terms = stem_words([folded for _, folded in pairs])
-        self.seed_terms = seed_terms
-        self.seed_set = frozenset(seed_terms)
-        self.surface: dict[str, str] = {}
-        for stem, (word, _) in zip(self.seed_terms, pairs):
-            self.surface.setdefault(stem, word)
-        self.idf = lexical.idf_of(self.seed_terms)
-        self.seed_ids = np.unique(lexical.term_ids(self.seed_terms))
+        surface: dict[str, str] = {}
+        for stem, (word, _) in zip(seed_terms, pairs):
+            surface.setdefault(stem, word)
+        self.seed_ids = np.unique(lexical.term_ids(seed_terms))
+        stems = lexical.vocab.take(self.seed_ids.tolist())
+        idf = lexical.idf(self.seed_ids).tolist()
+        order = sorted(range(len(stems)), key=lambda i: (-idf[i], stems[i]))
+        self.place = np.empty(len(stems), dtype=np.int64)
+        self.place[order] = np.arange(len(stems))
+        self.words = [surface.get(stem, stem) for stem in stems]
 
     def reason(self, num: int) -> str:
-        return shared_terms_reason(self.seed_set, self.lexical.shared_terms(num, self.seed_ids), self.idf,
-                                   self.surface)
+        shared = self.lexical.shared_among(num, self.seed_ids)
+        best = shared[np.argsort(self.place[shared])[:REASON_TERMS]]
+        return shared_terms_reason([self.words[i] for i in best.tolist()])
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Iterable, Sequence
+from typing import Sequence
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -184,14 +184,15 @@ def mmr_select(score: np.ndarray, sims: np.ndarray, k: int, diversity: float, du
     return chosen
 
 
-def shared_terms_reason(seed_terms: Iterable[str], cand_terms: Sequence[str], idf: dict[str, float],
-                        surface: dict[str, str], limit: int = 3) -> str:
-    """A short human reason: the rarest terms the two articles share."""
-    shared = set(cand_terms).intersection(seed_terms)  # pass a set: a list's ten reasons then share one
-    ranked = sorted(shared, key=lambda t: (-idf.get(t, 0.0), t))[:limit]
-    if not ranked:
+REASON_TERMS = 3  # shared words a reason names
+
+
+def shared_terms_reason(words: Sequence[str]) -> str:
+    """A short human reason: the words the two articles share, the rarest first (at most
+    REASON_TERMS, as the seed writes them; `recommender.ranking.pipeline.Explainer` picks them)."""
+    if not words:
         return "similar topic"
-    return "shared terms: " + ", ".join(surface.get(t, t) for t in ranked)
+    return "shared terms: " + ", ".join(words)
 
 
 def age_phrase(delta_days: float | None) -> str:
