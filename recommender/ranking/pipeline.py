@@ -232,12 +232,9 @@ def _acceptor(state: IndexState, seed: Seed, filters: Filters, reference: dateti
 
 
 def _deltas(state: IndexState, nums: np.ndarray, reference: datetime) -> np.ndarray:
-    """Days from the seed to each candidate (negative: published before); NaN if undated."""
-    ref = reference.timestamp()
-    return np.array([
-        (info.published_at.timestamp() - ref) / DAY if (info := state.infos[n]).published_at else np.nan
-        for n in nums
-    ])
+    """Days from the seed to each candidate (negative: published before); NaN if undated.
+    From the dates' column: each info decoded here as well as for its item was 3 % of a list."""
+    return (state.columns.when[nums] - reference.timestamp()) / DAY
 
 
 def _item(state: IndexState, explain: Explainer, num: int, relevance_: float, score: float,
