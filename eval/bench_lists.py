@@ -57,6 +57,12 @@ def measure(code: Path, data: Path, lists: int) -> dict:
     return result
 
 
+def commit(checkout: Path) -> str:
+    """The checkout's commit, "-dirty" when files differ from it."""
+    return subprocess.run(["git", "-C", str(checkout), "describe", "--always", "--dirty"], capture_output=True,
+                          text=True).stdout.strip() or "unknown"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, required=True, help="a data dir, every article indexed")
@@ -73,7 +79,8 @@ def main() -> None:
             print(f"round {round_ + 1} {name}: {runs[name][-1]['ms_a_list']:.2f} ms CPU a list", file=sys.stderr)
     ratios = [a["ms_a_list"] / b["ms_a_list"] for a, b in zip(runs["after"], runs["before"])]
     digests = {r["digest"] for r in runs["before"] + runs["after"]}
-    summary = {"lists": args.lists, "rounds": args.rounds,
+    summary = {"before": commit(versions["before"]), "after": commit(versions["after"]), "lists": args.lists,
+               "rounds": args.rounds,
                "before_ms": [round(r["ms_a_list"], 2) for r in runs["before"]],
                "after_ms": [round(r["ms_a_list"], 2) for r in runs["after"]],
                "ratios": [round(x, 3) for x in ratios], "median_ratio": round(statistics.median(ratios), 3),
