@@ -4,7 +4,7 @@ ranking's inner loop saves, and whether it changed any list.
     git clone -q . /tmp/before && git -C /tmp/before checkout -q 4be5385
     python eval/bench_lists.py --data /tmp/ingest/data-2 --before /tmp/before --lists 1000 --rounds 6
 
---data is a data dir with every list's archive loaded (bench_ingest's, say: `hashing:384`).
+--data is a data dir holding an indexed archive (bench_ingest's, say: `hashing:384`).
 Each round runs one process per version (this checkout, and the checkout at --before), in
 turns (the order flips every round): it loads the index, computes --lists lists of articles
 drawn with a fixed seed, without storing them, and reports the CPU time a list and a digest
@@ -49,8 +49,10 @@ print(json.dumps({"code": recommender.__file__, "ms_a_list": 1000 * cpu / count,
 
 def measure(code: Path, data: Path, lists: int) -> dict:
     env = dict(os.environ, RECOMMENDER_DATA_DIR=str(data), RECOMMENDER_MODEL=MODEL, PYTHONPATH=str(code))
-    done = subprocess.run([sys.executable, "-c", CHILD, str(lists)], cwd=code, env=env, check=True,
-                          capture_output=True, text=True)
+    done = subprocess.run([sys.executable, "-c", CHILD, str(lists)], cwd=code, env=env, capture_output=True,
+                          text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"the lists of {code} failed:\n{done.stderr[-2000:]}")
     result = json.loads(done.stdout.strip().splitlines()[-1])
     if not result["code"].startswith(str(code.resolve())):  # an installed copy would shadow the checkout
         raise SystemExit(f"{code} ran the recommender package of {result['code']}")
